@@ -1,0 +1,41 @@
+# One command to run recemb, one to test it. Each sets up .venv on first use
+# with the pinned stack of DESIGN.md §9 (see requirements/).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+CONFIG ?= configs/quickstart.yaml
+PYTEST_ARGS ?=
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup run test test-all bench clean help
+
+help:
+	@echo "make run   [CONFIG=configs/quickstart.yaml]  set up .venv and run the pipeline"
+	@echo "make test  [PYTEST_ARGS=...]                 set up .venv and run the tests"
+	@echo "make test-all                                 the tests including slow ones"
+
+setup: $(STAMP)
+
+# torchrec goes in last with --no-deps: its metadata names the CUDA fbgemm-gpu,
+# which would replace fbgemm-gpu-cpu and break `import torchrec`.
+$(STAMP): requirements/runtime.txt requirements/dev.txt requirements/torchrec.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements/runtime.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements/torchrec.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -c "import torch, torchrec, ray, polars, annoy, recemb"
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/recemb pipeline $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,184 @@
+"""The ``recemb`` command line (DESIGN.md §5b).
+
+Every stage reads the pipeline YAML and accepts ``--set section.key=value``
+overrides. Heavy libraries (torch, torchrec, ray) are imported inside the
+commands that need them, so ``recemb --help`` starts instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from recemb.errors import RecembError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="pipeline YAML, e.g. configs/quickstart.yaml")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.synth.users=500 (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from recemb.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# ---------------------------------------------------------------- data
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from recemb.data.fetch import fetch
+
+    path = fetch(args.name, Path(args.dest) if args.dest else None, url=args.url, from_recbole=args.from_recbole)
+    print(f"fetched {args.name} -> {path}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from recemb.config import build_config, load_config
+    from recemb.data.prepare import prepare_dataset
+
+    cfg = load_config(args.config, args.overrides) if args.config else build_config({}, args.overrides)
+    data = type(cfg.data).model_validate(
+        {**cfg.data.model_dump(), "source": args.name, "path": args.source or cfg.data.path}
+    )
+    out = Path(args.out) if args.out else Path("datasets") / args.name / "prepared"
+    t0 = time.perf_counter()
+    prepare_dataset(data, out, force=True)
+    print(f"prepared {args.name} -> {out} in {time.perf_counter() - t0:.1f}s")
+    return _describe(out, as_json=False)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from recemb.config import build_config, load_config
+    from recemb.data.prepare import prepare_dataset
+
+    overrides = list(args.overrides)
+    for key in ("users", "items", "events", "topics", "impressions", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"data.synth.{key}={value}")
+    if args.no_images:
+        overrides.append("data.synth.images=false")
+    cfg = load_config(args.config, overrides) if args.config else build_config({}, overrides)
+    data = type(cfg.data).model_validate({**cfg.data.model_dump(), "source": "synth"})
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    prepare_dataset(data, out, force=True)
+    print(f"generated synthetic dataset -> {out} in {time.perf_counter() - t0:.1f}s")
+    return _describe(out, as_json=False)
+
+
+def _describe(path: Path, as_json: bool) -> int:
+    from recemb.data.describe import describe, format_description
+
+    d = describe(path)
+    print(json.dumps(d, indent=2, default=str) if as_json else format_description(d))
+    return 0
+
+
+def cmd_data_describe(args: argparse.Namespace) -> int:
+    return _describe(Path(args.dir), args.json)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recemb.eval.evaluate import evaluate
+    from recemb.eval.tables import format_tables
+
+    cfg = _load(args)
+    print(format_tables(evaluate(cfg)))
+    print(f"wrote {cfg.run_dir / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from recemb.pipeline import run_pipeline
+
+    run_pipeline(_load(args), force=args.force)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recemb",
+        description="Embedding engine for recommender systems: data, item2vec, two-tower, "
+        "Annoy export, candidate retrieval, click-through evaluation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="fetch, prepare, generate and describe datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    p = dsub.add_parser("fetch", help="download a public dataset (sha256-checked) from its card's URL")
+    p.add_argument("name", help="dataset card name, e.g. movielens-100k (see datasets/*.yaml)")
+    p.add_argument("--dest", help="where the raw files land (default datasets/NAME/raw)")
+    p.add_argument("--url", help="download from this URL instead of the card's (http, https, file://)")
+    p.add_argument("--from-recbole", action="store_true",
+                   help="ML-100K only: take the copy inside the PyPI wheel recbole==1.2.1")
+    p.set_defaults(func=cmd_data_fetch)
+
+    p = dsub.add_parser("prepare", help="convert a source into canonical Parquet tables")
+    p.add_argument("name", help="source: movielens-100k, yoochoose, mind, or table (with --config)")
+    p.add_argument("--source", help="folder of raw files (default: $RECEMB_DATA_DIR/<card folder>)")
+    p.add_argument("--out", help="output folder (default datasets/NAME/prepared)")
+    p.add_argument("--config", help="pipeline YAML whose data section (e.g. data.table) to use")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = dsub.add_parser("synth", help="generate the synthetic dataset (the embedded default)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="pipeline YAML whose data.synth section to use")
+    for key in ("users", "items", "events", "topics", "impressions", "seed"):
+        p.add_argument(f"--{key}", type=int, help=f"data.synth.{key}")
+    p.add_argument("--no-images", action="store_true", help="skip the item PNGs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_data_synth)
+
+    p = dsub.add_parser("describe", help="counts, time range, session and popularity distributions")
+    p.add_argument("dir", help="a prepared dataset folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_data_describe)
+
+    p = sub.add_parser("evaluate", help="evaluate baselines and EmbeddingSets on the config's protocols")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("pipeline", help="run every stage the config enables")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="rerun stages whose outputs are up to date")
+    p.set_defaults(func=cmd_pipeline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except RecembError as e:
+        print(f"recemb: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recemb: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
