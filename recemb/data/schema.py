@@ -255,7 +255,7 @@ def check_references(
     items: pl.DataFrame, other: pl.DataFrame, other_name: str, source: str | os.PathLike = "<dataset>"
 ) -> None:
     """Every ``item_id`` of ``other`` (events or impressions) must exist in ``items``."""
-    unknown = ~other["item_id"].is_in(items["item_id"])
+    unknown = ~other["item_id"].is_in(items["item_id"].implode())
     if unknown.any():
         row = _first_row(unknown)
         raise DataValidationError(
