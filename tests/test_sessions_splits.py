@@ -75,3 +75,12 @@ def test_cold_split_removes_cold_items_from_train():
     assert s.test.height > 0 and s.test["item_id"].is_in(s.cold_items.implode()).all()
     again = cold_item_split(make_events(rows), fraction=0.2, seed=3)
     assert again.cold_items.to_list() == s.cold_items.to_list()
+
+
+def test_leave_last_out_orders_digit_ids_numerically():
+    # Ties on ts are broken by item id; "10" must come after "9" (numeric), as the
+    # reference figures of DESIGN.md §7 assume (a string sort picked other test items).
+    ev = make_events([("u", "10", 5), ("u", "9", 5), ("u", "100", 5), ("u", "2", 1)])
+    s = leave_last_out(ev)
+    assert s.test["item_id"].to_list() == ["100"]
+    assert s.validation["item_id"].to_list() == ["10"]
