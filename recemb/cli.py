@@ -97,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recemb.eval.tables import format_tables
 
     cfg = _load(args)
-    print(format_tables(evaluate(cfg)))
+    print(format_tables(evaluate(cfg, log=lambda line: print(line, flush=True))))
     print(f"wrote {cfg.run_dir / 'eval' / 'metrics.json'}")
     return 0
 

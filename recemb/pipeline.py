@@ -36,7 +36,7 @@ def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.eval.evaluate import evaluate
     from recemb.eval.tables import format_tables
 
-    results = evaluate(cfg)
+    results = evaluate(cfg, log=lambda line: print(line, flush=True))
     print(format_tables(results))
     return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
 

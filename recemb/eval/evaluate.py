@@ -1,0 +1,210 @@
+"""`recemb evaluate`: every protocol the dataset supports, baselines beside models.
+
+:func:`evaluate` loads the prepared dataset, builds the split of each
+protocol in ``cfg.eval.protocols`` (DESIGN.md §7) that the data supports,
+runs every baseline in ``cfg.eval.baselines`` and every EmbeddingSet in
+``cfg.eval.embeddings`` through the protocol runner on the same split, and
+writes ``<run>/eval/metrics.json``::
+
+    {"dataset": str, "config": {...}, "recemb_version": str,
+     "protocols": {"ml": {"split": {counts}, "rows": [
+         {"model": "popularity", "recall@10": ..., ..., "queries": int,
+          "fit_s": float, "score_s": float}, ...]}, ...},
+     "skipped": {"imp": "why", ...}}
+
+The pieces (:func:`protocol_inputs`, :func:`baseline_scorers`,
+:func:`run_rows`) are public so that benchmarks can add peer scorers to the
+same splits.
+
+Catalogues (the item index space scored per query):
+
+=======  ==============================================================
+ml       every item with an event (train, validation or test)
+sess     the train items (DESIGN.md §7)
+imp      every item in the history events or the impressions
+cold     every item with an event, cold items included
+=======  ==============================================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recemb import __version__
+from recemb.config import EvalConfig, PipelineConfig, config_to_dict
+from recemb.data import splits
+from recemb.data.dataset import Dataset, load_dataset
+from recemb.data.sessions import sessionize
+from recemb.data.vocab import Vocab
+from recemb.embeddings import EmbeddingSet
+from recemb.errors import ConfigError
+from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
+from recemb.eval.embedding_scorer import EmbeddingScorer
+from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol
+from recemb.eval.scorers import Scorer
+from recemb.eval.tables import format_tables
+from recemb.io import atomic_path, write_json
+
+BASELINES = ("popularity", "knn", "knn-last", "knn-recency", "random")
+PROTOCOLS = ("ml", "sess", "imp", "cold")
+IMP_MAX_BATCH = 1024
+
+
+class ProtocolNotSupported(Exception):
+    """The dataset lacks what a protocol needs (reported under ``skipped``, not raised)."""
+
+
+def protocol_inputs(ds: Dataset, protocol: str, cfg: EvalConfig, gap_minutes: float = 30.0) -> tuple[Any, Vocab]:
+    """Build ``(split, catalogue)`` of one protocol, or raise :class:`ProtocolNotSupported`.
+
+    ml and cold need only events; sess needs session ids (events without
+    one are sessionized by an inactivity gap of ``gap_minutes``); imp needs
+    an impressions table.
+    """
+    ev = ds.events
+    if protocol == "ml":
+        return splits.leave_last_out(ev), Vocab.from_ids(ev["item_id"])
+    if protocol == "cold":
+        return splits.cold_item_split(ev, cfg.cold_fraction, cfg.seed), Vocab.from_ids(ev["item_id"])
+    if protocol == "sess":
+        if ev["session_id"].null_count():
+            ev = sessionize(ev, gap_minutes)
+        split = splits.session_split(ev)
+        if split.test.height == 0:
+            raise ProtocolNotSupported("no test session keeps >= 2 events on train items")
+        return split, Vocab.from_ids(split.train["item_id"])
+    if protocol == "imp":
+        if ds.impressions is None or ds.impressions.height == 0:
+            raise ProtocolNotSupported("the dataset has no impressions table")
+        split = splits.impression_split(ev, ds.impressions)
+        return split, Vocab.from_ids(pl.concat([ev["item_id"], ds.impressions["item_id"]]))
+    raise ConfigError(f"eval.protocols: unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+def baseline_scorers(names: Iterable[str], protocol: str, seed: int = 0) -> dict[str, Scorer]:
+    """Baseline scorers by config name, set up for ``protocol``.
+
+    ``knn`` is the protocol's reference kNN: sum of cosines over the user's
+    items for ml/cold/imp, the last item's neighbours for sess. Co-occurrence
+    units are sessions under sess and users elsewhere. Under imp, popularity
+    counts the clicks of earlier impressions only (history counts rank shown
+    items at chance, DESIGN.md §10), refitted on a rolling origin
+    (``eval.imp_popularity_refit``).
+    """
+    unit = "session" if protocol == "sess" else "user"
+    out: dict[str, Scorer] = {}
+    for name in names:
+        if name == "popularity":
+            events = [IMPRESSION_CLICK] if protocol == "imp" else None
+            out[name] = PopularityScorer(events=events, name=name)
+        elif name == "knn":
+            out[name] = ItemKNNScorer("last" if protocol == "sess" else "sum", unit, name=name)
+        elif name in ("knn-last", "knn-recency"):
+            out[name] = ItemKNNScorer(name.split("-")[1], unit, name=name)
+        elif name == "random":
+            out[name] = RandomScorer(seed, name=name)
+        else:
+            raise ConfigError(f"eval.baselines: unknown baseline {name!r}; choose from {BASELINES}")
+    return out
+
+
+def embedding_scorers(cfg: PipelineConfig) -> dict[str, Scorer]:
+    """An :class:`EmbeddingScorer` per ``cfg.eval.embeddings`` entry (name -> directory).
+
+    A relative directory is looked up from the working directory first, then
+    under the run directory (so ``item2vec/embeddings`` works in a config).
+    """
+    e = cfg.eval
+    out: dict[str, Scorer] = {}
+    for name, where in e.embeddings.items():
+        path = Path(where)
+        if not path.is_absolute() and not path.exists() and (cfg.run_dir / path).exists():
+            path = cfg.run_dir / path
+        es = EmbeddingSet.load(path)
+        out[name] = EmbeddingScorer(es, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name=name)
+    return out
+
+
+def run_rows(
+    protocol: str,
+    split: Any,
+    catalogue: Vocab,
+    scorers: Mapping[str, Scorer],
+    ks: list[int],
+    batch_size: int = 4096,
+    seed: int = 0,
+    log=None,
+    options: Mapping[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One result row per scorer, in order: ``{"model": name, metrics..., "queries", "fit_s", "score_s"}``.
+
+    Under imp the batch is capped at :data:`IMP_MAX_BATCH` queries: news
+    catalogues are wide and every query scores a full ``[N]`` row.
+    ``options`` maps a scorer name to extra runner arguments (e.g. ``refit_every``).
+    """
+    if protocol == "imp":
+        batch_size = min(batch_size, IMP_MAX_BATCH)
+    rows = []
+    for name, scorer in scorers.items():
+        t0 = time.perf_counter()
+        extra = (options or {}).get(name, {})
+        res = run_protocol(protocol, split, scorer, catalogue, ks, batch_size=batch_size, seed=seed, **extra)
+        rows.append({"model": name, **res})
+        if log:
+            log(f"  {protocol:5s} {name:24s} done in {time.perf_counter() - t0:.1f}s")
+    return rows
+
+
+def split_counts(split: Any) -> dict[str, int]:
+    """Row counts of each table of a split (for the record in metrics.json)."""
+    out = {}
+    for field, value in vars(split).items():
+        if isinstance(value, (pl.DataFrame, pl.Series)):
+            out[field] = len(value)
+    return out
+
+
+def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
+    """Run the configured evaluation; write and return ``<run>/eval/metrics.json``'s content.
+
+    Protocols the dataset cannot support are listed under ``skipped`` with the
+    reason. ``log`` (e.g. ``print``) receives one progress line per model.
+    """
+    e = cfg.eval
+    ds = load_dataset(cfg.prepared_dir)
+    models = embedding_scorers(cfg)  # load (and verify) artifacts before any long run
+    baseline_scorers(e.baselines, "ml", e.seed)  # unknown names fail before any long run
+    results: dict[str, Any] = {
+        "dataset": ds.name,
+        "config": config_to_dict(cfg),
+        "recemb_version": __version__,
+        "protocols": {},
+        "skipped": {},
+    }
+    for protocol in e.protocols:
+        try:
+            split, catalogue = protocol_inputs(ds, protocol, e, cfg.data.sessionize.gap_minutes)
+        except ProtocolNotSupported as why:
+            results["skipped"][protocol] = str(why)
+            continue
+        scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **models}
+        options = (
+            {"popularity": {"refit_every": e.imp_popularity_refit}}
+            if protocol == "imp" and e.imp_popularity_refit
+            else None
+        )
+        rows = run_rows(protocol, split, catalogue, scorers, list(e.k), e.batch_size, e.seed, log, options)
+        results["protocols"][protocol] = {
+            "split": {**split_counts(split), "catalogue": len(catalogue)},
+            "rows": rows,
+        }
+    out = cfg.run_dir / "eval"
+    write_json(out / "metrics.json", results)
+    with atomic_path(out / "tables.txt") as tmp:
+        tmp.write_text(format_tables(results) + "\n")
+    return results

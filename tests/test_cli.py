@@ -1,0 +1,57 @@
+"""The command line end to end on a tiny synthetic dataset (in-process)."""
+
+import json
+
+import pytest
+
+from recemb.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "synth"
+    rc = main(["data", "synth", "--out", str(out), "--users", "60", "--items", "40",
+               "--events", "3000", "--impressions", "50", "--seed", "1"])
+    assert rc == 0
+    return out
+
+
+def test_synth_then_describe_json(tiny_synth, capsys):
+    capsys.readouterr()
+    assert main(["data", "describe", str(tiny_synth), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    counts = d["counts"]
+    assert counts["users"] <= 60 and counts["items"] == 40
+    assert 2500 <= counts["events"] <= 3500
+
+
+def test_bad_config_key_exits_2_with_message(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("run: {name: x, dir: " + str(tmp_path) + "}\ndata: {source: synth, sinth: {}}\n")
+    assert main(["pipeline", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "c.yaml" in err and "data.sinth" in err
+
+
+def test_describe_of_a_folder_that_is_not_a_dataset(tmp_path, capsys):
+    assert main(["data", "describe", str(tmp_path)]) == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
+
+
+def test_pipeline_runs_data_and_evaluate_then_skips_data(tmp_path, capsys):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        f"run: {{name: tiny, dir: {tmp_path}}}\n"
+        "data:\n  source: synth\n  synth: {users: 80, items: 50, events: 4000, impressions: 60, images: false}\n"
+        "eval: {protocols: [ml, sess, imp], baselines: [popularity, knn]}\n"
+        "stages: [data, evaluate]\n"
+    )
+    assert main(["pipeline", str(cfg)]) == 0
+    summary = json.loads((tmp_path / "tiny" / "pipeline.json").read_text())
+    assert set(summary["stages"]) == {"data", "evaluate"}
+    assert summary["stages"]["data"]["skipped"] is False
+    metrics = json.loads((tmp_path / "tiny" / "eval" / "metrics.json").read_text())
+    assert metrics  # the evaluate stage wrote its results
+    assert main(["pipeline", str(cfg)]) == 0
+    summary = json.loads((tmp_path / "tiny" / "pipeline.json").read_text())
+    assert summary["stages"]["data"]["skipped"] is True
