@@ -87,7 +87,8 @@ class EvalConfig(Section):
     """Evaluation (recemb.eval): protocols of DESIGN.md §7 and baselines."""
 
     protocols: list[Literal["ml", "sess", "imp", "cold"]] = Field(default_factory=lambda: ["ml", "sess"])
-    k: list[int] = Field(default_factory=lambda: [10, 20])
+    k: list[int] = Field(default_factory=lambda: [10, 20])  # cut-offs of ml, sess and cold
+    imp_k: list[int] = Field(default_factory=lambda: [5, 10])  # nDCG@K / CTR@K of imp (MIND's)
     baselines: list[str] = Field(default_factory=lambda: ["popularity", "knn"])
     embeddings: dict[str, str] = Field(default_factory=dict)  # name -> EmbeddingSet directory to evaluate
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"

@@ -198,7 +198,8 @@ def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
             if protocol == "imp" and e.imp_popularity_refit
             else None
         )
-        rows = run_rows(protocol, split, catalogue, scorers, list(e.k), e.batch_size, e.seed, log, options)
+        ks = list(e.imp_k if protocol == "imp" else e.k)
+        rows = run_rows(protocol, split, catalogue, scorers, ks, e.batch_size, e.seed, log, options)
         results["protocols"][protocol] = {
             "split": {**split_counts(split), "catalogue": len(catalogue)},
             "rows": rows,
