@@ -42,14 +42,21 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_prepare(args: argparse.Namespace) -> int:
+def _data_config(args: argparse.Namespace, overrides: list[str]):
+    """The data section of ``--config`` (or the defaults) with ``overrides`` applied and checked."""
     from recemb.config import build_config, load_config
+
+    cfg = load_config(args.config, overrides) if args.config else build_config({}, overrides, "command line")
+    return cfg.data
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
     from recemb.data.prepare import prepare_dataset
 
-    cfg = load_config(args.config, args.overrides) if args.config else build_config({}, args.overrides)
-    data = type(cfg.data).model_validate(
-        {**cfg.data.model_dump(), "source": args.name, "path": args.source or cfg.data.path}
-    )
+    overrides = [*args.overrides, f"data.source={args.name}"]
+    if args.source:
+        overrides.append(f"data.path={args.source}")
+    data = _data_config(args, overrides)
     out = Path(args.out) if args.out else Path("datasets") / args.name / "prepared"
     t0 = time.perf_counter()
     prepare_dataset(data, out, force=True)
@@ -58,18 +65,16 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from recemb.config import build_config, load_config
     from recemb.data.prepare import prepare_dataset
 
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, "data.source=synth"]
     for key in ("users", "items", "events", "topics", "impressions", "seed"):
         value = getattr(args, key)
         if value is not None:
             overrides.append(f"data.synth.{key}={value}")
     if args.no_images:
         overrides.append("data.synth.images=false")
-    cfg = load_config(args.config, overrides) if args.config else build_config({}, overrides)
-    data = type(cfg.data).model_validate({**cfg.data.model_dump(), "source": "synth"})
+    data = _data_config(args, overrides)
     out = Path(args.out)
     t0 = time.perf_counter()
     prepare_dataset(data, out, force=True)

@@ -55,3 +55,9 @@ def test_pipeline_runs_data_and_evaluate_then_skips_data(tmp_path, capsys):
     assert main(["pipeline", str(cfg)]) == 0
     summary = json.loads((tmp_path / "tiny" / "pipeline.json").read_text())
     assert summary["stages"]["data"]["skipped"] is True
+
+
+def test_prepare_unknown_source_is_a_clear_error(capsys):
+    assert main(["data", "prepare", "nosuch", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "data.source" in err and "movielens-100k" in err
