@@ -1,0 +1,263 @@
+"""ANN recall vs speed: recemb's Annoy index against exact search and peers (issue #5, item 4).
+
+Question: at what search_k does Annoy reach recall@10 >= 0.95 on 1M
+vectors of dim 64, and how many times faster than exact search is it there
+(target: >= 20x)? Peers in the same run: hnswlib (HNSW) and faiss-cpu
+(IVF-Flat), if installed (``pip install hnswlib faiss-cpu``); a missing
+peer is skipped with a note.
+
+Data: clustered synthetic vectors (a Gaussian mixture, one cluster per
+~1000 vectors) with held-out queries drawn from the same mixture, and any
+trained EmbeddingSet passed with ``--embeddings`` (queries = a sample of its
+own item vectors, as ``recemb export`` measures). Metric: cosine.
+
+Columns: build seconds (all cores), index size in MB (the file Annoy
+mmaps; in-memory size for peers), recall@10 against exact, queries/s with
+ONE query thread (exact: one batched BLAS call over all queries, all
+cores) and speed-up over exact.
+
+Run::
+
+    .venv/bin/python benchmarks/ann.py --sizes 100000             # ~1 min
+    .venv/bin/python benchmarks/ann.py --sizes 100000 1000000     # ~10 min on 2 cores, ~3 GB RAM
+    .venv/bin/python benchmarks/ann.py --sizes 20000 --embeddings runs/quick/item2vec/embeddings
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recemb.index import ExactIndex
+from recemb.index.annoy_index import AnnoyIndex
+from recemb.index.base import unit_rows
+
+K = 10
+
+
+def mixture(n: int, d: int, seed: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, d]`` items and ``[n_queries, d]`` queries from one Gaussian mixture (float32)."""
+    rng = np.random.default_rng(seed)
+    clusters = max(10, n // 1000)
+    centres = rng.normal(size=(clusters, d)).astype(np.float32)
+    # Within-cluster spread comparable to the centre distance: neighbours are
+    # mostly, not all, in the query's cluster (harder than well-separated blobs).
+    spread = rng.uniform(0.5, 1.0, size=clusters).astype(np.float32)
+
+    def draw(m: int) -> np.ndarray:
+        c = rng.integers(0, clusters, m)
+        out = np.empty((m, d), dtype=np.float32)
+        for s in range(0, m, 1 << 17):
+            cc = c[s : s + (1 << 17)]
+            out[s : s + len(cc)] = centres[cc] + spread[cc, None] * rng.standard_normal(
+                (len(cc), d), dtype=np.float32
+            )
+        return out
+
+    return draw(n), draw(n_queries)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean |found ∩ truth| / K over queries; both ``[B, K]`` rows."""
+    return float(
+        (found[:, :, None] == truth[:, None, :]).any(axis=2).sum(axis=1).mean() / truth.shape[1]
+    )
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
+    """Rows ``(data, method, params, build_s, size_mb, recall, qps, speedup)`` for one data set."""
+    rows: list[tuple] = []
+    n, d = x.shape
+    exact = ExactIndex("cosine").build(x)
+    exact.search(q[:8], K)  # warm BLAS
+    (truth, _), t = timed(lambda: exact.search(q, K))
+    exact_qps = len(q) / t
+    rows.append((name, "exact (numpy BLAS)", "", 0.0, x.nbytes / 2**20, 1.0, exact_qps, 1.0))
+    print(f"  exact: {exact_qps:,.0f} q/s", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_trees in args.n_trees:
+            path = Path(tmp) / f"items_{n_trees}.ann"
+            ann, t_build = timed(
+                lambda t=n_trees, f=path: AnnoyIndex("cosine", n_trees=t, n_jobs=-1, seed=0).build(
+                    x, on_disk=f
+                )
+            )
+            size = path.stat().st_size / 2**20
+            for search_k in args.search_k:
+                ann.search_k = search_k * n_trees if args.search_k_per_tree else search_k
+                (found, _), t = timed(lambda a=ann: a.search(q, K))
+                r, qps = recall(found, truth), len(q) / t
+                rows.append(
+                    (
+                        name,
+                        "annoy",
+                        f"trees={n_trees} search_k={ann.search_k}",
+                        t_build,
+                        size,
+                        r,
+                        qps,
+                        qps / exact_qps,
+                    )
+                )
+                print(
+                    f"  annoy trees={n_trees} search_k={ann.search_k}: recall {r:.3f}, {qps:,.0f} q/s",
+                    flush=True,
+                )
+            ann.unload()
+
+    xu, qu = unit_rows(x), unit_rows(q)
+    if args.no_peers:
+        return rows
+    if importlib.util.find_spec("hnswlib"):
+        import hnswlib
+
+        h = hnswlib.Index("cosine", d)
+
+        def build_h():
+            h.init_index(n, M=args.hnsw_m, ef_construction=args.hnsw_efc, random_seed=0)
+            h.set_num_threads(os.cpu_count() or 1)
+            h.add_items(xu, np.arange(n))
+
+        _, t_build = timed(build_h)
+        h.set_num_threads(1)
+        size = (n * (d * 4 + args.hnsw_m * 2 * 4 + 16)) / 2**20  # vectors + level-0 links, approx.
+        for ef in args.hnsw_ef:
+            h.set_ef(max(ef, K))
+            (found, _), t = timed(lambda: h.knn_query(qu, K))
+            r, qps = recall(found.astype(np.int64), truth), len(q) / t
+            rows.append(
+                (
+                    name,
+                    "hnswlib",
+                    f"M={args.hnsw_m} efC={args.hnsw_efc} ef={ef}",
+                    t_build,
+                    size,
+                    r,
+                    qps,
+                    qps / exact_qps,
+                )
+            )
+            print(f"  hnswlib ef={ef}: recall {r:.3f}, {qps:,.0f} q/s", flush=True)
+        del h
+    else:
+        print("  hnswlib not installed: skipped (pip install hnswlib)")
+    if importlib.util.find_spec("faiss"):
+        import faiss
+
+        nlist = max(16, int(4 * np.sqrt(n)))
+        quant = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+
+        def build_f():
+            ivf.train(xu[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
+            ivf.add(xu)
+
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        _, t_build = timed(build_f)
+        faiss.omp_set_num_threads(1)
+        for nprobe in args.nprobe:
+            ivf.nprobe = nprobe
+            (_, found), t = timed(lambda: ivf.search(qu, K))
+            r, qps = recall(found, truth), len(q) / t
+            rows.append(
+                (
+                    name,
+                    "faiss IVF-Flat",
+                    f"nlist={nlist} nprobe={nprobe}",
+                    t_build,
+                    xu.nbytes / 2**20,
+                    r,
+                    qps,
+                    qps / exact_qps,
+                )
+            )
+            print(f"  faiss nprobe={nprobe}: recall {r:.3f}, {qps:,.0f} q/s", flush=True)
+        del ivf
+    else:
+        print("  faiss-cpu not installed: skipped (pip install faiss-cpu)")
+    return rows
+
+
+def print_table(rows: list[tuple]) -> None:
+    head = ("data", "method", "params", "build s", "size MB", "recall@10", "q/s", "x exact")
+    fmt = "| {:<14} | {:<18} | {:<32} | {:>8} | {:>8} | {:>9} | {:>9} | {:>7} |"
+    print(fmt.format(*head))
+    print("|" + "|".join("-" * (w + 2) for w in (14, 18, 32, 8, 8, 9, 9, 7)) + "|")
+    for data, method, params, b, size, r, qps, sp in rows:
+        print(
+            fmt.format(
+                data,
+                method,
+                params,
+                f"{b:.1f}",
+                f"{size:.0f}",
+                f"{r:.3f}",
+                f"{qps:,.0f}",
+                f"{sp:.1f}",
+            )
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--n-trees", type=int, nargs="+", default=[50])
+    p.add_argument(
+        "--search-k", type=int, nargs="+", default=[500, 2000, 5000, 10000, 20000, 50000]
+    )
+    p.add_argument(
+        "--search-k-per-tree", action="store_true", help="read --search-k as multiples of n_trees"
+    )
+    p.add_argument("--hnsw-m", type=int, default=16)
+    p.add_argument("--hnsw-efc", type=int, default=100)
+    p.add_argument("--hnsw-ef", type=int, nargs="+", default=[10, 20, 50, 100])
+    p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument(
+        "--embeddings", type=Path, nargs="*", default=[], help="trained EmbeddingSet directories"
+    )
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    rows: list[tuple] = []
+    for n in args.sizes:
+        name = f"mixture {n // 1000}k"
+        print(f"{name} x {args.dim}:", flush=True)
+        x, q = mixture(n, args.dim, args.seed, args.queries)
+        rows += bench(name, x, q, args)
+        del x, q
+    for emb_dir in args.embeddings:
+        from recemb.embeddings import EmbeddingSet
+
+        emb = EmbeddingSet.load(emb_dir)
+        x = np.ascontiguousarray(emb.vectors, dtype=np.float32)
+        sample = np.random.default_rng(args.seed).choice(
+            len(x), min(args.queries, len(x)), replace=False
+        )
+        print(f"{emb.kind} {len(x)} x {emb.dim} ({emb_dir}):", flush=True)
+        rows += bench(f"{emb.kind} {len(x) // 1000}k", x, x[sample], args)
+    print()
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

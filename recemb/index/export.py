@@ -1,0 +1,401 @@
+"""Export an EmbeddingSet to an Annoy index directory, and load one safely.
+
+An index directory (DESIGN.md §5, ``<run>/index/<model>/``) holds::
+
+    items.ann       the Annoy forest; Annoy item i = EmbeddingSet row i
+    manifest.json   schema_version, kind="annoy", dim, metric, annoy_metric,
+                    n_trees, count, node_bytes, file_bytes, sha256{items.ann},
+                    search_k, seed, recall_at_10 (vs exact, on a sample of the
+                    items' own vectors as queries), recall_sample,
+                    build_seconds, embeddings{path, kind, count, dim, sha256},
+                    annoy_version, code_version
+
+Annoy files carry no metadata and Annoy segfaults on a wrong dimension or
+metric, so :func:`load_index` checks the manifest and the file's structure
+(size is a whole number of nodes of that dim and metric, item and root nodes
+where they must be, optional sha256) BEFORE ``AnnoyIndex.load`` mmaps it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recemb import __version__
+from recemb.embeddings import MANIFEST_FILE as EMB_MANIFEST
+from recemb.embeddings import EmbeddingSet
+from recemb.index.annoy_index import ANNOY_METRIC, AnnoyIndex, node_bytes
+from recemb.index.base import METRICS, RecembIndexError
+from recemb.index.exact import ExactIndex
+from recemb.io import atomic_dir, sha256_file, write_json
+
+SCHEMA_VERSION = 1
+INDEX_FILE = "items.ann"
+MANIFEST_FILE = "manifest.json"
+_FIX = "re-export with `recemb export CONFIG`"
+# Above this many items the forest is built straight into the file (no RAM copy).
+ON_DISK_MIN_ITEMS = 1_000_000
+
+
+def _annoy_version() -> str:
+    try:
+        return metadata.version("annoy")
+    except metadata.PackageNotFoundError:  # pragma: no cover - annoy built from a checkout
+        return "unknown"
+
+
+def export_index(
+    embset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    n_trees: int = 50,
+    metric: str | None = None,
+    sample: int = 1000,
+    seed: int = 0,
+    search_k: int = -1,
+    n_jobs: int = -1,
+    on_disk: bool | None = None,
+) -> dict[str, Any]:
+    """Build ``out_dir/items.ann`` + ``manifest.json`` from an EmbeddingSet, atomically.
+
+    Args:
+        embset_dir: an EmbeddingSet directory (verified on load).
+        out_dir: the index directory; an old index there is replaced whole,
+            only once the new one is complete.
+        n_trees: Annoy trees.
+        metric: cosine, dot or euclidean; default = the EmbeddingSet's metric.
+        sample: items whose own vectors are the queries for recall@10 vs
+            exact search (0 skips the measurement).
+        seed: seeds Annoy's forest and the sample.
+        search_k: the search_k recorded as the default for loading and used
+            for the recall measurement (-1 = Annoy's n_trees * k).
+        n_jobs: build threads (-1 = all cores).
+        on_disk: build into the file instead of RAM; default for >= 1M items.
+
+    Returns:
+        The manifest (also written to ``out_dir/manifest.json``).
+    """
+    embset_dir, out_dir = Path(embset_dir), Path(out_dir)
+    emb = EmbeddingSet.load(embset_dir)
+    metric = metric or emb.metric
+    if metric not in METRICS:
+        raise RecembIndexError(f"metric must be one of {METRICS}, got {metric!r}")
+    if len(emb) == 0:
+        raise RecembIndexError(f"{embset_dir}: the EmbeddingSet is empty; nothing to index")
+    emb_manifest = json.loads((embset_dir / EMB_MANIFEST).read_text())
+    on_disk = len(emb) >= ON_DISK_MIN_ITEMS if on_disk is None else on_disk
+
+    with atomic_dir(out_dir) as tmp:
+        ann_path = tmp / INDEX_FILE
+        index = AnnoyIndex(
+            metric=metric, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs, seed=seed
+        )
+        t0 = time.perf_counter()
+        index.build(emb.vectors, on_disk=ann_path if on_disk else None)
+        if not on_disk:
+            index.save(ann_path)
+        build_seconds = time.perf_counter() - t0
+        recall = (
+            measure_recall(index, emb.vectors, sample=sample, k=10, seed=seed) if sample else None
+        )
+        index.unload()
+        try:
+            rel = os.path.relpath(embset_dir.resolve(), out_dir.resolve())
+        except ValueError:  # different drives (Windows): keep the absolute path
+            rel = str(embset_dir.resolve())
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "annoy",
+            "dim": emb.dim,
+            "count": len(emb),
+            "metric": metric,
+            "annoy_metric": ANNOY_METRIC[metric],
+            "n_trees": int(n_trees),
+            "search_k": int(search_k),
+            "seed": int(seed),
+            "node_bytes": node_bytes(ANNOY_METRIC[metric], emb.dim),
+            "file_bytes": ann_path.stat().st_size,
+            "sha256": {INDEX_FILE: sha256_file(ann_path)},
+            "recall_at_10": recall,
+            "recall_sample": min(sample, len(emb)) if sample else 0,
+            "build_seconds": round(build_seconds, 3),
+            "embeddings": {
+                "path": rel,
+                "kind": emb.kind,
+                "count": len(emb),
+                "dim": emb.dim,
+                "metric": emb.metric,
+                "ids_file": "ids.parquet",
+                "sha256": emb_manifest.get("sha256", {}),
+            },
+            "annoy_version": _annoy_version(),
+            "code_version": __version__,
+        }
+        write_json(tmp / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def measure_recall(
+    index, vectors: np.ndarray, sample: int = 1000, k: int = 10, seed: int = 0
+) -> float:
+    """Mean recall@k of ``index`` against exact search, on ``sample`` rows of ``vectors [N, D]`` as queries.
+
+    recall@k = |approx top-k ∩ exact top-k| / k (rows, not scores, so ties
+    at the k-th score can cost a little recall).
+    """
+    n = vectors.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    queries = np.asarray(vectors[rows], dtype=np.float32)
+    kk = min(k, n)
+    exact_rows, _ = ExactIndex(index.metric).build(vectors).search(queries, kk)
+    approx_rows, _ = index.search(queries, kk)
+    hits = (approx_rows[:, :, None] == exact_rows[:, None, :]).any(axis=2).sum(axis=1)
+    return round(float(hits.mean() / kk), 4)
+
+
+# --------------------------------------------------------------------- loading
+_REQUIRED = {
+    "schema_version": int,
+    "kind": str,
+    "dim": int,
+    "count": int,
+    "metric": str,
+    "n_trees": int,
+    "file_bytes": int,
+    "sha256": dict,
+}
+
+
+def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``index_dir/manifest.json``; raises :class:`RecembIndexError` naming the fix."""
+    path = Path(index_dir) / MANIFEST_FILE
+    if not Path(index_dir).is_dir():
+        raise RecembIndexError(f"{index_dir}: no such index directory; {_FIX}")
+    if not path.is_file():
+        raise RecembIndexError(
+            f"{path}: missing (an index directory holds {INDEX_FILE} and {MANIFEST_FILE}); {_FIX}"
+        )
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecembIndexError(f"{path}: not valid JSON ({e}); {_FIX}") from None
+    if not isinstance(m, dict):
+        raise RecembIndexError(f"{path}: expected a JSON object; {_FIX}")
+    version = m.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RecembIndexError(
+            f"{path}: missing or unknown schema_version {version!r} (an old or foreign export); {_FIX}"
+        )
+    if version < SCHEMA_VERSION:
+        raise RecembIndexError(
+            f"{path}: schema_version {version} is older than {SCHEMA_VERSION}; {_FIX}"
+        )
+    if version > SCHEMA_VERSION:
+        raise RecembIndexError(
+            f"{path}: schema_version {version} was written by a newer recemb (this one reads {SCHEMA_VERSION}); "
+            f"upgrade recemb, or {_FIX}"
+        )
+    for key, typ in _REQUIRED.items():
+        v = m.get(key)
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            raise RecembIndexError(
+                f"{path}: key {key!r} is missing or not a {typ.__name__} (got {v!r}); {_FIX}"
+            )
+    if m["kind"] != "annoy":
+        raise RecembIndexError(f"{path}: kind {m['kind']!r} is not 'annoy'; {_FIX}")
+    if m["metric"] not in METRICS:
+        raise RecembIndexError(f"{path}: metric {m['metric']!r} is not one of {METRICS}; {_FIX}")
+    if m.get("annoy_metric", ANNOY_METRIC[m["metric"]]) != ANNOY_METRIC[m["metric"]]:
+        raise RecembIndexError(
+            f"{path}: metric {m['metric']!r} needs Annoy metric {ANNOY_METRIC[m['metric']]!r} but the manifest says "
+            f"{m['annoy_metric']!r}; the manifest was edited or mixed up; {_FIX}"
+        )
+    if m["dim"] < 1 or m["count"] < 1 or m["n_trees"] < 1:
+        raise RecembIndexError(f"{path}: dim, count and n_trees must be >= 1; {_FIX}")
+    return m
+
+
+def check_annoy_file(
+    path: str | os.PathLike, dim: int, count: int, metric: str, n_trees: int
+) -> None:
+    """Check that ``path`` is an Annoy forest of ``count`` items of ``dim`` and ``metric`` without loading it.
+
+    Annoy's file is an array of fixed-size nodes: items ``0..count-1`` first
+    (``n_descendants == 1``), split nodes next, and the tree roots last
+    (``n_descendants == count``, one per tree). A wrong dim or metric changes
+    the node size, which moves every one of those fields. Reads only the
+    first items, a sample of the rest and the tail, so it costs microseconds
+    even on a multi-GB file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecembIndexError(f"{path}: missing; {_FIX}")
+    size = path.stat().st_size
+    nb = node_bytes(ANNOY_METRIC[metric], dim)
+    where = f"{path} (dim {dim}, metric {metric}, {count} items)"
+    if size == 0 or size % nb:
+        raise RecembIndexError(
+            f"{where}: file size {size} is not a whole number of {nb}-byte nodes; the file is truncated, foreign, "
+            f"or of another dimension/metric than the manifest says; {_FIX}"
+        )
+    n_nodes = size // nb
+    if n_nodes < count + 1:
+        raise RecembIndexError(
+            f"{where}: only {n_nodes} nodes, fewer than the items plus a root; {_FIX}"
+        )
+    nodes = np.memmap(path, dtype=np.int32, mode="r", shape=(n_nodes, nb // 4))
+    try:
+        probe = np.unique(
+            np.concatenate(
+                [np.arange(min(count, 1024)), np.linspace(0, count - 1, 1024).astype(np.int64)]
+            )
+        )
+        if not (nodes[probe, 0] == 1).all():
+            bad = int(probe[np.flatnonzero(nodes[probe, 0] != 1)[0]])
+            raise RecembIndexError(
+                f"{where}: node {bad} is not an item node; the file is foreign or of another dimension/metric; {_FIX}"
+            )
+        tail = np.asarray(nodes[max(count, n_nodes - n_trees - 1) :, 0])
+        n_roots = _trailing_equal(tail, count)
+        if n_roots < n_trees:
+            raise RecembIndexError(
+                f"{where}: found {n_roots} tree roots over {count} items at the end of the file, the manifest says "
+                f"n_trees={n_trees}; the file is truncated, foreign or of another item count; {_FIX}"
+            )
+    finally:
+        del nodes
+
+
+def _trailing_equal(values: np.ndarray, target: int) -> int:
+    """How many of the last entries of ``values`` equal ``target`` (Annoy's root copies)."""
+    not_eq = np.flatnonzero(values[::-1] != target)
+    return int(not_eq[0]) if not_eq.size else int(values.size)
+
+
+def load_index(
+    index_dir: str | os.PathLike,
+    verify: bool = True,
+    search_k: int | None = None,
+    threads: int = 1,
+    embeddings: EmbeddingSet | str | os.PathLike | None = None,
+) -> AnnoyIndex:
+    """Open an exported index after checking everything Annoy cannot.
+
+    Always checked: manifest schema version, keys, dim/metric agreement, the
+    file size against the manifest, and the file's node structure for that
+    dim and metric (:func:`check_annoy_file`). With ``verify`` also the
+    sha256 of ``items.ann`` (one read of the file). With ``embeddings`` (an
+    EmbeddingSet or its directory) also that count, dim and, for a
+    directory, its ids' sha256 match what the index was exported from.
+    Every failure raises :class:`RecembIndexError` ("re-export with
+    `recemb export CONFIG`"); only a file that passes reaches Annoy's mmap.
+
+    Args:
+        search_k: override the manifest's search_k for queries.
+        threads: threads for a batch ``search``.
+    """
+    index_dir = Path(index_dir)
+    m = read_manifest(index_dir)
+    ann_path = index_dir / INDEX_FILE
+    if not ann_path.is_file():
+        raise RecembIndexError(f"{ann_path}: missing; {_FIX}")
+    size = ann_path.stat().st_size
+    if size != m["file_bytes"]:
+        raise RecembIndexError(
+            f"{ann_path}: {size} bytes but {MANIFEST_FILE} says {m['file_bytes']}; the file is truncated or was "
+            f"replaced after export; {_FIX}"
+        )
+    check_annoy_file(ann_path, m["dim"], m["count"], m["metric"], m["n_trees"])
+    if verify:
+        want, got = m["sha256"].get(INDEX_FILE), sha256_file(ann_path)
+        if want != got:
+            raise RecembIndexError(
+                f"{ann_path}: sha256 {got[:12]}... does not match {MANIFEST_FILE} ({str(want)[:12]}...); the file "
+                f"was changed after export; {_FIX}"
+            )
+    if embeddings is not None:
+        check_embeddings_match(m, embeddings, where=str(index_dir))
+    return AnnoyIndex.open(
+        ann_path,
+        dim=m["dim"],
+        count=m["count"],
+        metric=m["metric"],
+        n_trees=m["n_trees"],
+        search_k=m.get("search_k", -1) if search_k is None else search_k,
+        threads=threads,
+    )
+
+
+def check_embeddings_match(
+    manifest: dict[str, Any], embeddings: EmbeddingSet | str | os.PathLike, where: str
+) -> None:
+    """Raise unless ``embeddings`` is the EmbeddingSet the index was exported from (row i = item i)."""
+    if isinstance(embeddings, EmbeddingSet):
+        count, dim, sha = len(embeddings), embeddings.dim, None
+    else:
+        emb_dir = Path(embeddings)
+        try:
+            em = json.loads((emb_dir / EMB_MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RecembIndexError(
+                f"{emb_dir}: cannot read the EmbeddingSet manifest ({e})"
+            ) from None
+        count, dim, sha = em.get("count"), em.get("dim"), em.get("sha256", {}).get("ids.parquet")
+    if count != manifest["count"] or dim != manifest["dim"]:
+        raise RecembIndexError(
+            f"{where}: index holds {manifest['count']} x {manifest['dim']} but the EmbeddingSet has {count} x {dim}; "
+            f"they are from different runs; {_FIX}"
+        )
+    want = manifest.get("embeddings", {}).get("sha256", {}).get("ids.parquet")
+    if sha is not None and want is not None and sha != want:
+        raise RecembIndexError(
+            f"{where}: the EmbeddingSet's ids.parquet differs from the one the index was exported from "
+            f"(rows would map to the wrong ids); {_FIX}"
+        )
+
+
+def embeddings_dir(index_dir: str | os.PathLike) -> Path:
+    """The EmbeddingSet directory recorded in the index manifest (resolved against ``index_dir``)."""
+    m = read_manifest(index_dir)
+    return (Path(index_dir) / m["embeddings"]["path"]).resolve()
+
+
+def export_all(
+    embeddings: dict[str, Path],
+    run_dir: Path,
+    n_trees: int = 50,
+    metric: str | None = None,
+    **kwargs: Any,
+) -> dict[str, dict]:
+    """Export every ``{name: embset_dir}`` to ``<run_dir>/index/<name>/``; returns ``{name: manifest}``.
+
+    ``kwargs`` go to :func:`export_index` (sample, seed, search_k, n_jobs, on_disk).
+    Rebuilding and swapping an index is this call again: each directory is
+    replaced atomically, so readers see the old index or the new one.
+    """
+    out = {}
+    for name, emb_dir in embeddings.items():
+        out[name] = export_index(
+            emb_dir, Path(run_dir) / "index" / name, n_trees=n_trees, metric=metric, **kwargs
+        )
+    return out
+
+
+def export_from_config(cfg: dict[str, Any]) -> list[dict]:
+    """:func:`export_all` from a plain dict; returns the manifests in ``embeddings`` order.
+
+    ``cfg = {"embeddings": {name: embset_dir}, "run_dir": ..., "n_trees"?: int, "metric"?: str, ...}``.
+    """
+    cfg = dict(cfg)
+    if "embeddings" not in cfg or "run_dir" not in cfg:
+        raise RecembIndexError(
+            "export config needs 'embeddings' ({name: embset_dir}) and 'run_dir'"
+        )
+    emb = {k: Path(v) for k, v in cfg.pop("embeddings").items()}
+    return list(export_all(emb, Path(cfg.pop("run_dir")), **cfg).values())
