@@ -107,6 +107,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from recemb.index.stage import export_run
+
+    cfg = _load(args)
+    for name, m in export_run(cfg).items():
+        recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
+        print(f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
+              f"{m['n_trees']} trees, recall@10 vs exact {recall} -> {cfg.run_dir / 'index' / name}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from recemb.pipeline import run_pipeline
 
@@ -162,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate baselines and EmbeddingSets on the config's protocols")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export the run's EmbeddingSets to checked Annoy indexes")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("pipeline", help="run every stage the config enables")
     _add_config_args(p)

@@ -91,6 +91,7 @@ class EvalConfig(Section):
     imp_k: list[int] = Field(default_factory=lambda: [5, 10])  # nDCG@K / CTR@K of imp (MIND's)
     baselines: list[str] = Field(default_factory=lambda: ["popularity", "knn"])
     embeddings: dict[str, str] = Field(default_factory=dict)  # name -> EmbeddingSet directory to evaluate
+    run_embeddings: bool = True  # also evaluate every <run>/<model>/embeddings the run has trained
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     query_last_n: int = Field(5, ge=1)
     scoring: Literal["cosine", "dot"] = "cosine"
@@ -102,10 +103,22 @@ class EvalConfig(Section):
     seed: int = 0
 
 
+class ExportConfig(Section):
+    """Annoy export of the run's EmbeddingSets (recemb.index.export)."""
+
+    n_trees: int = Field(50, ge=1)
+    metric: Literal["cosine", "dot", "euclidean"] | None = None  # None: the EmbeddingSet's own
+    search_k: int = -1  # default search_k stored in the manifest (-1: annoy's n_trees * k)
+    sample: int = Field(1000, ge=0)  # items whose recall@10 against exact search is measured
+    # Which EmbeddingSets: names of <run>/<name>/embeddings; empty = every one in the run.
+    models: list[str] = Field(default_factory=list)
+
+
 class PipelineConfig(Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
     # Stages that `recemb pipeline` runs, in order, when they exist.
     stages: list[str] = Field(default_factory=lambda: ["data", "evaluate"])
 

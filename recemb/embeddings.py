@@ -248,6 +248,13 @@ class EmbeddingSet:
         )
 
 
+def find_embedding_sets(run_dir: str | os.PathLike) -> dict[str, Path]:
+    """The item EmbeddingSets a run holds: ``{model: <run>/<model>/embeddings}``, sorted by name."""
+    run_dir = Path(run_dir)
+    found = sorted(run_dir.glob(f"*/embeddings/{MANIFEST_FILE}"))
+    return {p.parent.parent.name: p.parent for p in found}
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` ``[N, D]`` scaled to unit L2 norm; all-zero rows stay zero."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)

@@ -41,8 +41,18 @@ def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
 
 
+def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.index.stage import export_run
+
+    manifests = export_run(cfg)
+    for name, m in manifests.items():
+        print(f"  {name}: {m['count']} items, recall@10 vs exact {m.get('recall_at_10')}")
+    return {"indexes": {name: str(cfg.run_dir / "index" / name) for name in manifests}}
+
+
 STAGES: dict[str, Callable[[PipelineConfig, bool], dict[str, Any]]] = {
     "data": stage_data,
+    "export": stage_export,
     "evaluate": stage_evaluate,
 }
 

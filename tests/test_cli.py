@@ -61,3 +61,37 @@ def test_prepare_unknown_source_is_a_clear_error(capsys):
     assert main(["data", "prepare", "nosuch", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "data.source" in err and "movielens-100k" in err
+
+
+def test_export_without_embeddings_says_what_to_do(tmp_path, capsys):
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(f"run: {{name: none, dir: {tmp_path}}}\n")
+    assert main(["export", str(cfg)]) == 2
+    assert "holds no EmbeddingSet" in capsys.readouterr().err
+
+
+def test_export_and_evaluate_pick_up_the_runs_embedding_sets(tmp_path, capsys):
+    import numpy as np
+
+    from recemb.data.dataset import load_dataset
+    from recemb.embeddings import EmbeddingSet
+
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(
+        f"run: {{name: r, dir: {tmp_path}}}\n"
+        "data:\n  source: synth\n  synth: {users: 60, items: 40, events: 3000, impressions: 0, images: false}\n"
+        "eval: {protocols: [ml], baselines: [popularity]}\n"
+        "export: {n_trees: 4, sample: 20}\n"
+        "stages: [data]\n"
+    )
+    assert main(["pipeline", str(cfg)]) == 0
+    items = load_dataset(tmp_path / "r" / "data").items
+    # Topic one-hot vectors: a stand-in for a trained model's EmbeddingSet.
+    onehot = np.eye(int(items["topic"].max()) + 1, dtype=np.float32)[items["topic"].to_numpy()]
+    EmbeddingSet(items["item_id"].to_list(), onehot, kind="test").save(tmp_path / "r" / "topics" / "embeddings")
+    assert main(["export", str(cfg)]) == 0
+    assert (tmp_path / "r" / "index" / "topics" / "items.ann").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "topics" in out and "popularity" in out

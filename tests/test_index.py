@@ -20,7 +20,6 @@ from recemb.index.export import (
     MANIFEST_FILE,
     embeddings_dir,
     export_all,
-    export_from_config,
     export_index,
     load_index,
     measure_recall,
@@ -159,20 +158,12 @@ def test_export_is_deterministic_with_one_job(embset_dir, tmp_path):
     assert a["sha256"] == b["sha256"] and a["recall_at_10"] == b["recall_at_10"]
 
 
-def test_export_all_and_from_config(embset_dir, tmp_path):
+def test_export_all_and_reexport_swaps(embset_dir, tmp_path):
     manifests = export_all({"m1": embset_dir}, tmp_path, n_trees=3, sample=20, n_jobs=1)
     assert set(manifests) == {"m1"} and (tmp_path / "index" / "m1" / INDEX_FILE).is_file()
     # Re-export over an existing index swaps it whole (atomic_dir).
-    listed = export_from_config(
-        {
-            "embeddings": {"m1": str(embset_dir)},
-            "run_dir": str(tmp_path),
-            "n_trees": 2,
-            "sample": 0,
-            "n_jobs": 1,
-        }
-    )
-    assert listed[0]["n_trees"] == 2 and listed[0]["recall_at_10"] is None
+    again = export_all({"m1": embset_dir}, tmp_path, n_trees=2, sample=0, n_jobs=1)
+    assert again["m1"]["n_trees"] == 2 and again["m1"]["recall_at_10"] is None
     assert load_index(tmp_path / "index" / "m1").n_trees == 2
 
 

@@ -41,7 +41,7 @@ from recemb.data import splits
 from recemb.data.dataset import Dataset, load_dataset
 from recemb.data.sessions import sessionize
 from recemb.data.vocab import Vocab
-from recemb.embeddings import EmbeddingSet
+from recemb.embeddings import EmbeddingSet, find_embedding_sets
 from recemb.errors import ConfigError
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
 from recemb.eval.embedding_scorer import EmbeddingScorer
@@ -118,10 +118,14 @@ def embedding_scorers(cfg: PipelineConfig) -> dict[str, Scorer]:
 
     A relative directory is looked up from the working directory first, then
     under the run directory (so ``item2vec/embeddings`` works in a config).
+    With ``eval.run_embeddings`` the run's own trained sets join them, named
+    by model (``item2vec``, ``two_tower``).
     """
     e = cfg.eval
     out: dict[str, Scorer] = {}
-    for name, where in e.embeddings.items():
+    sets: dict[str, Any] = dict(find_embedding_sets(cfg.run_dir)) if e.run_embeddings else {}
+    sets.update(e.embeddings)
+    for name, where in sets.items():
         path = Path(where)
         if not path.is_absolute() and not path.exists() and (cfg.run_dir / path).exists():
             path = cfg.run_dir / path

@@ -385,17 +385,3 @@ def export_all(
             emb_dir, Path(run_dir) / "index" / name, n_trees=n_trees, metric=metric, **kwargs
         )
     return out
-
-
-def export_from_config(cfg: dict[str, Any]) -> list[dict]:
-    """:func:`export_all` from a plain dict; returns the manifests in ``embeddings`` order.
-
-    ``cfg = {"embeddings": {name: embset_dir}, "run_dir": ..., "n_trees"?: int, "metric"?: str, ...}``.
-    """
-    cfg = dict(cfg)
-    if "embeddings" not in cfg or "run_dir" not in cfg:
-        raise RecembIndexError(
-            "export config needs 'embeddings' ({name: embset_dir}) and 'run_dir'"
-        )
-    emb = {k: Path(v) for k, v in cfg.pop("embeddings").items()}
-    return list(export_all(emb, Path(cfg.pop("run_dir")), **cfg).values())

@@ -1,0 +1,1 @@
+"""Models: trainers that emit EmbeddingSets (item2vec, two-tower, ...)."""

@@ -1,0 +1,17 @@
+"""Item2vec (Barkan & Koenigstein 2016): skip-gram / CBOW with negative sampling over sessions.
+
+Layout, one job per module:
+
+- :mod:`.config`     ``Item2VecConfig``, the ``item2vec:`` section of a pipeline YAML
+- :mod:`.corpus`     canonical events -> sessions as CSR int32 arrays, sub-sampling
+                     keep-probabilities, the unigram^ns_exponent negative table
+- :mod:`.sgns_cpu`   the numba Hogwild kernel (CPU backend)
+- :mod:`.sgns_torch` the batched torch kernel (CUDA backend; also runs on CPU)
+- :mod:`.model`      ``Item2Vec``: fit, embeddings(), similar(), word2vec export
+"""
+
+from recemb.models.item2vec.config import Item2VecConfig
+from recemb.models.item2vec.corpus import Corpus, build_corpus
+from recemb.models.item2vec.model import Item2Vec
+
+__all__ = ["Item2Vec", "Item2VecConfig", "Corpus", "build_corpus"]

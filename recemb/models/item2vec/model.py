@@ -1,0 +1,261 @@
+"""``Item2Vec``: train item vectors on sessions, emit an EmbeddingSet.
+
+Usage::
+
+    model = Item2Vec(Item2VecConfig(epochs=20, window=0)).fit(events)
+    emb = model.embeddings()            # EmbeddingSet, kind "item2vec", cosine
+    ids, scores = model.similar("item_42", k=10)
+    model.save_word2vec_format("items.w2v")   # gensim KeyedVectors.load_word2vec_format
+
+Backends (``config.backend``): ``numba`` (the CPU Hogwild kernel,
+:mod:`.sgns_cpu`) and ``torch`` (the batched kernel, :mod:`.sgns_torch`,
+same code on CPU and CUDA); ``auto`` picks torch when CUDA is available
+(and ``device`` allows it), numba otherwise. The exported vectors are the
+input vectors (``syn0``), as in gensim's ``wv``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recemb.data.vocab import Vocab
+from recemb.embeddings import EmbeddingSet, l2_normalize
+from recemb.errors import ConfigError, RecembError
+from recemb.io import atomic_path
+from recemb.models.item2vec import sgns_cpu
+from recemb.models.item2vec.config import Item2VecConfig
+from recemb.models.item2vec.corpus import Corpus, build_corpus, keep_probabilities, negative_table
+
+log = logging.getLogger("recemb.item2vec")
+
+
+class NotFittedError(RecembError):
+    """A model method that needs trained vectors was called before ``fit``."""
+
+
+class Item2Vec:
+    """Skip-gram / CBOW with negative sampling over sessions.
+
+    Attributes (after :meth:`fit`):
+        vocab: the items that got a vector; row i of ``vectors`` is ``vocab.ids[i]``.
+        vectors: ``[V, D]`` float32 input vectors.
+        history: one dict per epoch (loss per pair, pairs, seconds, alpha).
+        dropped: what the corpus left out (see :mod:`.corpus`).
+        seen_counts: event count of every item id in the training data,
+            including those left out, to explain a missing vector.
+    """
+
+    def __init__(self, config: Item2VecConfig | None = None, **overrides: Any):
+        base = config or Item2VecConfig()
+        self.config = base.model_copy(update=overrides) if overrides else base
+        if overrides:
+            self.config = Item2VecConfig.model_validate(self.config.model_dump())
+        self.vocab: Vocab | None = None
+        self.vectors: np.ndarray | None = None
+        self.history: list[dict[str, float]] = []
+        self.dropped: dict[str, int] = {}
+        self.backend: str | None = None
+        self._seen: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ train
+    def fit(self, data: pl.DataFrame | list[list[str]] | Corpus) -> "Item2Vec":
+        """Train on canonical events, lists of item-id sessions, or a prebuilt :class:`Corpus`.
+
+        Empty sessions and sessions of one event are skipped (no context);
+        items seen fewer than ``min_count`` times get no vector. Both are
+        counted in ``self.dropped`` and logged. Returns ``self``.
+        """
+        cfg = self.config
+        if isinstance(data, Corpus):
+            corpus, self._seen = data, {}
+        else:
+            corpus = build_corpus(data, min_count=cfg.min_count)
+            self._seen = _seen_counts(data)
+        self.dropped = dict(corpus.dropped)
+        self.vocab = corpus.vocab
+        backend, device = self._resolve_backend()
+        self.backend = backend
+        rng = np.random.default_rng(cfg.seed)
+        n_items = len(corpus.vocab)
+        # gensim 4's initialisation: input vectors uniform in [-1, 1) / dim, zero output weights.
+        syn0 = ((rng.random((n_items, cfg.dim), dtype=np.float32) * 2 - 1) / cfg.dim).astype(np.float32)
+        syn1 = np.zeros((n_items, cfg.dim), dtype=np.float32)
+        keep = keep_probabilities(corpus.vocab.counts, cfg.sample)
+        table = negative_table(corpus.vocab.counts, cfg.ns_exponent)
+        if backend == "numba":
+            run_epoch = self._numba_epochs(corpus, syn0, syn1, keep, table)
+        else:
+            from recemb.models.item2vec.sgns_torch import TorchSGNS
+
+            trainer = TorchSGNS(syn0, syn1, keep, table, cfg, device)
+
+            def run_epoch(epoch: int, a0: float, a1: float) -> tuple[float, int]:
+                return trainer.epoch(corpus.indptr, corpus.indices, a0, a1, _epoch_seed(cfg.seed, epoch))
+        self.history = []
+        started = time.perf_counter()
+        for epoch in range(cfg.epochs):
+            a0 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * epoch / cfg.epochs
+            a1 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * (epoch + 1) / cfg.epochs
+            t0 = time.perf_counter()
+            loss, pairs = run_epoch(epoch, a0, a1)
+            secs = max(time.perf_counter() - t0, 1e-9)
+            row = {
+                "epoch": epoch + 1,
+                "loss": loss / max(pairs, 1),
+                "pairs": int(pairs),
+                "seconds": secs,
+                "pairs_per_s": pairs / secs,
+                "events_per_s": corpus.n_events / secs,
+                "alpha": a1,
+            }
+            self.history.append(row)
+            eta = (time.perf_counter() - started) / (epoch + 1) * (cfg.epochs - epoch - 1)
+            log.info(
+                "item2vec %s epoch %d/%d loss %.4f pairs/s %.0f events/s %.0f ETA %.1fs",
+                backend, epoch + 1, cfg.epochs, row["loss"], row["pairs_per_s"], row["events_per_s"], eta,
+            )
+        self.vectors = syn0 if backend == "numba" else trainer.input_vectors()
+        self.train_seconds = time.perf_counter() - started
+        return self
+
+    def _numba_epochs(self, corpus: Corpus, syn0, syn1, keep, table):
+        cfg = self.config
+        threads = sgns_cpu.set_threads(cfg.threads)
+        bounds = sgns_cpu.shard_bounds(corpus.indptr, threads)
+        sig, logsig = sgns_cpu.sigmoid_tables()
+
+        def run(epoch: int, a0: float, a1: float) -> tuple[float, int]:
+            loss, pairs, _ = sgns_cpu.train_epoch(
+                syn0, syn1, corpus.indptr, corpus.indices, keep, table, sig, logsig, bounds,
+                cfg.window, cfg.negatives, int(cfg.mode == "cbow"), int(cfg.shrink_windows),
+                int(cfg.shared_negatives), a0, a1, _epoch_seed(cfg.seed, epoch),
+            )
+            return float(loss.sum()), int(pairs.sum())
+
+        return run
+
+    def _resolve_backend(self) -> tuple[str, str]:
+        """(backend, torch device) from the config; device is "" for numba."""
+        cfg = self.config
+        if cfg.backend == "numba":
+            return "numba", ""
+        wants_cuda = cfg.device.startswith("cuda")
+        if cfg.backend == "auto" and cfg.device == "cpu":
+            return "numba", ""
+        if importlib.util.find_spec("torch") is None:
+            if cfg.backend == "torch" or wants_cuda:
+                raise ConfigError(
+                    "item2vec.backend=torch needs PyTorch; install it (pip install torch) or set item2vec.backend=numba"
+                )
+            return "numba", ""
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+        if wants_cuda and not has_cuda:
+            raise ConfigError(f"item2vec.device={cfg.device!r} but CUDA is not available; set item2vec.device=cpu")
+        device = cfg.device if cfg.device != "auto" else ("cuda" if has_cuda else "cpu")
+        if cfg.backend == "auto":
+            return ("torch", device) if device.startswith("cuda") else ("numba", "")
+        return "torch", device
+
+    # ------------------------------------------------------------------ output
+    def _require_fitted(self) -> None:
+        if self.vectors is None or self.vocab is None:
+            raise NotFittedError("Item2Vec: call fit(events) before asking for vectors")
+
+    def embeddings(self) -> EmbeddingSet:
+        """The input vectors as an EmbeddingSet (kind "item2vec", metric cosine, not normalised)."""
+        self._require_fitted()
+        last = self.history[-1] if self.history else {}
+        metrics = {
+            "backend": self.backend,
+            "final_loss": last.get("loss"),
+            "train_seconds": getattr(self, "train_seconds", None),
+            "events_per_s_last_epoch": last.get("events_per_s"),
+            "loss_per_epoch": [h["loss"] for h in self.history],
+            "dropped": self.dropped,
+        }
+        return EmbeddingSet(
+            self.vocab.ids, self.vectors, kind="item2vec", metric="cosine", normalized=False,
+            config=self.config.model_dump(mode="json"), metrics=metrics,
+        )
+
+    def _row(self, item_id: str) -> int:
+        if item_id in self.vocab:
+            return self.vocab.index(item_id)
+        seen = self._seen.get(item_id)
+        if seen is None:
+            raise KeyError(f"item {item_id!r} has no vector: it never occurs in the training data")
+        if seen < self.config.min_count:
+            raise KeyError(
+                f"item {item_id!r} has no vector: seen {seen} times, below min_count={self.config.min_count}"
+            )
+        raise KeyError(f"item {item_id!r} has no vector: it only occurs in sessions with fewer than 2 events")
+
+    def similar(self, item_id: str, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items by cosine, the item itself excluded.
+
+        Returns ``(ids [k] object, scores [k] float32)``, best first.
+        ``KeyError`` explains why an item has no vector.
+        """
+        self._require_fitted()
+        if k < 1:
+            raise ConfigError(f"similar: k must be >= 1, got {k}")
+        row = self._row(item_id)
+        unit = l2_normalize(self.vectors)
+        scores = unit @ unit[row]
+        scores[row] = -np.inf
+        k = min(k, len(scores) - 1)
+        top = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.array([], dtype=np.int64)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return self.vocab.ids[top], scores[top].astype(np.float32)
+
+    def save_word2vec_format(self, path: str | os.PathLike) -> Path:
+        """Write word2vec's text format (``"V D"`` header, one ``id v1 ... vD`` line per item).
+
+        Readable by ``gensim.models.KeyedVectors.load_word2vec_format(path)``.
+        Ids must not contain whitespace (the format splits on it).
+        """
+        self._require_fitted()
+        ids = pl.Series("id", self.vocab.ids.tolist(), dtype=pl.String)
+        bad = ids.str.contains(r"\s")
+        if bad.any():
+            raise RecembError(
+                f"save_word2vec_format: item id {ids.filter(bad)[0]!r} contains whitespace, which the "
+                "word2vec format cannot hold; use embeddings().save(dir) instead"
+            )
+        path = Path(path)
+        # polars formats float32 with the shortest round-tripping repr, column-wise in Rust.
+        frame = pl.DataFrame(self.vectors)
+        values = frame.select(pl.concat_str([pl.col(c).cast(pl.String) for c in frame.columns], separator=" "))
+        values = values.to_series()
+        lines = (ids + " " + values).to_list()
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"{len(ids)} {self.vectors.shape[1]}\n")
+                f.write("\n".join(lines))
+                f.write("\n")
+        return path
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct RNG seed per (seed, epoch), so seed s, epoch 1 never replays seed s+1, epoch 0."""
+    return seed * 1_000_003 + epoch
+
+
+def _seen_counts(data: pl.DataFrame | list[list[str]]) -> dict[str, int]:
+    """Event count per item id in the raw training data (to explain missing vectors)."""
+    if isinstance(data, pl.DataFrame):
+        s = data["item_id"]
+    else:
+        s = pl.Series("item_id", list(data), dtype=pl.List(pl.String)).explode().drop_nulls()
+    vc = s.value_counts(name="n")
+    return dict(zip(vc["item_id"].to_list(), vc["n"].to_list()))
