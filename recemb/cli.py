@@ -107,6 +107,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from recemb.train.item2vec import train_item2vec
+
+    trainers = {"item2vec": train_item2vec}
+    out = trainers[args.model](_load(args))
+    print(f"trained {args.model} -> {out}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from recemb.index.stage import export_run
 
@@ -173,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate baselines and EmbeddingSets on the config's protocols")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model on the prepared data of a config")
+    p.add_argument("model", choices=["item2vec"], help="which model")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export the run's EmbeddingSets to checked Annoy indexes")
     _add_config_args(p)

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from recemb.errors import ConfigError
+from recemb.models.item2vec.config import Item2VecConfig
 
 
 class Section(BaseModel):
@@ -90,8 +91,12 @@ class EvalConfig(Section):
     k: list[int] = Field(default_factory=lambda: [10, 20])  # cut-offs of ml, sess and cold
     imp_k: list[int] = Field(default_factory=lambda: [5, 10])  # nDCG@K / CTR@K of imp (MIND's)
     baselines: list[str] = Field(default_factory=lambda: ["popularity", "knn"])
+    # recemb models fitted on each protocol's train split with their config section.
+    models: list[Literal["item2vec"]] = Field(default_factory=list)
     embeddings: dict[str, str] = Field(default_factory=dict)  # name -> EmbeddingSet directory to evaluate
-    run_embeddings: bool = True  # also evaluate every <run>/<model>/embeddings the run has trained
+    # Also evaluate every <run>/<model>/embeddings. Off by default: `recemb train`
+    # fits on all events, test included, so those rows would be optimistic.
+    run_embeddings: bool = False
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     query_last_n: int = Field(5, ge=1)
     scoring: Literal["cosine", "dot"] = "cosine"
@@ -118,6 +123,7 @@ class PipelineConfig(Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
+    item2vec: Item2VecConfig = Item2VecConfig()
     export: ExportConfig = ExportConfig()
     # Stages that `recemb pipeline` runs, in order, when they exist.
     stages: list[str] = Field(default_factory=lambda: ["data", "evaluate"])

@@ -41,6 +41,13 @@ def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
 
 
+def stage_item2vec(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.train.item2vec import train_item2vec
+
+    out = train_item2vec(cfg)
+    return {"dir": str(out)}
+
+
 def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.index.stage import export_run
 
@@ -52,6 +59,7 @@ def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
 
 STAGES: dict[str, Callable[[PipelineConfig, bool], dict[str, Any]]] = {
     "data": stage_data,
+    "item2vec": stage_item2vec,
     "export": stage_export,
     "evaluate": stage_evaluate,
 }

@@ -31,3 +31,16 @@ def make_events(rows: list[tuple], session: bool = False) -> pl.DataFrame:
     cols = ["user_id", "item_id", "ts"] + (["session_id"] if session else [])
     df = pl.DataFrame([r for r in rows], schema=cols, orient="row")
     return schema.coerce(df, "events", "<test>")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (DESIGN.md §9), shut down at the end."""
+    import ray
+
+    from recemb.ray_runtime import ensure_ray
+
+    started = ensure_ray(num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -80,7 +80,7 @@ def test_export_and_evaluate_pick_up_the_runs_embedding_sets(tmp_path, capsys):
     cfg.write_text(
         f"run: {{name: r, dir: {tmp_path}}}\n"
         "data:\n  source: synth\n  synth: {users: 60, items: 40, events: 3000, impressions: 0, images: false}\n"
-        "eval: {protocols: [ml], baselines: [popularity]}\n"
+        "eval: {protocols: [ml], baselines: [popularity], run_embeddings: true}\n"
         "export: {n_trees: 4, sample: 20}\n"
         "stages: [data]\n"
     )

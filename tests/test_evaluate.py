@@ -124,3 +124,29 @@ def test_format_table_selects_columns_and_prints_counts_as_ints():
     lines = format_table("T", rows, columns=["auc", "n_impressions"]).splitlines()
     assert lines[2].split() == ["model", "auc", "n_impressions", "fit_s", "score_s"]
     assert lines[4].split() == ["m", "0.7500", "136", "0.50", "0.50"]
+
+
+def test_item2vec_is_fitted_on_the_train_split_only(tmp_path):
+    """eval.models trains item2vec inside the runner: its vocabulary never holds a test-only item."""
+    from recemb.config import build_config
+    from recemb.data import splits
+    from recemb.data.dataset import load_dataset
+    from recemb.data.synth import generate
+    from recemb.eval.evaluate import model_scorers
+    from recemb.eval.protocols import run_protocol
+    from recemb.data.vocab import Vocab
+
+    cfg = build_config({
+        "run": {"name": "r", "dir": str(tmp_path)},
+        "data": {"synth": {"users": 80, "items": 60, "events": 4000, "impressions": 0, "images": False}},
+        "item2vec": {"epochs": 2, "threads": 1},
+        "eval": {"models": ["item2vec"]},
+    })
+    generate(cfg.data.synth, cfg.prepared_dir)
+    ev = load_dataset(cfg.prepared_dir).events
+    split = splits.leave_last_out(ev)
+    scorer = model_scorers(cfg, "ml")["item2vec"]
+    res = run_protocol("ml", split, scorer, Vocab.from_ids(ev["item_id"]), [10])
+    assert res["queries"] == split.test.height
+    trained = set(scorer.model.vocab.ids.tolist())
+    assert trained <= set(split.train["item_id"].to_list())

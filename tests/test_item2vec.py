@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recemb.errors import DataValidationError
+from recemb.errors import ConfigError, DataValidationError
 from recemb.models.item2vec import Item2Vec, Item2VecConfig, build_corpus
 from recemb.models.item2vec.corpus import keep_probabilities, negative_table
 from conftest import make_events
@@ -197,9 +197,13 @@ def test_no_trainable_session_is_a_clear_error():
         Item2Vec(Item2VecConfig(**FAST)).fit([])
 
 
-def test_config_rejects_unknown_keys():
+def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="extra"):
         Item2VecConfig(windw=3)
+    with pytest.raises(ConfigError, match="item2vec.epochs"):
+        Item2Vec(epochs=0)
+    with pytest.raises(ValueError, match="device"):
+        Item2VecConfig(device="gpu")
 
 
 # ------------------------------------------------------------------ output

@@ -45,6 +45,7 @@ from recemb.embeddings import EmbeddingSet, find_embedding_sets
 from recemb.errors import ConfigError
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
 from recemb.eval.embedding_scorer import EmbeddingScorer
+from recemb.eval.model_scorers import Item2VecScorer
 from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol
 from recemb.eval.scorers import Scorer
 from recemb.eval.tables import format_tables
@@ -110,6 +111,22 @@ def baseline_scorers(names: Iterable[str], protocol: str, seed: int = 0) -> dict
             out[name] = RandomScorer(seed, name=name)
         else:
             raise ConfigError(f"eval.baselines: unknown baseline {name!r}; choose from {BASELINES}")
+    return out
+
+
+def model_scorers(cfg: PipelineConfig, protocol: str) -> dict[str, Scorer]:
+    """The recemb models of ``cfg.eval.models``, each fitted by the runner on the split's train part.
+
+    Item2vec trains on sessions under sess, on whole user histories elsewhere.
+    """
+    e = cfg.eval
+    out: dict[str, Scorer] = {}
+    for name in e.models:
+        if name == "item2vec":
+            unit = "session" if protocol == "sess" else "user"
+            out[name] = Item2VecScorer(
+                cfg.item2vec, unit, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name=name
+            )
     return out
 
 
@@ -196,7 +213,7 @@ def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
         except ProtocolNotSupported as why:
             results["skipped"][protocol] = str(why)
             continue
-        scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **models}
+        scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **model_scorers(cfg, protocol), **models}
         options = (
             {"popularity": {"refit_every": e.imp_popularity_refit}}
             if protocol == "imp" and e.imp_popularity_refit

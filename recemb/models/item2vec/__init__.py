@@ -11,7 +11,17 @@ Layout, one job per module:
 """
 
 from recemb.models.item2vec.config import Item2VecConfig
-from recemb.models.item2vec.corpus import Corpus, build_corpus
-from recemb.models.item2vec.model import Item2Vec
 
 __all__ = ["Item2Vec", "Item2VecConfig", "Corpus", "build_corpus"]
+
+# The trainer pulls in numba; load it on first use so that reading a config
+# (every CLI start) stays fast.
+_LAZY = {"Item2Vec": "model", "Corpus": "corpus", "build_corpus": "corpus"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pydantic
 
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, l2_normalize
@@ -55,9 +56,13 @@ class Item2Vec:
 
     def __init__(self, config: Item2VecConfig | None = None, **overrides: Any):
         base = config or Item2VecConfig()
-        self.config = base.model_copy(update=overrides) if overrides else base
+        self.config = base
         if overrides:
-            self.config = Item2VecConfig.model_validate(self.config.model_dump())
+            try:
+                self.config = Item2VecConfig.model_validate(base.model_dump() | overrides)
+            except pydantic.ValidationError as e:
+                bad = "; ".join(f"item2vec.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+                raise ConfigError(f"Item2Vec: invalid setting(s): {bad}") from None
         self.vocab: Vocab | None = None
         self.vectors: np.ndarray | None = None
         self.history: list[dict[str, float]] = []

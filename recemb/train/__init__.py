@@ -1,0 +1,1 @@
+"""Training stages: prepared dataset + config -> model artifacts under the run directory."""
