@@ -1,0 +1,33 @@
+"""What every job shares: ``--config`` / ``--set`` parsing and Ray start-up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from recemb.config import PipelineConfig, load_config
+from recemb.errors import RecembError
+
+
+def run_job(description: str, body: Callable[[PipelineConfig], object], argv: list[str] | None = None) -> int:
+    """Parse ``--config PATH [--set k=v ...]``, join/start Ray, run ``body(cfg)``; exit code."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/quickstart.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else start locally)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from recemb.ray_runtime import ray_session
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        with ray_session(address=args.address):
+            result = body(cfg)
+    except RecembError as e:
+        print(f"job failed: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(result)
+    return 0

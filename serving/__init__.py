@@ -1,0 +1,1 @@
+"""The online retrieval service (one FastAPI app, run by uvicorn or Ray Serve)."""
