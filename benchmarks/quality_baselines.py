@@ -46,7 +46,7 @@ from recemb.data.sources import prepare_source
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
 from recemb.eval.embedding_scorer import EmbeddingScorer
-from recemb.eval.evaluate import baseline_scorers, protocol_inputs, run_rows, split_counts
+from recemb.eval.evaluate import baseline_scorers, protocol_inputs, run_rows, runner_options, split_counts
 from recemb.eval.scorers import QueryBatch
 from recemb.eval.tables import format_tables
 
@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             extra, why = peers(protocol, args.tuned_epochs)
             scorers |= extra
             notes += why
-        rows = run_rows(protocol, split, catalogue, scorers, KS[protocol], log=lambda m: print(m, file=sys.stderr))
+        rows = run_rows(
+            protocol, split, catalogue, scorers, KS[protocol],
+            log=lambda m: print(m, file=sys.stderr), options=runner_options(protocol, EvalConfig()),
+        )
         results.append({
             "dataset": source,
             "protocols": {protocol: {"split": {**split_counts(split), "catalogue": len(catalogue)}, "rows": rows}},

@@ -151,6 +151,13 @@ def embedding_scorers(cfg: PipelineConfig) -> dict[str, Scorer]:
     return out
 
 
+def runner_options(protocol: str, e: EvalConfig) -> dict[str, dict[str, Any]]:
+    """Extra runner arguments per scorer name: under imp, popularity is refitted on a rolling origin."""
+    if protocol == "imp" and e.imp_popularity_refit:
+        return {"popularity": {"refit_every": e.imp_popularity_refit}}
+    return {}
+
+
 def run_rows(
     protocol: str,
     split: Any,
