@@ -127,6 +127,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.uvicorn_main import run_uvicorn
+
+    run_uvicorn(_load(args))
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from recemb.pipeline import run_pipeline
 
@@ -191,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the run's EmbeddingSets to checked Annoy indexes")
     _add_config_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve recommendations over HTTP on 127.0.0.1 (uvicorn)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pipeline", help="run every stage the config enables")
     _add_config_args(p)

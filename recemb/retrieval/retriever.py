@@ -41,8 +41,8 @@ import polars as pl
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
 from recemb.index.base import Index, unit_rows
+from recemb.retrieval.query import QUERY_MODES, query_weights
 
-QUERY_MODES = ("last", "mean", "mean_last_n", "recency")
 POPULARITY = "popularity"
 _OUT_SCHEMA = {
     "row": pl.Int64,
@@ -331,14 +331,11 @@ class Retriever:
                 (pl.col("item_row") >= 0)
                 & ~pl.col("row").is_in(pl.Series(np.flatnonzero(have)).implode())
             )
-            j = pl.int_range(pl.len()).reverse().over("row")  # 0 = most recent known item
-            weight = {
-                "last": (j == 0).cast(pl.Float32),
-                "mean": pl.lit(1.0, pl.Float32),
-                "mean_last_n": (j < self.last_n).cast(pl.Float32),
-                "recency": 1.0 / (j + 1).cast(pl.Float32),
-            }[mode]
-            h = h.sort(["row", "pos"]).with_columns(weight.alias("w")).filter(pl.col("w") > 0)
+            h = h.sort(["row", "pos"]).with_columns(
+                j=pl.int_range(pl.len()).reverse().over("row")  # 0 = most recent known item
+            )
+            h = h.with_columns(w=pl.Series(query_weights(h["j"].to_numpy(), mode, self.last_n)))
+            h = h.filter(pl.col("w") > 0)
             if h.height:
                 v = np.asarray(src.items.vectors[h["item_row"].to_numpy()], dtype=np.float32)
                 if src.index.metric == "cosine":

@@ -1,0 +1,572 @@
+"""Batch candidate generation: top-k per user for every user, as a Ray Data job.
+
+``generate_candidates(cfg)`` reads the prepared events (user histories,
+oldest first) and the run's exported indexes (``<run>/index/<model>/``) and
+writes (DESIGN.md §5)::
+
+    <run>/candidates/
+      part-00000.parquet ...   user_id: string, rank: int32 (1-based),
+                               item_id: string, score: float32, source: string
+      _job.json                fingerprint of what the parts are made of
+      manifest.json            counts, k, sources, seconds, users/s, config
+      _SUCCESS                 written last: the set of parts is complete
+
+Users go to a fixed partition, ``crc32(user_id) % partitions``, and are
+sorted by id inside it, so partition ``p`` holds the same rows on every
+run whatever the number of workers. Each partition is written by one call,
+to a temp file renamed into place, so a part file exists only when it is
+complete. A rerun with the same inputs skips the parts that exist: after a
+crash it finishes the job, without duplicates. A rerun whose inputs differ
+(other config, index, events) starts afresh.
+
+Ray Data runs the partitions (one row = one whole partition, so a batch
+never splits one) through :class:`PartitionWriter`, a callable class whose
+``__init__`` opens the indexes (Annoy mmap, shared between workers by the
+OS page cache) and builds the :class:`~recemb.retrieval.Retriever` once per
+worker. ``num_workers=0`` runs the same class in this process, without Ray.
+
+``holdout`` builds the queries of an offline evaluation instead of the
+production ones (scored by :mod:`recemb.eval.candidates_eval`):
+
+=======  ===============================================================
+none     every user, history = all their events (production)
+ml       P-ML test users, history = their leave-last-out train part,
+         validation item excluded; target = the test item
+sess     P-SESS: one query per test-session prefix, key
+         ``"<session_id>#<i>"``, history = items 0..i-1, no masking;
+         target = item i
+=======  ===============================================================
+
+Popularity (the fallback for users no source can serve) counts the events
+the histories come from (the train part under a holdout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from recemb import __version__
+from recemb.data import schema, splits
+from recemb.data.sessions import sessionize
+from recemb.embeddings import EmbeddingSet
+from recemb.errors import ConfigError, DataValidationError
+from recemb.io import atomic_path, sha256_file, write_json
+from recemb.retrieval.retriever import POPULARITY, QUERY_MODES, Retriever, Source
+
+log = logging.getLogger(__name__)
+
+#: The Parquet schema of every part file (DESIGN.md §5); plain ``string``, not
+#: ``large_string``/``string_view``, so that any Arrow reader takes it.
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("rank", pa.int32()),
+        ("item_id", pa.string()),
+        ("score", pa.float32()),
+        ("source", pa.string()),
+    ]
+)
+HOLDOUTS = ("none", "ml", "sess")
+PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
+JOB_FILE, MANIFEST_FILE, SUCCESS_FILE = "_job.json", "manifest.json", "_SUCCESS"
+USER_VECTORS_DIR = "user_embeddings"  # <run>/<model>/user_embeddings (two-tower)
+# Settings that change how fast the job runs, not what it writes.
+_EXECUTION_KEYS = ("num_workers", "cpus_per_worker", "verify", "out")
+
+
+class CandidatesConfig(BaseModel):
+    """The ``candidates:`` section: batch top-k for every user."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(100, ge=1)  # candidates per user
+    sources: list[str] = Field(default_factory=list)  # index names under <run>/index/; empty = all
+    # {source: count} or {source: fraction of k}; None = k split evenly (Retriever's rule)
+    quotas: dict[str, int | float] | None = None
+    query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
+    last_n: int = Field(5, ge=1)  # window of query=mean_last_n
+    exclude_seen: bool = True  # never return an item of the user's history (forced off for sess)
+    blocked: list[str] = Field(default_factory=list)  # item ids never returned to anyone
+    user_vectors: bool = True  # use <run>/<model>/user_embeddings as the query of known users
+    holdout: Literal["none", "ml", "sess"] = "none"  # see recemb.retrieval.candidates
+    search_k: int | None = None  # Annoy search_k; None = the index manifest's
+    partitions: int = Field(16, ge=1)  # fixed output partitions (part files)
+    batch_size: int = Field(1024, ge=1)  # users per Retriever call inside a partition
+    num_workers: int = Field(1, ge=0)  # Ray Data actors; 0 = in this process, no Ray
+    cpus_per_worker: float = Field(0.5, gt=0)  # fractional: workers share cores with the rest
+    verify: bool = True  # sha256 of indexes and EmbeddingSets once on the driver
+    out: str | None = None  # output directory; default <run>/candidates
+
+
+# ----------------------------------------------------------------- queries
+def candidate_queries(
+    events: pl.DataFrame, holdout: str = "none", gap_minutes: float = 30.0
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The queries of a candidate run and the events popularity is counted on.
+
+    Args:
+        events: canonical events.
+        holdout: ``none``, ``ml`` or ``sess`` (module docstring).
+        gap_minutes: sessionization gap for ``sess`` when events lack session ids.
+
+    Returns:
+        ``(queries, fit_events)``; ``queries`` has one row per key:
+        ``user_id: str, history: list[str] (oldest first), exclude: list[str],
+        target: str (null under none)``, sorted by ``user_id``.
+    """
+    if holdout not in HOLDOUTS:
+        raise ConfigError(f"candidates.holdout must be one of {HOLDOUTS}, got {holdout!r}")
+    if events.height == 0:
+        raise DataValidationError(
+            "candidate generation: the events table is empty; prepare data first"
+        )
+    empty = pl.lit([], dtype=pl.List(pl.String))
+    if holdout == "none":
+        q = _histories(events).with_columns(exclude=empty, target=pl.lit(None, pl.String))
+        return q.sort("user_id"), events
+    if holdout == "ml":
+        split = splits.leave_last_out(events)
+        if split.test.height == 0:
+            raise DataValidationError("holdout ml: no user has 3 or more events, so no test item")
+        q = (
+            split.test.select("user_id", pl.col("item_id").alias("target"))
+            .join(_histories(split.train), on="user_id", how="left")
+            .join(
+                split.validation.select("user_id", pl.concat_list("item_id").alias("exclude")),
+                on="user_id",
+                how="left",
+            )
+            .with_columns(pl.col("history").fill_null(empty), pl.col("exclude").fill_null(empty))
+        )
+        return q.select("user_id", "history", "exclude", "target").sort("user_id"), split.train
+    ev = sessionize(events, gap_minutes) if events["session_id"].null_count() else events
+    split = splits.session_split(ev)
+    if split.test.height == 0:
+        raise DataValidationError("holdout sess: no test session keeps >= 2 events on train items")
+    # split.test is ordered by (session_id, ts, original order): a prefix is a list slice.
+    q = (
+        split.test.group_by("session_id", maintain_order=True)
+        .agg(items=pl.col("item_id"))
+        .with_columns(pos=pl.int_ranges(1, pl.col("items").list.len()))
+        .explode("pos")
+        .select(
+            pl.format("{}#{}", "session_id", "pos").alias("user_id"),
+            pl.col("items").list.slice(0, pl.col("pos")).alias("history"),
+            empty.alias("exclude"),
+            pl.col("items").list.get(pl.col("pos")).alias("target"),
+        )
+    )
+    return q.sort("user_id"), split.train
+
+
+def _histories(events: pl.DataFrame) -> pl.DataFrame:
+    """``[user_id, history: list[str]]``, oldest first by (ts, item_id) as P-ML orders them."""
+    ev = events.select("user_id", "item_id", "ts")
+    ev = ev.sort([pl.col("user_id"), *splits.sort_keys(ev, ("ts", "item_id"))], maintain_order=True)
+    return ev.group_by("user_id", maintain_order=True).agg(history=pl.col("item_id"))
+
+
+def popularity(events: pl.DataFrame) -> list[str]:
+    """Item ids by event count, most first; ties by id so every run agrees."""
+    counts = events.group_by("item_id").len()
+    return counts.sort(["len", "item_id"], descending=[True, False])["item_id"].to_list()
+
+
+def partition_of(keys: Iterable[str], partitions: int) -> np.ndarray:
+    """``[Q]`` partition of each key: ``crc32(utf-8) % partitions``.
+
+    crc32, not polars' ``hash``: it must give the same partition in every
+    process and every library version, or a resumed job would write a user
+    into two parts.
+    """
+    return np.fromiter((zlib.crc32(k.encode()) % partitions for k in keys), dtype=np.int64)
+
+
+# ------------------------------------------------------------------ worker
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where one source's artifacts are; plain paths so that Ray can ship it."""
+
+    name: str
+    index_dir: str
+    items_dir: str
+    users_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a :class:`PartitionWriter` needs (picklable, no open files)."""
+
+    sources: tuple[SourceSpec, ...]
+    popularity: tuple[str, ...]
+    out_dir: str
+    k: int
+    query: str
+    last_n: int
+    quotas: dict[str, int | float] | None
+    exclude_seen: bool
+    blocked: tuple[str, ...]
+    search_k: int | None
+    batch_size: int
+    fail_on_parts: tuple[int, ...] = ()  # test hook: raise before writing these parts
+
+
+def part_path(out_dir: str | Path, part: int) -> Path:
+    return Path(out_dir) / f"part-{part:05d}.parquet"
+
+
+class PartitionWriter:
+    """Ray Data callable class: ``pa.Table`` of whole partitions -> per-partition stats.
+
+    Input rows: ``part: int64, user_id: list[str], history: list[list[str]],
+    exclude: list[list[str]]``. For each row the partition's candidates go to
+    ``part-<NNNNN>.parquet`` atomically. Output rows: ``part, users, rows,
+    fallback_rows, seconds``.
+    """
+
+    def __init__(self, spec: WorkerSpec):
+        from recemb.index.export import load_index
+
+        self.spec = spec
+        sources = {}
+        for s in spec.sources:
+            # The driver already verified checksums: here only the cheap structural checks.
+            items = EmbeddingSet.load(s.items_dir, verify=False)
+            index = load_index(s.index_dir, verify=False, search_k=spec.search_k, embeddings=items)
+            users = EmbeddingSet.load(s.users_dir, verify=False) if s.users_dir else None
+            sources[s.name] = Source(items, index, users)
+        self.retriever = Retriever(
+            sources,
+            popularity=list(spec.popularity),
+            query=spec.query,
+            last_n=spec.last_n,
+            quotas=spec.quotas,
+            exclude_seen=spec.exclude_seen,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stats = [self.write_partition(**row) for row in batch.to_pylist()]
+        return pa.Table.from_pylist(stats)
+
+    def candidates(
+        self, user_ids: list[str], histories: list[list[str]], excludes: list[list[str]]
+    ) -> pa.Table:
+        """Top-k for these users, in ``batch_size`` chunks, as a :data:`CANDIDATES_SCHEMA` table."""
+        sp, frames = self.spec, []
+        for lo in range(0, len(user_ids), sp.batch_size):
+            hi = lo + sp.batch_size
+            frames.append(
+                self.retriever.recommend_batch(
+                    histories[lo:hi],
+                    sp.k,
+                    exclude=excludes[lo:hi],
+                    blocked=sp.blocked,
+                    user_ids=user_ids[lo:hi],
+                )
+            )
+        if not frames:
+            return CANDIDATES_SCHEMA.empty_table()
+        return pl.concat(frames).to_arrow().select(CANDIDATES_SCHEMA.names).cast(CANDIDATES_SCHEMA)
+
+    def write_partition(
+        self, part: int, user_id: list, history: list, exclude: list
+    ) -> dict[str, Any]:
+        """Write one partition's part file atomically; return its stats."""
+        t0 = time.perf_counter()
+        table = self.candidates(user_id, history, exclude)
+        if part in self.spec.fail_on_parts:
+            raise RuntimeError(f"test hook: failing partition {part} before it is written")
+        with atomic_path(part_path(self.spec.out_dir, part)) as tmp:
+            pq.write_table(table, tmp)
+        fallback = int(pc.sum(pc.equal(table["source"], POPULARITY)).as_py() or 0)
+        return {
+            "part": part,
+            "users": len(user_id),
+            "rows": table.num_rows,
+            "fallback_rows": fallback,
+            "seconds": time.perf_counter() - t0,
+        }
+
+
+# ----------------------------------------------------------------- driver
+def resolve_sources(run_dir: Path, c: CandidatesConfig) -> list[SourceSpec]:
+    """The exported indexes to use, checked (sha256 with ``c.verify``) before any worker starts."""
+    from recemb.index.export import embeddings_dir, load_index
+
+    root = run_dir / "index"
+    found = sorted(p.parent.name for p in root.glob("*/manifest.json"))
+    wanted = c.sources or found
+    if not wanted:
+        raise ConfigError(
+            f"candidates: no exported index under {root}; run `recemb export CONFIG` first"
+        )
+    missing = [s for s in wanted if s not in found]
+    if missing:
+        raise ConfigError(
+            f"candidates.sources: no index for {missing} under {root} (found {found or 'none'}); "
+            "export them with `recemb export CONFIG` or fix the names"
+        )
+    unknown = sorted(set(c.quotas or {}) - set(wanted))
+    if unknown:
+        raise ConfigError(f"candidates.quotas name unknown sources {unknown}; sources are {wanted}")
+    specs = []
+    for name in wanted:
+        emb = embeddings_dir(root / name)
+        load_index(root / name, verify=c.verify, embeddings=emb).unload()
+        EmbeddingSet.load(emb, verify=c.verify)
+        users = run_dir / name / USER_VECTORS_DIR
+        has_users = c.user_vectors and (users / "manifest.json").is_file()
+        if has_users:
+            EmbeddingSet.load(users, verify=c.verify)
+        users_dir = str(users) if has_users else None
+        specs.append(SourceSpec(name, str(root / name), str(emb), users_dir))
+    return specs
+
+
+def _fingerprint(
+    c: CandidatesConfig, sources: list[SourceSpec], events_sha: str, n_keys: int
+) -> str:
+    """What the parts are made of: if any of it changes, old parts are stale."""
+    import hashlib
+
+    files = {}
+    for s in sources:
+        for d in (s.index_dir, s.items_dir, s.users_dir):
+            if d:
+                files[d] = json.loads((Path(d) / "manifest.json").read_text()).get("sha256")
+    blob = {
+        "config": c.model_dump(mode="json", exclude=set(_EXECUTION_KEYS)),
+        "sources": [asdict(s) for s in sources],
+        "files": files,
+        "events": events_sha,
+        "keys": n_keys,
+        "code_version": __version__,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _prepare_out(out: Path, fingerprint: str, force: bool, say: Callable[[str], None]) -> bool:
+    """Make ``out`` hold only parts of this fingerprint; True if the job is already complete."""
+    job = out / JOB_FILE
+    old = json.loads(job.read_text()).get("fingerprint") if job.is_file() else None
+    if old == fingerprint and not force:
+        if (out / SUCCESS_FILE).is_file():
+            return True
+    elif out.exists():
+        stale = [p for p in out.iterdir() if PART_RE.match(p.name)]
+        if stale:
+            say(f"candidates: {out} holds {len(stale)} parts of other inputs; starting afresh")
+        for p in [*stale, out / MANIFEST_FILE, out / SUCCESS_FILE]:
+            p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # Temp files of a killed worker: never renamed, so never part of the output.
+    for p in out.glob(".part-*.tmp"):
+        p.unlink(missing_ok=True)
+    (out / SUCCESS_FILE).unlink(missing_ok=True)
+    write_json(job, {"fingerprint": fingerprint})
+    return False
+
+
+def _partition_table(queries: pl.DataFrame, parts: np.ndarray, todo: list[int]) -> pa.Table:
+    """One row per partition in ``todo``: its users (sorted), histories and exclusions."""
+    grouped = (
+        queries.with_columns(part=pl.Series(parts))
+        .filter(pl.col("part").is_in(todo))
+        .sort(["part", "user_id"])
+        .group_by("part", maintain_order=True)
+        .agg("user_id", "history", "exclude")
+    )
+    # Partitions with no user still get a (empty) part file, so "done" = "file exists".
+    missing = sorted(set(todo) - set(grouped["part"].to_list()))
+    if missing:
+        empty = pl.DataFrame(
+            {"part": missing, "user_id": [[]] * len(missing), "history": [[]] * len(missing),
+             "exclude": [[]] * len(missing)},
+            schema=grouped.schema,
+        )
+        grouped = pl.concat([grouped, empty]).sort("part")
+    return grouped.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+def _run_partitions(
+    table: pa.Table, spec: WorkerSpec, c: CandidatesConfig, on_done: Callable[[dict], None]
+) -> None:
+    if c.num_workers == 0:
+        writer = PartitionWriter(spec)
+        for i in range(table.num_rows):
+            for row in writer(table.slice(i, 1)).to_pylist():
+                on_done(row)
+        return
+    import ray.data
+
+    from recemb.ray_runtime import ray_session
+
+    with ray_session():
+        # One block per partition: a block is never split between two writes.
+        ds = ray.data.from_arrow([table.slice(i, 1) for i in range(table.num_rows)])
+        ds = ds.map_batches(
+            PartitionWriter,
+            fn_constructor_kwargs={"spec": spec},
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=c.num_workers),
+            num_cpus=c.cpus_per_worker,
+        )
+        for row in ds.iter_rows():
+            on_done(dict(row))
+
+
+def generate_candidates(
+    cfg: Any,
+    section: CandidatesConfig | None = None,
+    *,
+    force: bool = False,
+    log_fn: Callable[[str], None] | None = None,
+    _fail_on_parts: Iterable[int] = (),
+) -> Path:
+    """Write top-k candidates for every user of the run to ``<run>/candidates``; return that dir.
+
+    Args:
+        cfg: the :class:`~recemb.config.PipelineConfig` (run dir, prepared data,
+            sessionize gap).
+        section: the candidates settings; default ``cfg.candidates``, else defaults.
+        force: recompute every partition even if the output is complete.
+        log_fn: receives progress lines (default: this module's logger).
+        _fail_on_parts: test hook; these partitions raise before being written.
+    """
+    say = log_fn or log.info
+    c = section or getattr(cfg, "candidates", None) or CandidatesConfig()
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    out = Path(c.out) if c.out else run_dir / "candidates"
+    sources = resolve_sources(run_dir, c)
+    events_path = Path(cfg.prepared_dir) / "events.parquet"
+    if not events_path.is_file():
+        raise DataValidationError(
+            f"{events_path}: missing; prepare the data first "
+            "(`recemb data prepare` or `recemb pipeline CONFIG`)"
+        )
+    events = schema.read_table(events_path, "events")
+    queries, fit = candidate_queries(events, c.holdout, cfg.data.sessionize.gap_minutes)
+    parts = partition_of(queries["user_id"].to_list(), c.partitions)
+    fingerprint = _fingerprint(c, sources, sha256_file(events_path), queries.height)
+    if _prepare_out(out, fingerprint, force, say):
+        say(f"candidates: {out} is complete for these inputs; nothing to do (force to redo)")
+        return out
+
+    done = sorted(int(m.group(1)) for p in out.iterdir() if (m := PART_RE.match(p.name)))
+    todo = [p for p in range(c.partitions) if p not in set(done)]
+    if done:
+        say(f"candidates: resuming, {len(done)}/{c.partitions} partitions already written")
+    spec = WorkerSpec(
+        sources=tuple(sources),
+        popularity=tuple(popularity(fit)),
+        out_dir=str(out),
+        k=c.k,
+        query=c.query,
+        last_n=c.last_n,
+        quotas=c.quotas,
+        exclude_seen=c.exclude_seen and c.holdout != "sess",  # P-SESS masks nothing
+        blocked=tuple(c.blocked),
+        search_k=c.search_k,
+        batch_size=c.batch_size,
+        fail_on_parts=tuple(int(p) for p in _fail_on_parts),
+    )
+    progress = {"parts": len(done), "users": 0, "fallback_rows": 0}
+    t_run = time.perf_counter()
+
+    def on_done(row: dict) -> None:
+        progress["parts"] += 1
+        progress["users"] += int(row["users"])
+        progress["fallback_rows"] += int(row["fallback_rows"])
+        rate = progress["users"] / max(time.perf_counter() - t_run, 1e-9)
+        say(
+            f"candidates: {progress['parts']}/{c.partitions} partitions, "
+            f"{progress['users']} users, {rate:,.0f} users/s"
+        )
+
+    if todo:
+        _run_partitions(_partition_table(queries, parts, todo), spec, c, on_done)
+    run_seconds = time.perf_counter() - t_run
+    manifest = _manifest(
+        out, c, sources, queries.height, len(done), progress, t0, run_seconds, fingerprint
+    )
+    write_json(out / MANIFEST_FILE, manifest)
+    with atomic_path(out / SUCCESS_FILE) as tmp:
+        tmp.write_text("")
+    say(
+        f"candidates: {manifest['rows']} rows for {manifest['users']} users "
+        f"in {manifest['seconds']}s -> {out}"
+    )
+    return out
+
+
+def _manifest(
+    out, c, sources, n_users, resumed, progress, t0, run_seconds, fingerprint
+) -> dict[str, Any]:
+    files = sorted(p for p in out.iterdir() if PART_RE.match(p.name))
+    if len(files) != c.partitions:  # cannot happen unless someone deletes files mid-run
+        raise DataValidationError(
+            f"{out}: {len(files)} part files, expected {c.partitions}; rerun the job"
+        )
+    rows = sum(pq.read_metadata(p).num_rows for p in files)
+    return {
+        "schema_version": 1,
+        "users": n_users,
+        "rows": rows,
+        "k": c.k,
+        "holdout": c.holdout,
+        "sources": [s.name for s in sources],
+        "partitions": c.partitions,
+        "resumed_partitions": resumed,
+        "this_run": {
+            "users": progress["users"],
+            "fallback_rows": progress["fallback_rows"],
+            "seconds": round(run_seconds, 3),
+            "users_per_s": round(progress["users"] / run_seconds, 1) if run_seconds > 0 else None,
+        },
+        "seconds": round(time.perf_counter() - t0, 3),
+        "columns": {f.name: str(f.type) for f in CANDIDATES_SCHEMA},
+        "config": c.model_dump(mode="json"),
+        "fingerprint": fingerprint,
+        "code_version": __version__,
+    }
+
+
+def read_candidates(out_dir: str | Path) -> pl.DataFrame:
+    """All parts of a finished candidate run as one frame (raises unless ``_SUCCESS`` is there)."""
+    out = Path(out_dir)
+    if not (out / SUCCESS_FILE).is_file():
+        raise DataValidationError(
+            f"{out}: no {SUCCESS_FILE}; the candidate job has not finished. "
+            "Rerun `recemb candidates CONFIG` (it resumes where it stopped)"
+        )
+    return pl.read_parquet(sorted(str(p) for p in out.iterdir() if PART_RE.match(p.name)))
+
+
+__all__ = [
+    "CANDIDATES_SCHEMA",
+    "QUERY_MODES",
+    "CandidatesConfig",
+    "PartitionWriter",
+    "candidate_queries",
+    "generate_candidates",
+    "partition_of",
+    "popularity",
+    "read_candidates",
+]

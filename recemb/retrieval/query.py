@@ -1,0 +1,57 @@
+"""History -> query vector, shared by the batch Retriever and the online service.
+
+``j`` counts a history's *known* items back from the most recent one
+(``j = 0``). Weights per query mode (see ``recemb.retrieval.retriever``):
+
+============ =====================
+mode         weight of item j
+============ =====================
+last         1 if j == 0 else 0
+mean         1
+mean_last_n  1 if j < last_n else 0
+recency      1 / (j + 1)
+============ =====================
+
+The query is ``sum_j w_j x_j / sum_j w_j`` over the item vectors ``x_j``,
+unit-normalised first for cosine so that every item counts equally.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recemb.index.base import unit_rows
+
+QUERY_MODES = ("last", "mean", "mean_last_n", "recency")
+
+
+def query_weights(j: np.ndarray, mode: str, last_n: int) -> np.ndarray:
+    """Weights ``[M]`` float32 of items at recency positions ``j [M]`` (0 = most recent known item)."""
+    j = np.asarray(j)
+    if mode == "last":
+        return (j == 0).astype(np.float32)
+    if mode == "mean":
+        return np.ones(j.shape, dtype=np.float32)
+    if mode == "mean_last_n":
+        return (j < last_n).astype(np.float32)
+    if mode == "recency":
+        return (1.0 / (j + 1)).astype(np.float32)
+    raise ValueError(f"query mode must be one of {QUERY_MODES}, got {mode!r}")
+
+
+def history_query(vectors: np.ndarray, mode: str, last_n: int, cosine: bool) -> np.ndarray | None:
+    """One query ``[D]`` from the vectors ``[M, D]`` of a history's known items, oldest first.
+
+    Returns None when no item gets a positive weight (``M == 0``).
+    """
+    m = vectors.shape[0]
+    if m == 0:
+        return None
+    w = query_weights(np.arange(m - 1, -1, -1), mode, last_n)
+    keep = w > 0
+    v = np.asarray(vectors[keep], dtype=np.float32)
+    if cosine:
+        v = unit_rows(v)
+    w = w[keep]
+    # Row-by-row sum, as np.add.reduceat does in the batch path: same rounding, same neighbours.
+    return (v * w[:, None]).sum(axis=0) / w.sum()

@@ -1,0 +1,239 @@
+"""What the service has loaded, and the index hot swap.
+
+A :class:`Snapshot` is immutable: the Retriever over every ``<run>/index/<model>/``
+(indexes checked by :func:`recemb.index.export.load_index`, vectors by
+``EmbeddingSet.load``), the popularity fallback, the user tower and the
+manifests. A request takes ``state.current()`` ONCE and uses that snapshot to
+the end, so a swap never changes the index under a running request.
+
+:meth:`ServingState.reload` builds a whole new snapshot off the request path,
+checks it (manifests, checksums, ids against the EmbeddingSet, one query per
+source) and only then replaces the reference (one assignment, under a lock
+that serialises reloads). A bad export raises while loading and is refused:
+the old snapshot keeps serving and ``last_error`` says why. The old Annoy
+mmaps close when the last request holding the old snapshot lets go of it
+(reference counting), never under a running search; ``recemb export``
+replaces index directories by rename, so the old files stay readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recemb.embeddings import MANIFEST_FILE as EMB_MANIFEST
+from recemb.embeddings import EmbeddingSet
+from recemb.errors import RecembError
+from recemb.index.base import RecembIndexError
+from recemb.index.export import MANIFEST_FILE, embeddings_dir, load_index, read_manifest
+from recemb.retrieval import Retriever, Source
+from serving.query import OnlineRetriever
+from recemb.retrieval.serve_config import ServeConfig
+from serving.user_tower import MicroBatcher, TowerQueryFn, UserTowerQuery, load_user_tower
+
+log = logging.getLogger(__name__)
+
+USER_EMBEDDINGS = "user_embeddings"  # <run>/<model>/user_embeddings beside <model>/embeddings
+
+
+class NotReady(RecembError):
+    """No index has been loaded yet (readiness fails)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded generation of indexes; never mutated after it is built."""
+
+    generation: int
+    loaded_at: float  # unix seconds
+    online: OnlineRetriever
+    manifests: dict[str, dict[str, Any]]  # model -> index manifest
+    popularity_items: int
+    tower: UserTowerQuery | None = None
+    tower_query: TowerQueryFn | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for ``/v1/indexes``."""
+        return {
+            "generation": self.generation,
+            "loaded_at": self.loaded_at,
+            "models": {
+                name: {
+                    "count": m["count"],
+                    "dim": m["dim"],
+                    "metric": m["metric"],
+                    "sha256": m["sha256"],
+                    "user_vectors": self.online.retriever.sources[name].users is not None,
+                    "manifest": m,
+                }
+                for name, m in self.manifests.items()
+            },
+            "popularity_items": self.popularity_items,
+            "user_tower": None if self.tower is None else self.tower.source,
+        }
+
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    generation: int  # the generation serving after the attempt
+    error: str | None = None
+    seconds: float = 0.0
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "generation": self.generation,
+            "error": self.error,
+            "seconds": round(self.seconds, 4),
+            "at": self.at,
+        }
+
+
+def index_names(settings: ServeConfig) -> list[str]:
+    """The models to serve: ``settings.models`` or every ``<run>/index/*/manifest.json``."""
+    root = settings.run_path / "index"
+    if settings.models:
+        return list(settings.models)
+    names = sorted(p.parent.name for p in root.glob(f"*/{MANIFEST_FILE}")) if root.is_dir() else []
+    if not names:
+        raise RecembIndexError(
+            f"{root}: no exported index (<run>/index/<model>/manifest.json); run `recemb export CONFIG`"
+        )
+    return names
+
+
+def load_popularity(prepared_dir: Path) -> list[str]:
+    """Item ids by train event count, most popular first (ties by id); [] without events."""
+    events = prepared_dir / "events.parquet"
+    if not events.is_file():
+        log.warning("%s missing: the popularity fallback is empty", events)
+        return []
+    counts = (
+        pl.scan_parquet(events)
+        .group_by("item_id")
+        .len()
+        .sort(["len", "item_id"], descending=[True, False])
+        .collect()
+    )
+    return counts["item_id"].to_list()
+
+
+def load_source(index_dir: Path, verify: bool) -> tuple[Source, dict[str, Any]]:
+    """One model's Source (item vectors, checked Annoy index, optional user vectors) and manifest."""
+    manifest = read_manifest(index_dir)
+    emb_dir = embeddings_dir(index_dir)
+    items = EmbeddingSet.load(emb_dir, verify=verify)
+    index = load_index(index_dir, verify=verify, embeddings=emb_dir)
+    users_dir = emb_dir.parent / USER_EMBEDDINGS
+    users = EmbeddingSet.load(users_dir, verify=verify) if (users_dir / EMB_MANIFEST).is_file() else None
+    return Source(items, index, users), manifest
+
+
+def load_snapshot(
+    settings: ServeConfig,
+    generation: int,
+    tower_query_factory: Callable[[UserTowerQuery], TowerQueryFn] | None = None,
+) -> Snapshot:
+    """Load and check everything the service answers from; raises RecembError on any bad artifact."""
+    sources, manifests = {}, {}
+    for name in index_names(settings):
+        sources[name], manifests[name] = load_source(settings.run_path / "index" / name, settings.verify_checksums)
+    popularity = load_popularity(settings.prepared_path)
+    retriever = Retriever(
+        sources,
+        popularity=popularity,
+        query=settings.query,
+        last_n=settings.last_n,
+        quotas=settings.quotas,
+        exclude_seen=settings.exclude_seen,
+    )
+    online = OnlineRetriever(retriever)
+    for name, src in sources.items():  # one real search per source before it may serve
+        rows, _ = src.index.search(src.items.vectors[:1], 1)
+        if rows[0, 0] < 0:
+            raise RecembIndexError(f"index {name!r} returned nothing for its own first item; re-export it")
+    tower, tower_query = None, None
+    if settings.user_tower.enabled:
+        tower = load_user_tower(settings.run_path, source=settings.user_tower.source)
+        if tower is not None:
+            if tower.source not in sources:
+                raise RecembIndexError(
+                    f"the user tower queries index {tower.source!r}, which is not loaded "
+                    f"(loaded: {sorted(sources)}); export it or add it to serve.models"
+                )
+            factory = tower_query_factory or (
+                lambda t: MicroBatcher(t, settings.user_tower.max_batch_size, settings.user_tower.batch_wait_ms)
+            )
+            tower_query = factory(tower)
+    return Snapshot(generation, time.time(), online, manifests, len(popularity), tower, tower_query)
+
+
+class ServingState:
+    """The current snapshot plus hot swap.
+
+    Args:
+        settings: the resolved ``serve`` section (``run_dir`` set).
+        loader: ``(settings, generation) -> Snapshot`` (tests inject failures here).
+    """
+
+    def __init__(
+        self,
+        settings: ServeConfig,
+        loader: Callable[[ServeConfig, int], Snapshot] | None = None,
+        tower_query_factory: Callable[[UserTowerQuery], TowerQueryFn] | None = None,
+    ):
+        self.settings = settings
+        self._loader = loader or (lambda s, g: load_snapshot(s, g, tower_query_factory))
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()  # one reload at a time
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="recemb-reload")
+        self.last_reload: ReloadResult | None = None
+        self.reloads = {"ok": 0, "refused": 0}
+
+    def current(self) -> Snapshot:
+        """The snapshot to answer one request from (take it once per request)."""
+        snap = self._snapshot
+        if snap is None:
+            raise NotReady("no index loaded yet; see /v1/indexes for the last load error")
+        return snap
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    def reload(self) -> ReloadResult:
+        """Load a new snapshot and swap it in; on any error keep the old one. Blocking."""
+        with self._lock:
+            gen = (self._snapshot.generation if self._snapshot else 0) + 1
+            t0 = time.perf_counter()
+            try:
+                snap = self._loader(self.settings, gen)
+            except (RecembError, OSError, ValueError) as e:
+                serving = self._snapshot.generation if self._snapshot else 0
+                result = ReloadResult(False, serving, f"{type(e).__name__}: {e}", time.perf_counter() - t0)
+                self.reloads["refused"] += 1
+                log.error("index reload refused, generation %s keeps serving: %s", serving, e)
+            else:
+                self._snapshot = snap  # the swap: one reference assignment
+                result = ReloadResult(True, gen, None, time.perf_counter() - t0)
+                self.reloads["ok"] += 1
+                log.info("index generation %s serving (%s)", gen, ", ".join(snap.manifests))
+            self.last_reload = result
+            return result
+
+    def reload_in_background(self) -> Future:
+        """Start :meth:`reload` on the reload thread; the Future yields the ReloadResult."""
+        return self._pool.submit(self.reload)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,47 @@
+"""A small synthetic run to try, test and benchmark the service without training anything.
+
+``make_demo_run(dir)`` writes what the pipeline would::
+
+    <dir>/data/events.parquet          (item_id column: the popularity fallback)
+    <dir>/item2vec/embeddings/          clustered random vectors, ids "i0".."i{N-1}"
+    <dir>/index/item2vec/               Annoy export (recemb.index.export.export_all)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recemb.embeddings import EmbeddingSet
+from recemb.index.export import export_all
+
+
+def clustered_vectors(n: int, dim: int, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    """``[n, dim]`` float32: cluster centres plus noise, so neighbours are meaningful."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    return (centres[rng.integers(0, clusters, n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def make_demo_run(
+    run_dir: str | Path,
+    n_items: int = 500,
+    dim: int = 16,
+    seed: int = 0,
+    model: str = "item2vec",
+    n_trees: int = 10,
+) -> Path:
+    """Write a run with one exported model (see module docstring); returns ``run_dir``."""
+    run_dir = Path(run_dir)
+    ids = [f"i{r}" for r in range(n_items)]
+    emb_dir = run_dir / model / "embeddings"
+    EmbeddingSet(ids, clustered_vectors(n_items, dim, seed=seed), kind=model).save(emb_dir)
+    rng = np.random.default_rng(seed)
+    # Zipf-like clicks: low row numbers are the popular items.
+    clicks = np.minimum(rng.zipf(1.3, size=20 * n_items) - 1, n_items - 1)
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"item_id": [ids[c] for c in clicks]}).write_parquet(run_dir / "data" / "events.parquet")
+    export_all({model: emb_dir}, run_dir, n_trees=n_trees, sample=min(200, n_items), seed=seed, n_jobs=1)
+    return run_dir
