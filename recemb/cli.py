@@ -127,6 +127,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_candidates(args: argparse.Namespace) -> int:
+    from recemb.retrieval.candidates import generate_candidates
+
+    out = generate_candidates(_load(args), force=args.force, log_fn=print)
+    print(f"candidates -> {out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.uvicorn_main import run_uvicorn
 
@@ -198,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the run's EmbeddingSets to checked Annoy indexes")
     _add_config_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("candidates", help="top-k candidates for every user (Ray Data) -> <run>/candidates/")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="regenerate even if a finished run exists")
+    p.set_defaults(func=cmd_candidates)
 
     p = sub.add_parser("serve", help="serve recommendations over HTTP on 127.0.0.1 (uvicorn)")
     _add_config_args(p)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recemb.errors import ConfigError
 from recemb.models.item2vec.config import Item2VecConfig
+from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.serve_config import ServeConfig
 
 
@@ -126,6 +127,7 @@ class PipelineConfig(Section):
     eval: EvalConfig = EvalConfig()
     item2vec: Item2VecConfig = Item2VecConfig()
     export: ExportConfig = ExportConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
     serve: ServeConfig = ServeConfig()
     # Stages that `recemb pipeline` runs, in order, when they exist.
     stages: list[str] = Field(default_factory=lambda: ["data", "evaluate"])

@@ -32,6 +32,13 @@ def stage_data(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     return {"dir": str(out), "skipped": skipped, "counts": d.get("counts", {})}
 
 
+def stage_candidates(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.retrieval.candidates import generate_candidates
+
+    out = generate_candidates(cfg, force=force, log_fn=print)
+    return {"dir": str(out)}
+
+
 def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.eval.evaluate import evaluate
     from recemb.eval.tables import format_tables
@@ -61,6 +68,7 @@ STAGES: dict[str, Callable[[PipelineConfig, bool], dict[str, Any]]] = {
     "data": stage_data,
     "item2vec": stage_item2vec,
     "export": stage_export,
+    "candidates": stage_candidates,
     "evaluate": stage_evaluate,
 }
 

@@ -43,6 +43,7 @@ from recemb.data.sessions import sessionize
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, find_embedding_sets
 from recemb.errors import ConfigError
+from recemb.eval.candidates_eval import evaluate_candidates
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
 from recemb.eval.embedding_scorer import EmbeddingScorer
 from recemb.eval.model_scorers import Item2VecScorer
@@ -232,6 +233,14 @@ def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
             "split": {**split_counts(split), "catalogue": len(catalogue)},
             "rows": rows,
         }
+    # Written candidate lists (recemb candidates), scored against their own holdout.
+    scored = evaluate_candidates(cfg)
+    if scored is not None:
+        part = results["protocols"].get(scored["protocol"])
+        if part is not None:
+            part["rows"].append(scored["row"])
+        else:
+            results["candidates"] = scored
     out = cfg.run_dir / "eval"
     write_json(out / "metrics.json", results)
     with atomic_path(out / "tables.txt") as tmp:
