@@ -23,6 +23,7 @@ from recemb.errors import ConfigError
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.serve_config import ServeConfig
+from recemb.train.ray_config import RayTrainConfig
 
 
 class Section(BaseModel):
@@ -126,6 +127,7 @@ class PipelineConfig(Section):
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
     item2vec: Item2VecConfig = Item2VecConfig()
+    ray: RayTrainConfig = RayTrainConfig()  # how training stages run: in-process or Ray Train workers
     export: ExportConfig = ExportConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     serve: ServeConfig = ServeConfig()

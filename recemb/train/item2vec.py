@@ -5,34 +5,27 @@ format, readable by gensim's ``KeyedVectors.load_word2vec_format``) and
 ``metrics.json`` (per-epoch loss and throughput). These vectors are trained
 on all events, for export and serving; the evaluation tables fit item2vec
 on each protocol's train split instead (recemb.eval.model_scorers).
+
+Training always goes through the checkpointed loop of
+:mod:`recemb.train.item2vec_ray`, driven by the ``ray:`` section
+(:class:`recemb.train.ray_config.RayTrainConfig`): ``ray.workers``
+data-parallel Ray Train workers, or 0 to run in this process; either way a
+checkpoint per epoch under ``<run>/ray/item2vec/`` and resume from it.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 from recemb.config import PipelineConfig
-from recemb.data.dataset import load_dataset
-from recemb.io import write_json
-
-log = logging.getLogger(__name__)
+from recemb.train.ray_config import RayTrainConfig
 
 
-def train_item2vec(cfg: PipelineConfig) -> Path:
-    """Train on ``cfg.prepared_dir``'s events with ``cfg.item2vec``; return ``<run>/item2vec``."""
-    from recemb.models.item2vec import Item2Vec
+def train_item2vec(cfg: PipelineConfig, ray: RayTrainConfig | None = None) -> Path:
+    """Train on ``cfg.prepared_dir``'s events with ``cfg.item2vec``; return ``<run>/item2vec``.
 
-    out = cfg.run_dir / "item2vec"
-    events = load_dataset(cfg.prepared_dir).events
-    t0 = time.perf_counter()
-    model = Item2Vec(cfg.item2vec).fit(events)
-    seconds = time.perf_counter() - t0
-    metrics = {"train_seconds": seconds, "epochs": model.history, "dropped": model.dropped}
-    emb = model.embeddings()
-    emb.save(out / "embeddings")
-    model.save_word2vec_format(out / "item2vec.w2v")
-    write_json(out / "metrics.json", metrics)
-    log.info("item2vec: %d items, dim %d, %.1fs -> %s", len(emb), emb.dim, seconds, out)
-    return out
+    ``ray`` overrides ``cfg.ray`` (workers, checkpoints, failures).
+    """
+    from recemb.train.item2vec_ray import train_item2vec_ray
+
+    return train_item2vec_ray(cfg, ray if ray is not None else cfg.ray)

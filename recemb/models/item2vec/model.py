@@ -86,31 +86,14 @@ class Item2Vec:
             self._seen = _seen_counts(data)
         self.dropped = dict(corpus.dropped)
         self.vocab = corpus.vocab
-        backend, device = self._resolve_backend()
-        self.backend = backend
-        rng = np.random.default_rng(cfg.seed)
-        n_items = len(corpus.vocab)
-        # gensim 4's initialisation: input vectors uniform in [-1, 1) / dim, zero output weights.
-        syn0 = ((rng.random((n_items, cfg.dim), dtype=np.float32) * 2 - 1) / cfg.dim).astype(np.float32)
-        syn1 = np.zeros((n_items, cfg.dim), dtype=np.float32)
-        keep = keep_probabilities(corpus.vocab.counts, cfg.sample)
-        table = negative_table(corpus.vocab.counts, cfg.ns_exponent)
-        if backend == "numba":
-            run_epoch = self._numba_epochs(corpus, syn0, syn1, keep, table)
-        else:
-            from recemb.models.item2vec.sgns_torch import TorchSGNS
-
-            trainer = TorchSGNS(syn0, syn1, keep, table, cfg, device)
-
-            def run_epoch(epoch: int, a0: float, a1: float) -> tuple[float, int]:
-                return trainer.epoch(corpus.indptr, corpus.indices, a0, a1, _epoch_seed(cfg.seed, epoch))
+        runner = EpochRunner(cfg, corpus.vocab.counts)
+        self.backend = runner.backend
         self.history = []
         started = time.perf_counter()
         for epoch in range(cfg.epochs):
-            a0 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * epoch / cfg.epochs
-            a1 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * (epoch + 1) / cfg.epochs
+            a0, a1 = lr_range(cfg, epoch)
             t0 = time.perf_counter()
-            loss, pairs = run_epoch(epoch, a0, a1)
+            loss, pairs = runner.run(corpus.indptr, corpus.indices, a0, a1, _epoch_seed(cfg.seed, epoch))
             secs = max(time.perf_counter() - t0, 1e-9)
             row = {
                 "epoch": epoch + 1,
@@ -125,51 +108,38 @@ class Item2Vec:
             eta = (time.perf_counter() - started) / (epoch + 1) * (cfg.epochs - epoch - 1)
             log.info(
                 "item2vec %s epoch %d/%d loss %.4f pairs/s %.0f events/s %.0f ETA %.1fs",
-                backend, epoch + 1, cfg.epochs, row["loss"], row["pairs_per_s"], row["events_per_s"], eta,
+                runner.backend, epoch + 1, cfg.epochs, row["loss"], row["pairs_per_s"], row["events_per_s"], eta,
             )
-        self.vectors = syn0 if backend == "numba" else trainer.input_vectors()
+        self.vectors = runner.input_vectors()
         self.train_seconds = time.perf_counter() - started
         return self
 
-    def _numba_epochs(self, corpus: Corpus, syn0, syn1, keep, table):
-        cfg = self.config
-        threads = sgns_cpu.set_threads(cfg.threads)
-        bounds = sgns_cpu.shard_bounds(corpus.indptr, threads)
-        sig, logsig = sgns_cpu.sigmoid_tables()
-
-        def run(epoch: int, a0: float, a1: float) -> tuple[float, int]:
-            loss, pairs, _ = sgns_cpu.train_epoch(
-                syn0, syn1, corpus.indptr, corpus.indices, keep, table, sig, logsig, bounds,
-                cfg.window, cfg.negatives, int(cfg.mode == "cbow"), int(cfg.shrink_windows),
-                int(cfg.shared_negatives), a0, a1, _epoch_seed(cfg.seed, epoch),
-            )
-            return float(loss.sum()), int(pairs.sum())
-
-        return run
-
     def _resolve_backend(self) -> tuple[str, str]:
         """(backend, torch device) from the config; device is "" for numba."""
-        cfg = self.config
-        if cfg.backend == "numba":
-            return "numba", ""
-        wants_cuda = cfg.device.startswith("cuda")
-        if cfg.backend == "auto" and cfg.device == "cpu":
-            return "numba", ""
-        if importlib.util.find_spec("torch") is None:
-            if cfg.backend == "torch" or wants_cuda:
-                raise ConfigError(
-                    "item2vec.backend=torch needs PyTorch; install it (pip install torch) or set item2vec.backend=numba"
-                )
-            return "numba", ""
-        import torch
+        return resolve_backend(self.config)
 
-        has_cuda = torch.cuda.is_available()
-        if wants_cuda and not has_cuda:
-            raise ConfigError(f"item2vec.device={cfg.device!r} but CUDA is not available; set item2vec.device=cpu")
-        device = cfg.device if cfg.device != "auto" else ("cuda" if has_cuda else "cpu")
-        if cfg.backend == "auto":
-            return ("torch", device) if device.startswith("cuda") else ("numba", "")
-        return "torch", device
+    @classmethod
+    def from_state(
+        cls, config: Item2VecConfig, vocab: Vocab, vectors: np.ndarray,
+        history: list[dict[str, float]] | None = None, backend: str | None = None,
+        dropped: dict[str, int] | None = None,
+    ) -> "Item2Vec":
+        """A fitted model from saved state (e.g. a training checkpoint), without training.
+
+        ``vectors`` is ``[V, D]`` float32, row i belonging to ``vocab.ids[i]``.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(vocab), config.dim):
+            raise RecembError(
+                f"Item2Vec.from_state: vectors have shape {vectors.shape}, expected "
+                f"({len(vocab)}, {config.dim}) for {len(vocab)} items of dim {config.dim}"
+            )
+        model = cls(config)
+        model.vocab, model.vectors = vocab, vectors
+        model.history = list(history or [])
+        model.backend = backend
+        model.dropped = dict(dropped or {})
+        return model
 
     # ------------------------------------------------------------------ output
     def _require_fitted(self) -> None:
@@ -254,6 +224,117 @@ class Item2Vec:
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A distinct RNG seed per (seed, epoch), so seed s, epoch 1 never replays seed s+1, epoch 0."""
     return seed * 1_000_003 + epoch
+
+
+def lr_range(cfg: Item2VecConfig, epoch: int) -> tuple[float, float]:
+    """Learning rate at the start and end of 0-based ``epoch``: linear from alpha to min_alpha over all epochs."""
+    a0 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * epoch / cfg.epochs
+    a1 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * (epoch + 1) / cfg.epochs
+    return a0, a1
+
+
+def resolve_backend(cfg: Item2VecConfig) -> tuple[str, str]:
+    """(backend, torch device) from the config; device is "" for numba."""
+    if cfg.backend == "numba":
+        return "numba", ""
+    wants_cuda = cfg.device.startswith("cuda")
+    if cfg.backend == "auto" and cfg.device == "cpu":
+        return "numba", ""
+    if importlib.util.find_spec("torch") is None:
+        if cfg.backend == "torch" or wants_cuda:
+            raise ConfigError(
+                "item2vec.backend=torch needs PyTorch; install it (pip install torch) or set item2vec.backend=numba"
+            )
+        return "numba", ""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if wants_cuda and not has_cuda:
+        raise ConfigError(f"item2vec.device={cfg.device!r} but CUDA is not available; set item2vec.device=cpu")
+    device = cfg.device if cfg.device != "auto" else ("cuda" if has_cuda else "cpu")
+    if cfg.backend == "auto":
+        return ("torch", device) if device.startswith("cuda") else ("numba", "")
+    return "torch", device
+
+
+def init_vectors(cfg: Item2VecConfig, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """gensim 4's initialisation: ``syn0`` ``[V, D]`` uniform in [-1, 1) / dim (from ``cfg.seed``), ``syn1`` zeros."""
+    rng = np.random.default_rng(cfg.seed)
+    syn0 = ((rng.random((n_items, cfg.dim), dtype=np.float32) * 2 - 1) / cfg.dim).astype(np.float32)
+    return syn0, np.zeros((n_items, cfg.dim), dtype=np.float32)
+
+
+class EpochRunner:
+    """SGNS training state (``syn0``, ``syn1`` ``[V, D]``, sampling tables) advanced one pass at a time.
+
+    :meth:`Item2Vec.fit` calls :meth:`run` once per epoch on the whole corpus;
+    a data-parallel loop (``recemb.train.item2vec_ray``) calls it on its shard
+    of sessions and synchronises :meth:`tensors` between calls. Sampling
+    tables come from the *global* item counts, so every shard draws the same
+    negatives distribution.
+    """
+
+    def __init__(
+        self, config: Item2VecConfig, counts: np.ndarray,
+        syn0: np.ndarray | None = None, syn1: np.ndarray | None = None,
+    ):
+        self.config = cfg = config
+        self.backend, self.device = resolve_backend(cfg)
+        if syn0 is None or syn1 is None:
+            syn0, syn1 = init_vectors(cfg, len(counts))
+        shape = (len(counts), cfg.dim)
+        if syn0.shape != shape or syn1.shape != shape:
+            raise RecembError(
+                f"item2vec: state matrices have shapes {syn0.shape} / {syn1.shape}, expected {shape} "
+                f"({len(counts)} items, dim {cfg.dim})"
+            )
+        keep = keep_probabilities(counts, cfg.sample)
+        table = negative_table(counts, cfg.ns_exponent)
+        if self.backend == "numba":
+            self.syn0 = np.ascontiguousarray(syn0, dtype=np.float32)
+            self.syn1 = np.ascontiguousarray(syn1, dtype=np.float32)
+            self._keep, self._table = keep, table
+            self._threads = sgns_cpu.set_threads(cfg.threads)
+            self._sig, self._logsig = sgns_cpu.sigmoid_tables()
+        else:
+            from recemb.models.item2vec.sgns_torch import TorchSGNS
+
+            self._torch = TorchSGNS(syn0, syn1, keep, table, cfg, self.device)
+
+    def run(
+        self, indptr: np.ndarray, indices: np.ndarray, alpha_start: float, alpha_end: float, seed: int
+    ) -> tuple[float, int]:
+        """One pass over the sessions ``indptr [S+1]`` / ``indices [E]``; returns (loss sum, pairs)."""
+        cfg = self.config
+        if self.backend != "numba":
+            return self._torch.epoch(indptr, indices, alpha_start, alpha_end, seed)
+        # numba's thread count is process-global: re-assert ours in case another fit changed it.
+        threads = sgns_cpu.set_threads(cfg.threads)
+        bounds = sgns_cpu.shard_bounds(indptr, threads)
+        loss, pairs, _ = sgns_cpu.train_epoch(
+            self.syn0, self.syn1, indptr, indices, self._keep, self._table, self._sig, self._logsig, bounds,
+            cfg.window, cfg.negatives, int(cfg.mode == "cbow"), int(cfg.shrink_windows),
+            int(cfg.shared_negatives), alpha_start, alpha_end, seed,
+        )
+        return float(loss.sum()), int(pairs.sum())
+
+    def tensors(self):
+        """``(syn0, syn1)`` as torch tensors that share memory with the training state (for all-reduce)."""
+        if self.backend != "numba":
+            return self._torch.syn0, self._torch.syn1
+        import torch
+
+        return torch.from_numpy(self.syn0), torch.from_numpy(self.syn1)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(syn0, syn1)`` as ``[V, D]`` float32 numpy arrays (views for numba, host copies for torch)."""
+        if self.backend == "numba":
+            return self.syn0, self.syn1
+        return self._torch.input_vectors(), self._torch.syn1.detach().cpu().numpy().astype(np.float32, copy=True)
+
+    def input_vectors(self) -> np.ndarray:
+        """The exported vectors: ``syn0`` ``[V, D]`` float32."""
+        return self.arrays()[0]
 
 
 def _seen_counts(data: pl.DataFrame | list[list[str]]) -> dict[str, int]:
