@@ -1,16 +1,22 @@
-"""`recemb pipeline`: run every stage the config enables, in order.
+"""`recemb pipeline`: run every stage the config enables, in order, skipping what is up to date.
 
-Stages are small functions ``(cfg, force) -> summary dict``; the pipeline
-runs those named in ``cfg.stages`` and prints one summary at the end. A stage
-whose output is up to date for this config is skipped (the data stage checks
-the recorded data config).
+A stage is a function ``(cfg, force) -> summary dict`` plus the config
+sections it reads. After a stage succeeds, ``<run>/stages/<stage>.json``
+records its fingerprint: a hash of its sections and of the fingerprints of
+the stages before it in this pipeline (so a change upstream reruns
+everything downstream). A rerun skips every stage whose fingerprint matches
+its record; a stage that crashed has no record and runs again, resuming from
+its own checkpoints where it has them (item2vec epochs, candidate partitions).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from recemb.config import PipelineConfig, config_to_dict
@@ -22,37 +28,18 @@ log = logging.getLogger(__name__)
 
 def stage_data(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.data.describe import describe, format_description
-    from recemb.data.prepare import is_prepared, prepare_dataset
+    from recemb.data.prepare import prepare_dataset
 
-    out = cfg.prepared_dir
-    skipped = not force and is_prepared(cfg.data, out)
-    prepare_dataset(cfg.data, out, force=force)
+    out = prepare_dataset(cfg.data, cfg.prepared_dir, force=force)
     d = describe(out)
     print(format_description(d))
-    return {"dir": str(out), "skipped": skipped, "counts": d.get("counts", {})}
-
-
-def stage_candidates(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.retrieval.candidates import generate_candidates
-
-    out = generate_candidates(cfg, force=force, log_fn=print)
-    return {"dir": str(out)}
-
-
-def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.eval.evaluate import evaluate
-    from recemb.eval.tables import format_tables
-
-    results = evaluate(cfg, log=lambda line: print(line, flush=True))
-    print(format_tables(results))
-    return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
+    return {"dir": str(out), "counts": d.get("counts", {})}
 
 
 def stage_item2vec(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.train.item2vec import train_item2vec
 
-    out = train_item2vec(cfg)
-    return {"dir": str(out)}
+    return {"dir": str(train_item2vec(cfg))}
 
 
 def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
@@ -64,25 +51,73 @@ def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     return {"indexes": {name: str(cfg.run_dir / "index" / name) for name in manifests}}
 
 
-STAGES: dict[str, Callable[[PipelineConfig, bool], dict[str, Any]]] = {
-    "data": stage_data,
-    "item2vec": stage_item2vec,
-    "export": stage_export,
-    "candidates": stage_candidates,
-    "evaluate": stage_evaluate,
+def stage_candidates(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.retrieval.candidates import generate_candidates
+
+    return {"dir": str(generate_candidates(cfg, force=force, log_fn=print))}
+
+
+def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.eval.evaluate import evaluate
+    from recemb.eval.tables import format_tables
+
+    print(format_tables(evaluate(cfg, log=lambda line: print(line, flush=True))))
+    return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
+
+
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[[PipelineConfig, bool], dict[str, Any]]
+    sections: tuple[str, ...]  # the config sections whose values decide its output
+
+
+STAGES: dict[str, Stage] = {
+    "data": Stage(stage_data, ("data",)),
+    "item2vec": Stage(stage_item2vec, ("item2vec", "ray")),
+    "export": Stage(stage_export, ("export",)),
+    "candidates": Stage(stage_candidates, ("candidates",)),
+    "evaluate": Stage(stage_evaluate, ("eval", "item2vec")),
 }
 
 
+def fingerprint(cfg: PipelineConfig, name: str, upstream: str) -> str:
+    """Hash of stage ``name``'s config sections and the ``upstream`` fingerprint."""
+    tree = config_to_dict(cfg)
+    payload = {"stage": name, "upstream": upstream, "sections": {s: tree[s] for s in STAGES[name].sections}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _record_path(cfg: PipelineConfig, name: str):
+    return cfg.run_dir / "stages" / f"{name}.json"
+
+
+def _is_done(cfg: PipelineConfig, name: str, fp: str) -> bool:
+    path = _record_path(cfg, name)
+    try:
+        return json.loads(path.read_text()).get("fingerprint") == fp
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
-    """Run ``cfg.stages`` in order; write ``<run>/pipeline.json``; return the summaries."""
+    """Run ``cfg.stages`` in order, skipping up-to-date ones; write ``<run>/pipeline.json``."""
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; available: {list(STAGES)}")
     summary: dict[str, Any] = {}
+    upstream = ""
     for name in cfg.stages:
+        fp = fingerprint(cfg, name, upstream)
+        upstream = fp
+        if not force and _is_done(cfg, name, fp):
+            print(f"== stage {name}: up to date, skipped", flush=True)
+            summary[name] = {**json.loads(_record_path(cfg, name).read_text())["summary"], "skipped": True}
+            continue
         print(f"== stage {name}", flush=True)
         t0 = time.perf_counter()
-        summary[name] = {**STAGES[name](cfg, force), "seconds": round(time.perf_counter() - t0, 2)}
+        result = {**STAGES[name].run(cfg, force), "seconds": round(time.perf_counter() - t0, 2)}
+        write_json(_record_path(cfg, name), {"fingerprint": fp, "finished": time.time(), "summary": result})
+        summary[name] = {**result, "skipped": False}
     write_json(cfg.run_dir / "pipeline.json", {"config": config_to_dict(cfg), "stages": summary})
     print("== summary")
     for name, s in summary.items():

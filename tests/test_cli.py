@@ -95,3 +95,24 @@ def test_export_and_evaluate_pick_up_the_runs_embedding_sets(tmp_path, capsys):
     assert main(["evaluate", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "topics" in out and "popularity" in out
+
+
+def test_pipeline_reruns_only_what_a_config_change_touches(tmp_path, capsys):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        f"run: {{name: s, dir: {tmp_path}}}\n"
+        "data:\n  source: synth\n  synth: {users: 60, items: 40, events: 3000, impressions: 0, images: false}\n"
+        "item2vec: {epochs: 2, threads: 1}\n"
+        "export: {n_trees: 2, sample: 10}\n"
+        "eval: {protocols: [ml], baselines: [popularity]}\n"
+        "stages: [data, item2vec, export, evaluate]\n"
+    )
+    assert main(["pipeline", str(cfg)]) == 0
+    capsys.readouterr()
+    # Only export and what follows it depend on export.n_trees.
+    assert main(["pipeline", str(cfg), "--set", "export.n_trees=3"]) == 0
+    out = capsys.readouterr().out
+    assert "stage data: up to date" in out and "stage item2vec: up to date" in out
+    assert "== stage export\n" in out and "== stage evaluate\n" in out
+    summary = json.loads((tmp_path / "s" / "pipeline.json").read_text())["stages"]
+    assert [summary[s]["skipped"] for s in ("data", "item2vec", "export", "evaluate")] == [True, True, False, False]
