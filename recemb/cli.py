@@ -108,10 +108,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recemb.train.item2vec import train_item2vec
+    cfg = _load(args)
+    if args.model == "item2vec":
+        from recemb.train.item2vec import train_item2vec
 
-    trainers = {"item2vec": train_item2vec}
-    out = trainers[args.model](_load(args))
+        out = train_item2vec(cfg)
+    else:
+        from recemb.models.content.align import train_content
+
+        out = train_content(cfg)
     print(f"trained {args.model} -> {out}")
     return 0
 
@@ -132,6 +137,16 @@ def cmd_candidates(args: argparse.Namespace) -> int:
 
     out = generate_candidates(_load(args), force=args.force, log_fn=print)
     print(f"candidates -> {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from recemb.report import run_report
+
+    out = run_report(_load(args))
+    print(f"report -> {out['report']}")
+    for model, path in out["projector"].items():
+        print(f"projector ({model}) -> {path}")
     return 0
 
 
@@ -199,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model on the prepared data of a config")
-    p.add_argument("model", choices=["item2vec"], help="which model")
+    p.add_argument("model", choices=["item2vec", "content"],
+                   help="item2vec, or content (align text/category/image encoders to the run's item2vec)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -211,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--force", action="store_true", help="regenerate even if a finished run exists")
     p.set_defaults(func=cmd_candidates)
+
+    p = sub.add_parser("report", help="self-contained <run>/report.html and embedding-projector files")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="serve recommendations over HTTP on 127.0.0.1 (uvicorn)")
     _add_config_args(p)

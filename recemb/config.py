@@ -20,7 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from recemb.errors import ConfigError
+from recemb.models.content.config import ContentConfig
 from recemb.models.item2vec.config import Item2VecConfig
+from recemb.report.config import ReportConfig
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.serve_config import ServeConfig
 from recemb.train.ray_config import RayTrainConfig
@@ -95,7 +97,12 @@ class EvalConfig(Section):
     imp_k: list[int] = Field(default_factory=lambda: [5, 10])  # nDCG@K / CTR@K of imp (MIND's)
     baselines: list[str] = Field(default_factory=lambda: ["popularity", "knn"])
     # recemb models fitted on each protocol's train split with their config section.
-    models: list[Literal["item2vec"]] = Field(default_factory=list)
+    models: list[
+        Literal["item2vec", "content", "content-text", "content-image", "content-both", "content-random"]
+    ] = Field(default_factory=list)
+    # Protocols the content* models run on. Content exists for cold items, and
+    # each run fits item2vec plus the content alignment, the costly part.
+    content_protocols: list[Literal["ml", "sess", "imp", "cold"]] = Field(default_factory=lambda: ["cold"])
     embeddings: dict[str, str] = Field(default_factory=dict)  # name -> EmbeddingSet directory to evaluate
     # Also evaluate every <run>/<model>/embeddings. Off by default: `recemb train`
     # fits on all events, test included, so those rows would be optimistic.
@@ -127,10 +134,12 @@ class PipelineConfig(Section):
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
     item2vec: Item2VecConfig = Item2VecConfig()
+    content: ContentConfig = ContentConfig()
     ray: RayTrainConfig = RayTrainConfig()  # how training stages run: in-process or Ray Train workers
     export: ExportConfig = ExportConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     serve: ServeConfig = ServeConfig()
+    report: ReportConfig = ReportConfig()
     # Stages that `recemb pipeline` runs, in order, when they exist.
     stages: list[str] = Field(default_factory=lambda: ["data", "evaluate"])
 

@@ -42,6 +42,12 @@ def stage_item2vec(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     return {"dir": str(train_item2vec(cfg))}
 
 
+def stage_content(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.models.content.align import train_content
+
+    return {"dir": str(train_content(cfg))}
+
+
 def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.index.stage import export_run
 
@@ -65,6 +71,14 @@ def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
 
 
+def stage_report(cfg: PipelineConfig, force: bool, timings: dict[str, Any] | None = None) -> dict[str, Any]:
+    from recemb.report import run_report
+
+    out = run_report(cfg, timings=timings)
+    print(f"  report: {out['report']}")
+    return {"report": str(out["report"]), "sections": out["sections"]}
+
+
 @dataclass(frozen=True)
 class Stage:
     run: Callable[[PipelineConfig, bool], dict[str, Any]]
@@ -74,9 +88,11 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "data": Stage(stage_data, ("data",)),
     "item2vec": Stage(stage_item2vec, ("item2vec", "ray")),
+    "content": Stage(stage_content, ("content",)),
     "export": Stage(stage_export, ("export",)),
     "candidates": Stage(stage_candidates, ("candidates",)),
-    "evaluate": Stage(stage_evaluate, ("eval", "item2vec")),
+    "evaluate": Stage(stage_evaluate, ("eval", "item2vec", "content")),
+    "report": Stage(stage_report, ("report",)),
 }
 
 
@@ -115,7 +131,9 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
             continue
         print(f"== stage {name}", flush=True)
         t0 = time.perf_counter()
-        result = {**STAGES[name].run(cfg, force), "seconds": round(time.perf_counter() - t0, 2)}
+        # The report shows this run's stage timings, which pipeline.json only holds at the end.
+        extra = {"timings": summary} if name == "report" else {}
+        result = {**STAGES[name].run(cfg, force, **extra), "seconds": round(time.perf_counter() - t0, 2)}
         write_json(_record_path(cfg, name), {"fingerprint": fp, "finished": time.time(), "summary": result})
         summary[name] = {**result, "skipped": False}
     write_json(cfg.run_dir / "pipeline.json", {"config": config_to_dict(cfg), "stages": summary})

