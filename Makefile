@@ -8,12 +8,12 @@ CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean help
+.PHONY: setup run test test-fast clean help
 
 help:
 	@echo "make run   [CONFIG=configs/quickstart.yaml]  set up .venv and run the pipeline"
-	@echo "make test  [PYTEST_ARGS=...]                 set up .venv and run the tests"
-	@echo "make test-all                                 the tests including slow ones"
+	@echo "make test  [PYTEST_ARGS=...]                 set up .venv and run every test that needs no GPU"
+	@echo "make test-fast                                the quick subset (no slow multi-worker/cluster tests)"
 
 setup: $(STAMP)
 
@@ -32,10 +32,10 @@ run: $(STAMP)
 	$(BIN)/recemb pipeline $(CONFIG)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache
