@@ -21,7 +21,6 @@ dtype, checksums, duplicate ids, NaN/inf rows) and says how to fix each.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import pyarrow.parquet as pq
 from recemb import __version__
 from recemb.data.vocab import Vocab
 from recemb.errors import RecembError
-from recemb.io import atomic_dir, sha256_file, write_json
+from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
 
 SCHEMA_VERSION = 1
 IDS_FILE = "ids.parquet"
@@ -299,12 +298,7 @@ _REQUIRED = {
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EmbeddingSetError(f"{path}: not valid JSON ({e}); {_REEXPORT}") from None
-    if not isinstance(manifest, dict):
-        raise EmbeddingSetError(f"{path}: expected a JSON object; {_REEXPORT}")
+    manifest = read_json_object(path, EmbeddingSetError, _REEXPORT)
     version = manifest.get("schema_version")
     if version is None:
         raise EmbeddingSetError(f"{path}: no schema_version (an old or foreign export); {_REEXPORT}")

@@ -67,6 +67,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_json_object(path: str | os.PathLike, error: type[Exception], fix: str) -> dict[str, Any]:
+    """Read a JSON object (a manifest); on bad JSON or a non-object raise ``error`` ending in ``fix``."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: expected a JSON object; {fix}")
+    return obj
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (bounded memory)."""
     h = hashlib.sha256()

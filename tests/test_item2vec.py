@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import polars as pl
 import pytest
 
 from recemb.errors import ConfigError, DataValidationError

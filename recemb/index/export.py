@@ -33,7 +33,7 @@ from recemb.embeddings import EmbeddingSet
 from recemb.index.annoy_index import ANNOY_METRIC, AnnoyIndex, node_bytes
 from recemb.index.base import METRICS, RecembIndexError
 from recemb.index.exact import ExactIndex
-from recemb.io import atomic_dir, sha256_file, write_json
+from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
 
 SCHEMA_VERSION = 1
 INDEX_FILE = "items.ann"
@@ -181,12 +181,7 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
         raise RecembIndexError(
             f"{path}: missing (an index directory holds {INDEX_FILE} and {MANIFEST_FILE}); {_FIX}"
         )
-    try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecembIndexError(f"{path}: not valid JSON ({e}); {_FIX}") from None
-    if not isinstance(m, dict):
-        raise RecembIndexError(f"{path}: expected a JSON object; {_FIX}")
+    m = read_json_object(path, RecembIndexError, _FIX)
     version = m.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise RecembIndexError(
