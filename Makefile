@@ -31,8 +31,11 @@ $(STAMP): requirements/runtime.txt requirements/dev.txt requirements/torchrec.tx
 run: $(STAMP)
 	$(BIN)/recemb pipeline $(CONFIG)
 
+# The real-cluster tests run in a pytest process of their own: their Ray head
+# must not share the process with the session-wide in-process Ray of the rest.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu" --ignore=tests/test_cluster.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu" tests/test_cluster.py $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

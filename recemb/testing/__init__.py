@@ -1,0 +1,1 @@
+"""Test support that ships with recemb (a real local Ray cluster for job tests)."""
