@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from collections.abc import Callable
@@ -28,6 +29,6 @@ def run_job(description: str, body: Callable[[PipelineConfig], object], argv: li
     except RecembError as e:
         print(f"job failed: {e}", file=sys.stderr)
         return 2
-    if result is not None:
-        print(result)
+    if isinstance(result, (str, os.PathLike)):
+        print(f"done: {result}")
     return 0

@@ -13,9 +13,6 @@ import sys
 
 from jobs.common import run_job
 from recemb.train.item2vec import train_item2vec
-from recemb.train.ray_config import RayTrainConfig
 
 if __name__ == "__main__":
-    # Always the checkpointed Ray Train loop; without a ray: section, in-process (ray.workers = 0).
-    body = lambda cfg: train_item2vec(cfg, ray=getattr(cfg, "ray", None) or RayTrainConfig())  # noqa: E731
-    sys.exit(run_job("Train item2vec on Ray Train (data-parallel, checkpointed)", body))
+    sys.exit(run_job("Train item2vec on Ray Train (data-parallel, checkpointed)", train_item2vec))
