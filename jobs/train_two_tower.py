@@ -13,12 +13,7 @@ from __future__ import annotations
 import sys
 
 from jobs.common import run_job
-from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.train import run_two_tower
-from recemb.train.ray_config import RayTrainConfig
 
 if __name__ == "__main__":
-    body = lambda cfg: run_two_tower(  # noqa: E731
-        cfg, getattr(cfg, "two_tower", None) or TwoTowerConfig(), getattr(cfg, "ray", None) or RayTrainConfig()
-    )
-    sys.exit(run_job("Train the two-tower model on Ray Train (DMP-sharded, checkpointed)", body))
+    sys.exit(run_job("Train the two-tower model on Ray Train (DMP-sharded, checkpointed)", run_two_tower))

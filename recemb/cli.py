@@ -113,6 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from recemb.train.item2vec import train_item2vec
 
         out = train_item2vec(cfg)
+    elif args.model == "two-tower":
+        from recemb.models.two_tower.train import run_two_tower
+
+        out = run_two_tower(cfg)
     else:
         from recemb.models.content.align import train_content
 
@@ -214,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model on the prepared data of a config")
-    p.add_argument("model", choices=["item2vec", "content"],
-                   help="item2vec, or content (align text/category/image encoders to the run's item2vec)")
+    p.add_argument("model", choices=["item2vec", "two-tower", "content"],
+                   help="item2vec, two-tower, or content (align text/category/image encoders to the run's item2vec)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

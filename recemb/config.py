@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recemb.errors import ConfigError
 from recemb.models.content.config import ContentConfig
 from recemb.models.item2vec.config import Item2VecConfig
+from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.report.config import ReportConfig
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.serve_config import ServeConfig
@@ -98,7 +99,9 @@ class EvalConfig(Section):
     baselines: list[str] = Field(default_factory=lambda: ["popularity", "knn"])
     # recemb models fitted on each protocol's train split with their config section.
     models: list[
-        Literal["item2vec", "content", "content-text", "content-image", "content-both", "content-random"]
+        Literal[
+            "item2vec", "two_tower", "content", "content-text", "content-image", "content-both", "content-random"
+        ]
     ] = Field(default_factory=list)
     # Protocols the content* models run on. Content exists for cold items, and
     # each run fits item2vec plus the content alignment, the costly part.
@@ -134,6 +137,7 @@ class PipelineConfig(Section):
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
     item2vec: Item2VecConfig = Item2VecConfig()
+    two_tower: TwoTowerConfig = TwoTowerConfig()
     content: ContentConfig = ContentConfig()
     ray: RayTrainConfig = RayTrainConfig()  # how training stages run: in-process or Ray Train workers
     export: ExportConfig = ExportConfig()

@@ -42,6 +42,12 @@ def stage_item2vec(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     return {"dir": str(train_item2vec(cfg))}
 
 
+def stage_two_tower(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.models.two_tower.train import run_two_tower
+
+    return {"dir": str(run_two_tower(cfg))}
+
+
 def stage_content(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.models.content.align import train_content
 
@@ -88,10 +94,11 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "data": Stage(stage_data, ("data",)),
     "item2vec": Stage(stage_item2vec, ("item2vec", "ray")),
+    "two_tower": Stage(stage_two_tower, ("two_tower", "ray")),
     "content": Stage(stage_content, ("content",)),
     "export": Stage(stage_export, ("export",)),
     "candidates": Stage(stage_candidates, ("candidates",)),
-    "evaluate": Stage(stage_evaluate, ("eval", "item2vec", "content")),
+    "evaluate": Stage(stage_evaluate, ("eval", "item2vec", "two_tower", "content")),
     "report": Stage(stage_report, ("report",)),
 }
 

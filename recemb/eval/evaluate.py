@@ -129,6 +129,12 @@ def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset | None = None)
         out["item2vec"] = Item2VecScorer(
             cfg.item2vec, unit, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name="item2vec"
         )
+    if "two_tower" in e.models:
+        from recemb.eval.two_tower_scorer import TwoTowerScorer
+
+        out["two_tower"] = TwoTowerScorer(
+            cfg.two_tower, items=ds.items if ds else None, users=ds.users if ds else None
+        )
     variants = [m for m in e.models if m.startswith("content")]
     if variants and protocol in e.content_protocols:
         from recemb.eval.content_scorer import content_scorers

@@ -1,0 +1,233 @@
+"""``TwoTower``: fit on canonical tables, emit EmbeddingSets, export the user tower.
+
+    model = TwoTower(TwoTowerConfig(epochs=10)).fit(events, items=items)
+    model.item_embeddings()            # EmbeddingSet [N, D], every catalogue item
+    model.user_embeddings(events)      # EmbeddingSet [U, D], from each user's latest history
+    model.save_user_tower("user_tower/")
+    tower = load_user_tower("user_tower/")   # torch.load(weights_only=True); no torchrec needed
+    tower.encode([["50", "172"], []])        # [B, D] queries from recent item ids
+
+Training itself (optimisers, sharding, checkpoints) is in
+recemb.models.two_tower.train; after ``fit`` the model holds a plain-torch
+copy of the towers (``self.net``) on which every export runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from recemb.data.vocab import Vocab
+from recemb.embeddings import EmbeddingSet
+from recemb.errors import DataValidationError, RecembError
+from recemb.io import atomic_dir, write_json
+from recemb.models.two_tower.config import TwoTowerConfig
+from recemb.models.two_tower.features import (
+    Collator,
+    FeatureSpace,
+    build_examples,
+    item_vocab,
+    user_sequences,
+)
+from recemb.models.two_tower.towers import TwoTowerNet, UserTower, build_net, tower_tables
+
+USER_TOWER_FORMAT = 1
+ENCODE_BATCH = 4096
+
+
+@torch.no_grad()
+def encode_items(net: TwoTowerNet, collate: Collator, item_idx: np.ndarray,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+    """``[len(item_idx), D]`` float32 item-tower outputs."""
+    net.eval()
+    out = []
+    for s in range(0, len(item_idx), ENCODE_BATCH):
+        idx = np.asarray(item_idx[s : s + ENCODE_BATCH], dtype=np.int64)
+        feats = collate.items(idx).to(device)
+        out.append(net.item_tower(feats, torch.from_numpy(idx).to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, net.item_tower.mlp[-1].out_features), np.float32)
+
+
+@torch.no_grad()
+def encode_users(tower: UserTower, collate: Collator, seq: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                 user_rows: np.ndarray | None = None, device: torch.device | str = "cpu") -> np.ndarray:
+    """``[B, D]`` float32 user-tower outputs for history windows into ``seq`` (oldest first)."""
+    tower.eval()
+    out = []
+    for s in range(0, len(starts), ENCODE_BATCH):
+        sl = slice(s, s + ENCODE_BATCH)
+        rows = None if user_rows is None else user_rows[sl]
+        feats = collate.users(seq, starts[sl], lengths[sl], rows).to(device)
+        out.append(tower(feats).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, tower.mlp[-1].out_features), np.float32)
+
+
+class TwoTower:
+    """The two-tower retrieval model (towers + RetrievalTask), trained in-process.
+
+    Args:
+        config: the ``two_tower:`` section.
+        content: optional item content hook (module: ``[B]`` item indices ->
+            ``[B, C]`` features, C = ``config.content_dim``), e.g.
+            :class:`~recemb.models.two_tower.towers.PrecomputedContent`.
+    """
+
+    def __init__(self, config: TwoTowerConfig | None = None, content: nn.Module | None = None):
+        self.config = config or TwoTowerConfig()
+        self.content = content
+        self.space: FeatureSpace | None = None
+        self.collate: Collator | None = None
+        self.net: TwoTowerNet | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def fit(self, events: pl.DataFrame, items: pl.DataFrame | None = None, users: pl.DataFrame | None = None,
+            catalogue: Vocab | None = None, validation: pl.DataFrame | None = None,
+            checkpoint_dir: str | os.PathLike | None = None) -> "TwoTower":
+        """Train on canonical ``events`` (every interaction a target after its history).
+
+        Args:
+            items, users: canonical items/users tables (categories, user features).
+            catalogue: fixes the item index space (evaluation); default: the
+                event items, then the items table's other items.
+            validation: one held-out event per user; its Recall@K is reported per epoch.
+            checkpoint_dir: write a checkpoint per epoch there and resume from it.
+        """
+        from recemb.models.two_tower.train import LocalCheckpoints, Validation, fit_loop
+
+        if events.height == 0:
+            raise DataValidationError("TwoTower.fit: the events table is empty; nothing to train on")
+        vocab = catalogue if catalogue is not None else item_vocab(events, items)
+        self.space = FeatureSpace(vocab, self.config, items, users)
+        self.collate = Collator(self.space)
+        examples = build_examples(events, self.space)
+        if len(examples) < 2:
+            raise DataValidationError(
+                f"TwoTower.fit: only {len(examples)} training example(s); users need more than "
+                f"two_tower.min_history = {self.config.min_history} events"
+            )
+        val = Validation.build(events, validation, self.space) if validation is not None else None
+        ckpt = LocalCheckpoints(checkpoint_dir) if checkpoint_dir else None
+        self.net, self.history = fit_loop(self.space, examples, self.config, validation=val, checkpoints=ckpt,
+                                          content=self.content)
+        return self
+
+    def _require_fit(self) -> None:
+        if self.net is None:
+            raise RecembError("TwoTower: call fit() first")
+
+    # ---------------------------------------------------------------- export
+    def item_embeddings(self) -> EmbeddingSet:
+        """Every catalogue item's ``[N, D]`` unit-norm vector (metric cosine)."""
+        self._require_fit()
+        vectors = encode_items(self.net, self.collate, np.arange(len(self.space.items)))
+        return EmbeddingSet(self.space.items.ids, vectors, kind="two_tower_items", metric="cosine",
+                            normalized=True, config=self.config.model_dump(mode="json"),
+                            metrics={"epochs": self.history})
+
+    def encode_histories(self, items: np.ndarray, offsets: np.ndarray,
+                         user_ids: np.ndarray | None = None) -> np.ndarray:
+        """``[B, D]`` user vectors from CSR histories of item indices (``offsets`` ``[B + 1]``)."""
+        self._require_fit()
+        offsets = np.asarray(offsets, dtype=np.int64)
+        rows = self.space.user_rows(user_ids, len(offsets) - 1)
+        return encode_users(self.net.user_tower, self.collate, np.asarray(items, dtype=np.int64),
+                            offsets[:-1], np.diff(offsets), rows)
+
+    def user_embeddings(self, events: pl.DataFrame) -> EmbeddingSet:
+        """One ``[U, D]`` vector per user of ``events``, from their latest ``history_length`` items."""
+        self._require_fit()
+        seq, offsets, users = user_sequences(events, self.space)
+        vectors = self.encode_histories(seq, offsets, users.to_numpy())
+        return EmbeddingSet(users.to_numpy().astype(object), vectors, kind="two_tower_users", metric="cosine",
+                            normalized=True, config=self.config.model_dump(mode="json"))
+
+    def save_user_tower(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``state_dict.pt`` (plain tensors), ``config.json`` and the vocabularies, atomically."""
+        self._require_fit()
+        return save_user_tower(self.net.user_tower, self.space, out_dir)
+
+
+def save_user_tower(tower: UserTower, space: FeatureSpace, out_dir: str | os.PathLike) -> Path:
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in tower.state_dict().items()}
+        torch.save(state, tmp / "state_dict.pt")
+        space.items.save(tmp / "items.parquet")
+        for col, vocab in zip(space.user_columns, space.user_vocabs):
+            vocab.save(tmp / f"user_{col}.parquet")
+        write_json(tmp / "config.json", {
+            "format": USER_TOWER_FORMAT,
+            "two_tower": space.config.model_dump(mode="json"),
+            "table_sizes": space.table_sizes(),
+            "user_keys": space.user_keys(),
+        })
+    return out_dir
+
+
+class UserTowerModel:
+    """A loaded user tower: recent item ids -> ``[B, D]`` query vectors (plain torch).
+
+    Attributes:
+        items: the item Vocab the tower was trained with.
+        config: the TwoTowerConfig.
+    """
+
+    def __init__(self, tower: UserTower, space: FeatureSpace):
+        self.tower = tower.eval()
+        self.space = space
+        self.items = space.items
+        self.config = space.config
+        self.collate = Collator(space)
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def encode(self, histories: list[list[str]]) -> np.ndarray:
+        """``[B, D]`` unit-norm vectors, one per history of item ids (oldest first; unknown ids skipped)."""
+        flat = [i for h in histories for i in h]
+        idx = self.items.lookup(pl.Series("id", flat, dtype=pl.String)) if flat else np.zeros(0, np.int64)
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        keep = idx >= 0
+        # Drop unknown ids and shrink each window accordingly.
+        owner = np.repeat(np.arange(len(histories)), lengths)
+        lengths = np.bincount(owner[keep], minlength=len(histories)).astype(np.int64)
+        idx = idx[keep]
+        starts = np.cumsum(lengths) - lengths
+        return encode_users(self.tower, self.collate, idx, starts, lengths)
+
+
+def load_user_tower(path: str | os.PathLike) -> UserTowerModel:
+    """Load a saved user tower (``torch.load(weights_only=True)``); checks format and files first."""
+    path = Path(path)
+    for name in ("config.json", "state_dict.pt", "items.parquet"):
+        if not (path / name).is_file():
+            raise RecembError(f"{path / name}: missing; re-export the user tower (`recemb train two-tower CONFIG`)")
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("format") != USER_TOWER_FORMAT:
+        raise RecembError(f"{path}: user tower format {meta.get('format')!r} is not {USER_TOWER_FORMAT}; re-export it")
+    config = TwoTowerConfig.model_validate(meta["two_tower"])
+    space = FeatureSpace(Vocab.load(path / "items.parquet"), config.model_copy(update={"item_categories": False}))
+    space.config = config
+    space.user_columns = list(config.user_features)
+    space.user_vocabs = [Vocab.load(path / f"user_{c}.parquet") for c in config.user_features]
+    user_tables, _ = tower_tables(meta["table_sizes"], meta["user_keys"], ["item_id"], config.embedding_dim)
+    tower = UserTower(user_tables, meta["user_keys"], list(config.mlp), config.dim, config.dropout, "torch")
+    state = torch.load(path / "state_dict.pt", map_location="cpu", weights_only=True)
+    tower.load_state_dict(state)
+    return UserTowerModel(tower, space)
+
+
+def build_plain_net(space: FeatureSpace, config: TwoTowerConfig, state: dict[str, torch.Tensor],
+                    content: nn.Module | None = None, device: torch.device | str = "cpu") -> TwoTowerNet:
+    """A plain-torch TwoTowerNet holding a gathered (unsharded) model state."""
+    net = build_net(space, config, "torch", torch.device(device), content)
+    net.load_state_dict(state)
+    return net.eval()
