@@ -31,7 +31,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from recemb.errors import RecembError
+from recemb.errors import DataValidationError, RecembError
 from recemb.io import atomic_path, write_json
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.distributed import Engine, resolve_backend, resolve_device
@@ -294,6 +294,12 @@ def run_two_tower(cfg, section: TwoTowerConfig | None = None, ray=None) -> Path:
     """
     section = section or cfg.two_tower
     ray = ray or cfg.ray
+    if not (Path(cfg.prepared_dir) / "events.parquet").is_file():
+        # Fail here, not as a traceback from inside a Ray worker.
+        raise DataValidationError(
+            f"{cfg.prepared_dir}: no prepared dataset; run `recemb pipeline CONFIG` (its data stage) "
+            f"or `recemb data prepare NAME --out {cfg.prepared_dir}` first"
+        )
     out = cfg.run_dir / "two_tower"
     name = ray.name or "two_tower"
     storage = ray.storage(cfg.run_dir)
