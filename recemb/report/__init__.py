@@ -8,14 +8,11 @@ from recemb.report.config import ReportConfig
 
 # html/plots pull in matplotlib and polars: load them on first use, so that
 # reading a config (which imports ReportConfig from here) stays fast.
+from recemb.lazy import lazy_exports  # noqa: E402
+
 _LAZY = {"build_report": "html", "run_report": "html", "export_projector": "projector"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["ReportConfig", "build_report", "export_projector", "run_report"]

@@ -6,12 +6,9 @@ the ``serve:`` section from here) stays fast.
 
 __all__ = ["QUERY_MODES", "Retriever", "Source"]
 
+from recemb.lazy import lazy_exports  # noqa: E402
+
 _LAZY = {"Retriever": "retriever", "Source": "retriever", "QUERY_MODES": "query"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

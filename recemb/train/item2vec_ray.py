@@ -332,12 +332,12 @@ def train_loop(config: dict[str, Any]) -> None:
             s0, s1 = int(chunks[j]), int(chunks[j + 1])
             if s1 > s0:  # an empty chunk still takes part in the sync below
                 e0 = int(shard.indptr[s0])
-                l, p = runner.run(
+                chunk_loss, chunk_pairs = runner.run(
                     shard.indptr[s0 : s1 + 1] - e0, shard.indices[e0 : int(shard.indptr[s1])],
                     a0 + (a1 - a0) * j / n_chunks, a0 + (a1 - a0) * (j + 1) / n_chunks,
                     shard_seed(cfg.seed, epoch, rank, j),
                 )
-                loss, pairs = loss + l, pairs + p
+                loss, pairs = loss + chunk_loss, pairs + chunk_pairs
             ts = time.perf_counter()
             sync()
             sync_s += time.perf_counter() - ts

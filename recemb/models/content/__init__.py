@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 # torch (and, on demand, torchrec) load on first use so that reading a config stays fast.
+from recemb.lazy import lazy_exports  # noqa: E402
+
 _LAZY = {
     "ContentEncoder": "encoder",
     "ContentFeatures": "encoder",
@@ -45,9 +47,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -16,12 +16,9 @@ __all__ = ["Item2Vec", "Item2VecConfig", "Corpus", "build_corpus"]
 
 # The trainer pulls in numba; load it on first use so that reading a config
 # (every CLI start) stays fast.
+from recemb.lazy import lazy_exports  # noqa: E402
+
 _LAZY = {"Item2Vec": "model", "Corpus": "corpus", "build_corpus": "corpus"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

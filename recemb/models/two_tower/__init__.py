@@ -18,6 +18,8 @@ __all__ = ["TwoTower", "TwoTowerConfig", "load_user_tower", "UserTowerModel", "r
 
 # Importing torch (and, when training, torchrec) is slow: load on first use so
 # that reading a config (every CLI start) stays fast.
+from recemb.lazy import lazy_exports  # noqa: E402
+
 _LAZY = {
     "TwoTower": "model",
     "load_user_tower": "model",
@@ -27,9 +29,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
