@@ -33,3 +33,20 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "x"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    # mkstemp/mkdtemp create 0600/0700 entries; artifacts must be readable like any file
+    # (a report, an index served by another process or user).
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
