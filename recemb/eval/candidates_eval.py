@@ -106,7 +106,8 @@ def score_candidates(
 
 
 def evaluate_candidates(
-    cfg: Any, ks: Sequence[int] | None = None, out_dir: str | Path | None = None
+    cfg: Any, ks: Sequence[int] | None = None, out_dir: str | Path | None = None,
+    events: pl.DataFrame | None = None,
 ) -> dict | None:
     """Score ``<run>/candidates`` (or ``out_dir``) against its holdout; None without a finished run.
 
@@ -119,7 +120,8 @@ def evaluate_candidates(
         return None
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     cands = read_candidates(out)
-    events = schema.read_table(Path(cfg.prepared_dir) / "events.parquet", "events")
+    if events is None:  # recemb evaluate passes the events it already loaded
+        events = schema.read_table(Path(cfg.prepared_dir) / "events.parquet", "events")
     holdout = manifest["holdout"]
     queries, fit = candidate_queries(events, holdout, cfg.data.sessionize.gap_minutes)
     targets = None if holdout == "none" else queries.select("user_id", "target")

@@ -23,9 +23,10 @@ from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, l2_normalize
 from recemb.errors import ConfigError, RecembError
 from recemb.eval.scorers import QueryBatch
+from recemb.retrieval.query import QUERY_MODES
+from recemb.retrieval.query import query_weights as shared_query_weights
 
 MISSING_SCORE = np.float32(-1e30)
-QUERY_MODES = ("last", "mean", "mean_last_n", "recency")
 SCORINGS = ("cosine", "dot")
 
 
@@ -86,16 +87,17 @@ def query_weights(queries: QueryBatch, known: np.ndarray, mode: str, last_n: int
     starts = np.repeat(offsets[:-1] - offsets[0], lengths)
     length_at = np.repeat(lengths, lengths)
     pos = np.arange(T) - starts
-    if mode == "mean":
-        return k.astype(np.float32)
     if mode == "recency":
+        # Distance to the target over all positions (DESIGN.md §7's w = 1/(i - p)),
+        # not over known items as the serving query does.
         return (k / (length_at - pos)).astype(np.float32)
-    # Number of known items after each position within its query.
+    # Number of known items after each position within its query: the same
+    # recency index j as the retrieval layer's, so last / mean / mean_last_n
+    # weigh items exactly as served.
     c0 = np.concatenate([[0], np.cumsum(k)])
     seg_end = np.repeat(offsets[1:] - offsets[0], lengths)
     known_after = c0[seg_end] - c0[np.arange(T) + 1]
-    n = 1 if mode == "last" else last_n
-    return (k & (known_after < n)).astype(np.float32)
+    return np.where(k, shared_query_weights(known_after, mode, last_n), 0).astype(np.float32)
 
 
 def query_vectors(matrix: np.ndarray, queries: QueryBatch, weights: np.ndarray) -> np.ndarray:

@@ -249,7 +249,7 @@ def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
             "rows": rows,
         }
     # Written candidate lists (recemb candidates), scored against their own holdout.
-    scored = evaluate_candidates(cfg)
+    scored = evaluate_candidates(cfg, events=ds.events)
     if scored is not None:
         part = results["protocols"].get(scored["protocol"])
         if part is not None:

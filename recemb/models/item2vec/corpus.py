@@ -56,10 +56,6 @@ class Corpus:
     def n_events(self) -> int:
         return len(self.indices)
 
-    @property
-    def max_session_length(self) -> int:
-        return int(np.diff(self.indptr).max()) if self.n_sessions else 0
-
 
 def build_corpus(
     data: pl.DataFrame | list[list[str]], min_count: int = 1, gap_minutes: float = 30.0

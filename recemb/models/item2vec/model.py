@@ -114,10 +114,6 @@ class Item2Vec:
         self.train_seconds = time.perf_counter() - started
         return self
 
-    def _resolve_backend(self) -> tuple[str, str]:
-        """(backend, torch device) from the config; device is "" for numba."""
-        return resolve_backend(self.config)
-
     @classmethod
     def from_state(
         cls, config: Item2VecConfig, vocab: Vocab, vectors: np.ndarray,
@@ -294,7 +290,6 @@ class EpochRunner:
             self.syn0 = np.ascontiguousarray(syn0, dtype=np.float32)
             self.syn1 = np.ascontiguousarray(syn1, dtype=np.float32)
             self._keep, self._table = keep, table
-            self._threads = sgns_cpu.set_threads(cfg.threads)
             self._sig, self._logsig = sgns_cpu.sigmoid_tables()
         else:
             from recemb.models.item2vec.sgns_torch import TorchSGNS
