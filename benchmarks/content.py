@@ -1,13 +1,21 @@
-"""How fast are the content encoders on CPU?
+"""How fast are the content encoders on CPU, and how well do they place cold items?
 
-Texts/s of the hashed n-gram tokenizer and of ``TextEncoder`` (torch
-``nn.EmbeddingBag`` vs torchrec ``EmbeddingBagCollection``, forward + backward),
-and images/s of decoding (Pillow, DataLoader workers) and of the frozen
-backbones (SmallResNet from scratch at 64 px vs ImageNet MobileNetV2 at
-224 px), on the ML-100K overviews and posters (falls back to the synthetic
-generator's texts and images when the real data is missing).
+1. Texts/s of the hashed n-gram tokenizer and of ``TextEncoder`` (torch
+   ``nn.EmbeddingBag`` vs torchrec ``EmbeddingBagCollection``, forward +
+   backward), and images/s of decoding (Pillow, DataLoader workers) and of
+   the frozen backbones (SmallResNet from scratch at 64 px vs ImageNet
+   MobileNetV2 at 224 px), on the ML-100K overviews and posters (falls back
+   to the synthetic generator's texts and images when the real data is missing).
+2. ``--two-tower``: two-tower training samples/s on ML-100K with each content
+   part in the item tower (id + genres; + overviews; + posters through frozen
+   MobileNetV2 features; + posters through a SmallResNet trained at 64 px).
+3. ``--pcold-folds N``: the P-COLD table on ML-100K, per modality, pooled over
+   N disjoint cold folds of 20% of the items: popularity and random beside the
+   two-tower with text / image / both and the content encoder aligned to
+   item2vec (and its random-vector control); P-ML rows of the same models.
 
     .venv/bin/python benchmarks/content.py [--items 1600] [--workers 0 2]
+    .venv/bin/python benchmarks/content.py --two-tower --pcold-folds 5   # + ~15 min
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from recemb.data.paths import data_dir
@@ -60,10 +67,69 @@ def rate(n: int, fn, repeat: int = 1) -> float:
     return n * repeat / (time.perf_counter() - t0)
 
 
+TOWER_PARTS = {
+    "id + genres": {},
+    "+ overviews (hashed n-grams)": {"text": True},
+    "+ posters (MobileNetV2 224px, frozen)": {"image": True, "image_backbone": "mobilenet_v2", "image_size": 224},
+    "+ posters (SmallResNet 64px, trained)": {"image": True},
+}
+PCOLD_MODELS = ["two_tower", "two_tower-text", "two_tower-image", "two_tower-both",
+                "content", "content-image", "content-both", "content-random"]
+
+
+def prepared_ml100k(run_dir: Path):
+    """A pipeline config whose prepared ML-100K (posters included) lies under ``run_dir``."""
+    from recemb.config import build_config
+    from recemb.data.prepare import prepare_dataset
+
+    cfg = build_config({
+        "run": {"name": "bench", "dir": str(run_dir)},
+        "data": {"source": "movielens-100k"},
+        "two_tower": {"content": {"image_backbone": "mobilenet_v2", "image_size": 224}},
+        "content": {"image_backbone": "mobilenet_v2", "image_size": 224},
+        "eval": {"protocols": ["ml", "cold"], "baselines": ["popularity", "random"], "models": PCOLD_MODELS,
+                 "content_protocols": ["ml", "cold"], "cold_fraction": 0.2},
+    })
+    prepare_dataset(cfg.data, cfg.prepared_dir)
+    return cfg
+
+
+def tower_throughput(cfg) -> list[tuple[str, float]]:
+    """Training samples/s of one epoch per item-tower setting (feature building excluded)."""
+    from recemb.data.dataset import load_dataset
+    from recemb.data.splits import leave_last_out
+    from recemb.models.two_tower.config import TwoTowerConfig
+    from recemb.models.two_tower.features import FeatureSpace, build_examples, item_vocab
+    from recemb.models.two_tower.train import fit_loop
+
+    ds = load_dataset(cfg.prepared_dir)
+    train = leave_last_out(ds.events).train
+    rows = []
+    for name, parts in TOWER_PARTS.items():
+        tt = TwoTowerConfig(epochs=1, content=parts)
+        space = FeatureSpace(item_vocab(ds.events, ds.items), tt, ds.items, None, ds.root,
+                             cfg.content_cache_dir())
+        examples = build_examples(train, space)
+        _, history = fit_loop(space, examples, tt)
+        rows.append((name, (len(examples) // tt.batch_size) * tt.batch_size / history[0]["seconds"]))
+    return rows
+
+
+def pcold_table(cfg, folds: int) -> str:
+    from recemb.eval.evaluate import evaluate
+    from recemb.eval.tables import format_tables
+
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"cold_folds": folds})})
+    columns = ["recall@20", "ndcg@20", "cold_recall@10", "cold_recall@20", "cold_ndcg@20"]
+    return format_tables(evaluate(cfg), columns)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=1600)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--two-tower", action="store_true", help="two-tower samples/s per item-tower content part")
+    ap.add_argument("--pcold-folds", type=int, default=0, help="also print the ML-100K P-COLD table (0 = skip)")
     args = ap.parse_args()
     torch.manual_seed(0)
     texts, paths, root, source = items_with_content(args.items)
@@ -105,6 +171,18 @@ def main() -> None:
     if "MobileNetV2 224px frozen (images/s)" in by:
         s, m = by["SmallResNet 64px frozen (images/s)"], by["MobileNetV2 224px frozen (images/s)"]
         print(f"SmallResNet 64px / MobileNetV2 224px: {s / m:.1f}x")
+    if not (args.two_tower or args.pcold_folds):
+        return
+    cfg = prepared_ml100k(Path(tempfile.mkdtemp()))
+    if args.two_tower:
+        rows = tower_throughput(cfg)
+        print("\nTwo-tower training on ML-100K P-ML train (one epoch, torchrec fused, samples/s)")
+        print(f"{'item tower':<44}{'samples/s':>12}{'vs id + genres':>16}")
+        for name, r in rows:
+            print(f"{name:<44}{r:>12,.0f}{r / rows[0][1]:>15.2f}x")
+    if args.pcold_folds:
+        print()
+        print(pcold_table(cfg, args.pcold_folds))
 
 
 if __name__ == "__main__":

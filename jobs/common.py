@@ -19,7 +19,8 @@ def run_job(description: str, body: Callable[[PipelineConfig], object], argv: li
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else start locally)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("recemb").setLevel(logging.INFO)  # torchrec/fbgemm INFO lines would bury ours
     from recemb.ray_runtime import ray_session
 
     try:

@@ -102,7 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recemb.eval.tables import format_tables
 
     cfg = _load(args)
-    print(format_tables(evaluate(cfg, log=lambda line: print(line, flush=True))))
+    print(format_tables(evaluate(cfg)))
     print(f"wrote {cfg.run_dir / 'eval' / 'metrics.json'}")
     return 0
 
@@ -139,7 +139,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_candidates(args: argparse.Namespace) -> int:
     from recemb.retrieval.candidates import generate_candidates
 
-    out = generate_candidates(_load(args), force=args.force, log_fn=print)
+    out = generate_candidates(_load(args), force=args.force)
     print(f"candidates -> {out}")
     return 0
 
@@ -249,9 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # recemb's own messages at INFO; other libraries' only from WARNING (torchrec and fbgemm
+    # log dozens of INFO lines per model build), or everything at DEBUG with -v.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("recemb").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except RecembError as e:

@@ -66,14 +66,14 @@ def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
 def stage_candidates(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.retrieval.candidates import generate_candidates
 
-    return {"dir": str(generate_candidates(cfg, force=force, log_fn=print))}
+    return {"dir": str(generate_candidates(cfg, force=force))}
 
 
 def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.eval.evaluate import evaluate
     from recemb.eval.tables import format_tables
 
-    print(format_tables(evaluate(cfg, log=lambda line: print(line, flush=True))))
+    print(format_tables(evaluate(cfg)))
     return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
 
 
@@ -143,6 +143,7 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         result = {**STAGES[name].run(cfg, force, **extra), "seconds": round(time.perf_counter() - t0, 2)}
         write_json(_record_path(cfg, name), {"fingerprint": fp, "finished": time.time(), "summary": result})
         summary[name] = {**result, "skipped": False}
+        print(f"== stage {name}: done in {result['seconds']:.1f}s", flush=True)
     write_json(cfg.run_dir / "pipeline.json", {"config": config_to_dict(cfg), "stages": summary})
     print("== summary")
     for name, s in summary.items():

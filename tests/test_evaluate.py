@@ -150,3 +150,29 @@ def test_item2vec_is_fitted_on_the_train_split_only(tmp_path):
     assert res["queries"] == split.test.height
     trained = set(scorer.model.vocab.ids.tolist())
     assert trained <= set(split.train["item_id"].to_list())
+
+
+def test_pooled_folds_weight_each_fold_by_its_queries():
+    from recemb.eval.evaluate import pool_folds
+
+    # fold 1: 10 queries, recall 0.5; fold 2: 30 queries, recall 0.1 -> (5 + 3) / 40 = 0.2
+    folds = [[{"model": "m", "recall@20": 0.5, "queries": 10, "fit_s": 1.0, "score_s": 0.5}],
+             [{"model": "m", "recall@20": 0.1, "queries": 30, "fit_s": 2.0, "score_s": 0.5}]]
+    (row,) = pool_folds(folds)
+    assert row == {"model": "m", "recall@20": pytest.approx(0.2), "queries": 40, "fit_s": 3.0, "score_s": 1.0,
+                   "folds": 2}
+
+
+def test_cold_folds_pool_in_evaluate_and_must_fit(run):
+    root, data = run
+    res = evaluate(_cfg(root, data, protocols=["cold"], cold_fraction=0.25, cold_folds=4))
+    part = res["protocols"]["cold"]
+    assert part["split"]["folds"] == 4
+    rows = {r["model"]: r for r in part["rows"]}
+    # Each user's test item is cold in at most one fold (in none if it is one of the N mod 4 left over).
+    assert rows["popularity"]["queries"] == part["split"]["test"] > 0.9 * 150
+    assert "cold_recall@20" in rows["topics"] and rows["topics"]["folds"] == 4
+    assert rows["topics"]["cold_recall@20"] > rows["random"]["cold_recall@20"]
+    assert "pooled over 4 folds" in format_tables(res)
+    with pytest.raises(ConfigError, match="cold_folds x eval.cold_fraction"):
+        _cfg(root, data, cold_fraction=0.3, cold_folds=4)

@@ -119,12 +119,17 @@ def test_loss_decreases_over_epochs(sessions):
     assert all(b <= a * 1.02 for a, b in zip(losses, losses[1:])), losses
 
 
-def test_progress_line_per_epoch(sessions, caplog):
-    with caplog.at_level(logging.INFO, logger="recemb.item2vec"):
+def test_progress_lines_and_one_summary(sessions, caplog, monkeypatch):
+    # In a log (no terminal) progress is a line every RECEMB_PROGRESS_INTERVAL seconds: 0 = every epoch.
+    monkeypatch.setenv("RECEMB_PROGRESS", "lines")
+    monkeypatch.setenv("RECEMB_PROGRESS_INTERVAL", "0")
+    with caplog.at_level(logging.INFO, logger="recemb.progress"):
         Item2Vec(Item2VecConfig(**FAST | {"epochs": 3})).fit(sessions)
-    lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
-    assert len(lines) == 3
-    assert all("loss" in m and "pairs/s" in m and "ETA" in m for m in lines)
+    lines = [r.getMessage() for r in caplog.records if r.name == "recemb.progress"]
+    assert len(lines) == 4, lines
+    assert all("epoch" in m and "loss" in m and "ETA" in m for m in lines[:3])
+    assert lines[0].startswith("item2vec numba: 1/3 epoch (33%)")
+    assert "done: 3 epoch in" in lines[3] and "loss" in lines[3]
 
 
 def test_one_thread_and_a_seed_are_deterministic(sessions):

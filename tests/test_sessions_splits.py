@@ -77,6 +77,19 @@ def test_cold_split_removes_cold_items_from_train():
     assert again.cold_items.to_list() == s.cold_items.to_list()
 
 
+def test_cold_folds_hold_out_disjoint_items_and_every_test_user_once():
+    rows = [(f"u{u}", f"i{(u + j) % 20}", j) for u in range(30) for j in range(6)]
+    ev = make_events(rows)
+    folds = [cold_item_split(ev, fraction=0.25, seed=3, fold=f) for f in range(4)]
+    cold = [set(f.cold_items.to_list()) for f in folds]
+    assert all(len(c) == 5 for c in cold) and set.union(*cold) == {f"i{i}" for i in range(20)}
+    assert sum(len(c) for c in cold) == 20  # disjoint
+    tested = [u for f in folds for u in f.test["user_id"].to_list()]
+    assert sorted(tested) == sorted(ev["user_id"].unique().to_list())  # each user's test item is cold once
+    with pytest.raises(DataValidationError, match="at most 4 folds"):
+        cold_item_split(ev, fraction=0.25, seed=3, fold=4)
+
+
 def test_leave_last_out_orders_digit_ids_numerically():
     # Ties on ts are broken by item id; "10" must come after "9" (numeric), as the
     # reference figures of DESIGN.md §7 assume (a string sort picked other test items).

@@ -175,14 +175,25 @@ class ColdItemSplit:
     test: pl.DataFrame
 
 
-def cold_item_split(events: pl.DataFrame, fraction: float = 0.15, seed: int = 0) -> ColdItemSplit:
-    """Hold out a random ``fraction`` of items (seeded) from training entirely."""
+def cold_item_split(events: pl.DataFrame, fraction: float = 0.15, seed: int = 0, fold: int = 0) -> ColdItemSplit:
+    """Hold out a random ``fraction`` of items (seeded) from training entirely.
+
+    ``fold`` f takes the f-th block of ``fraction`` of one seeded permutation
+    of the items, so folds 0, 1, ... hold out disjoint item sets; pooled over
+    ``1 / fraction`` folds, every user's test item is cold exactly once.
+    """
     if not 0 < fraction < 1:
         raise DataValidationError(f"cold_item_split: fraction must be in (0, 1), got {fraction}")
-    base = leave_last_out(events)
     items = np.sort(events["item_id"].unique().to_numpy().astype(str))
-    rng = np.random.default_rng(seed)
-    cold = pl.Series("item_id", rng.choice(items, size=max(1, int(round(len(items) * fraction))), replace=False))
+    size = max(1, int(round(len(items) * fraction)))
+    if fold < 0 or (fold + 1) * size > len(items):
+        raise DataValidationError(
+            f"cold_item_split: fold {fold} of {size} items each does not fit in {len(items)} items; "
+            f"use at most {len(items) // size} folds (eval.cold_folds x eval.cold_fraction <= 1)"
+        )
+    base = leave_last_out(events)
+    perm = np.random.default_rng(seed).permutation(items)
+    cold = pl.Series("item_id", perm[fold * size : (fold + 1) * size])
     is_cold = pl.col("item_id").is_in(cold.implode())
     return ColdItemSplit(
         cold_items=cold.sort(),

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from recemb import __version__
@@ -51,6 +52,7 @@ from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol
 from recemb.eval.scorers import Scorer
 from recemb.eval.tables import format_tables
 from recemb.io import atomic_path, write_json
+from recemb.progress import Progress
 
 BASELINES = ("popularity", "knn", "knn-last", "knn-recency", "random")
 PROTOCOLS = ("ml", "sess", "imp", "cold")
@@ -61,18 +63,20 @@ class ProtocolNotSupported(Exception):
     """The dataset lacks what a protocol needs (reported under ``skipped``, not raised)."""
 
 
-def protocol_inputs(ds: Dataset, protocol: str, cfg: EvalConfig, gap_minutes: float = 30.0) -> tuple[Any, Vocab]:
+def protocol_inputs(ds: Dataset, protocol: str, cfg: EvalConfig, gap_minutes: float = 30.0,
+                    fold: int = 0) -> tuple[Any, Vocab]:
     """Build ``(split, catalogue)`` of one protocol, or raise :class:`ProtocolNotSupported`.
 
     ml and cold need only events; sess needs session ids (events without
     one are sessionized by an inactivity gap of ``gap_minutes``); imp needs
-    an impressions table.
+    an impressions table. ``fold`` picks cold's disjoint cold-item set.
     """
     ev = ds.events
     if protocol == "ml":
         return splits.leave_last_out(ev), Vocab.from_ids(ev["item_id"])
     if protocol == "cold":
-        return splits.cold_item_split(ev, cfg.cold_fraction, cfg.seed), Vocab.from_ids(ev["item_id"])
+        split = splits.cold_item_split(ev, cfg.cold_fraction, cfg.seed, fold)
+        return split, Vocab.from_ids(ev["item_id"])
     if protocol == "sess":
         if ev["session_id"].null_count():
             ev = sessionize(ev, gap_minutes)
@@ -119,29 +123,35 @@ def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset | None = None)
     """The recemb models of ``cfg.eval.models``, each fitted by the runner on the split's train part.
 
     Item2vec trains on sessions under sess, on whole user histories elsewhere;
-    the content scorers (``content*``) run on ``eval.content_protocols`` and
-    also read ``ds``'s items table.
+    the content scorers (``content*``) and the two-tower's content variants
+    (``two_tower-text`` / ``-image`` / ``-both``) run on ``eval.content_protocols``
+    and also read ``ds``'s items table.
     """
     e = cfg.eval
     out: dict[str, Scorer] = {}
+    content_here = protocol in e.content_protocols
     unit = "session" if protocol == "sess" else "user"
     if "item2vec" in e.models:
         out["item2vec"] = Item2VecScorer(
             cfg.item2vec, unit, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name="item2vec"
         )
-    if "two_tower" in e.models:
-        from recemb.eval.two_tower_scorer import TwoTowerScorer
+    towers = [m for m in e.models if m == "two_tower" or (m.startswith("two_tower-") and content_here)]
+    if towers:
+        from recemb.eval.two_tower_scorer import TwoTowerScorer, variant_config
 
-        out["two_tower"] = TwoTowerScorer(
-            cfg.two_tower, items=ds.items if ds else None, users=ds.users if ds else None
-        )
+        for name in towers:
+            out[name] = TwoTowerScorer(
+                variant_config(cfg.two_tower, name), items=ds.items if ds else None,
+                users=ds.users if ds else None, name=name, root=ds.root if ds else None,
+                cache_dir=cfg.content_cache_dir(cfg.two_tower.content),
+            )
     variants = [m for m in e.models if m.startswith("content")]
-    if variants and protocol in e.content_protocols:
+    if variants and content_here:
         from recemb.eval.content_scorer import content_scorers
 
         out.update(content_scorers(
             cfg.content, cfg.item2vec, ds.items if ds else None, ds.root if ds else None, protocol, variants,
-            e.query, e.query_last_n, e.scoring, cache_dir=cfg.run_dir / "content" / "cache",
+            e.query, e.query_last_n, e.scoring, cache_dir=cfg.content_cache_dir(),
         ))
     return out
 
@@ -204,6 +214,34 @@ def run_rows(
     return rows
 
 
+POOLED_SUMS = ("queries", "fit_s", "score_s", "refits")
+
+
+def pool_folds(fold_rows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of several folds (same models, same order) -> one row per model.
+
+    Metrics are means over each fold's queries, so their query-weighted mean
+    is the metric over all folds' queries (exact for recall, NDCG, MRR and
+    hit rate; for coverage and popularity bias, the mean over folds).
+    Counts and times are summed; ``folds`` records how many were pooled.
+    """
+    pooled = []
+    for per_fold in zip(*fold_rows):
+        n = np.array([r["queries"] for r in per_fold], dtype=np.float64)
+        row: dict[str, Any] = {"model": per_fold[0]["model"]}
+        for key in per_fold[0]:
+            if key == "model":
+                continue
+            values = np.array([r[key] for r in per_fold], dtype=np.float64)
+            if key in POOLED_SUMS:
+                total = values.sum()
+                row[key] = int(total) if key in ("queries", "refits") else float(total)
+            else:
+                row[key] = float((values * n).sum() / n.sum())
+        pooled.append(row | {"folds": len(per_fold)})
+    return pooled
+
+
 def split_counts(split: Any) -> dict[str, int]:
     """Row counts of each table of a split (for the record in metrics.json)."""
     out = {}
@@ -213,11 +251,12 @@ def split_counts(split: Any) -> dict[str, int]:
     return out
 
 
-def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
+def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the configured evaluation; write and return ``<run>/eval/metrics.json``'s content.
 
     Protocols the dataset cannot support are listed under ``skipped`` with the
-    reason. ``log`` (e.g. ``print``) receives one progress line per model.
+    reason. Progress: a bar over the (protocol, fold, model) runs on a
+    terminal, a line per finished model in logs (recemb.progress).
     """
     e = cfg.eval
     ds = load_dataset(cfg.prepared_dir)
@@ -230,24 +269,42 @@ def evaluate(cfg: PipelineConfig, log=None) -> dict[str, Any]:
         "protocols": {},
         "skipped": {},
     }
-    for protocol in e.protocols:
-        try:
-            split, catalogue = protocol_inputs(ds, protocol, e, cfg.data.sessionize.gap_minutes)
-        except ProtocolNotSupported as why:
-            results["skipped"][protocol] = str(why)
-            continue
-        scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **model_scorers(cfg, protocol, ds), **models}
-        options = (
-            {"popularity": {"refit_every": e.imp_popularity_refit}}
-            if protocol == "imp" and e.imp_popularity_refit
-            else None
-        )
-        ks = list(e.imp_k if protocol == "imp" else e.k)
-        rows = run_rows(protocol, split, catalogue, scorers, ks, e.batch_size, e.seed, log, options)
-        results["protocols"][protocol] = {
-            "split": {**split_counts(split), "catalogue": len(catalogue)},
-            "rows": rows,
-        }
+    runs = sum((e.cold_folds if p == "cold" else 1) * (len(baseline_scorers(e.baselines, p, e.seed))
+                                                      + len(model_scorers(cfg, p, ds)) + len(models))
+               for p in e.protocols)
+    progress = Progress("evaluate", runs, "model")
+
+    def model_done(line: str) -> None:
+        progress.note(line)
+        progress.update(1)
+
+    with progress:
+        for protocol in e.protocols:
+            folds = e.cold_folds if protocol == "cold" else 1
+            fold_rows, counts = [], {}
+            for fold in range(folds):
+                try:
+                    split, catalogue = protocol_inputs(ds, protocol, e, cfg.data.sessionize.gap_minutes, fold)
+                except ProtocolNotSupported as why:
+                    results["skipped"][protocol] = str(why)
+                    break
+                scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **model_scorers(cfg, protocol, ds),
+                           **models}
+                ks = list(e.imp_k if protocol == "imp" else e.k)
+                if folds > 1:
+                    progress.note(f"  {protocol} fold {fold + 1}/{folds}")
+                fold_rows.append(run_rows(protocol, split, catalogue, scorers, ks, e.batch_size, e.seed, model_done,
+                                          runner_options(protocol, e)))
+                for key, n in split_counts(split).items():
+                    counts[key] = counts.get(key, 0) + n
+                counts["catalogue"] = len(catalogue)
+            if not fold_rows:
+                continue
+            results["protocols"][protocol] = {
+                "split": counts | ({"folds": folds} if folds > 1 else {}),
+                "rows": pool_folds(fold_rows) if folds > 1 else fold_rows[0],
+            }
+        progress.summary = f"{len(results['protocols'])} protocol(s)"
     # Written candidate lists (recemb candidates), scored against their own holdout.
     scored = evaluate_candidates(cfg, events=ds.events)
     if scored is not None:

@@ -15,7 +15,11 @@ run_imp     one query per test impression: the user's history events
             (stable-sorted by ts, so listed order survives equal times);
             only the shown items are scored, gathered from the full rows.
             MIND-style AUC, MRR, nDCG@5/10 and CTR@K
-run_cold    run_ml on a :class:`ColdItemSplit` (targets are cold items)
+run_cold    run_ml on a :class:`ColdItemSplit` (targets are cold items),
+            ranked twice: among all catalogue items (``recall@K``, ...:
+            can a cold item win against the warm ones?) and among the cold
+            items only (``cold_recall@K``, ``cold_ndcg@K``: DropoutNet's
+            cold-start setting, a "new items" source of its own)
 ==========  ===============================================================
 
 Every runner fits the scorer itself (timed as ``fit_s``) and scores in
@@ -118,6 +122,7 @@ def _run_leave_last_out(
     batch_size: int,
     seed: int,
     what: str,
+    cold_items: np.ndarray | None = None,
 ) -> dict:
     ks = _check_ks(ks)
     _require_queries(test.height, what)
@@ -135,7 +140,12 @@ def _run_leave_last_out(
     rng = np.random.default_rng(seed)
     n, kmax = len(catalogue), max(ks)
     ranks = np.empty(len(queries), dtype=np.float64)
+    cold_ranks = np.empty(len(queries), dtype=np.float64)
     top = np.empty((len(queries), min(kmax, n)), dtype=np.int64)
+    warm = None
+    if cold_items is not None:
+        warm = np.ones(n, dtype=bool)
+        warm[cold_items[cold_items >= 0]] = False
     for start, stop, batch in queries.batches(batch_size):
         scores = _score(scorer, batch, n)
         b_targets = targets[start:stop]
@@ -150,8 +160,13 @@ def _run_leave_last_out(
         idx, val = ranking.topk(scores, kmax, rng)
         idx[np.isneginf(val)] = -1  # fewer unmasked items than kmax: pad, never count masked ones
         top[start:stop] = idx
+        if warm is not None:
+            scores[:, warm] = -np.inf  # the targets are cold: they stay
+            cold_ranks[start:stop] = ranking.target_ranks(scores, b_targets, rng)
     score_s = time.perf_counter() - t0
     out = _rank_metrics(ranks, ks, ("recall", "ndcg", "mrr", "hit_rate"))
+    if warm is not None:
+        out |= {f"cold_{k}": v for k, v in _rank_metrics(cold_ranks, ks, ("recall", "ndcg")).items()}
     pop = _item_popularity(train, catalogue)
     for k in ks:
         out[f"coverage@{k}"] = float(metrics.catalogue_coverage(top[:, :k], n))
@@ -182,9 +197,10 @@ def run_cold(
     batch_size: int = 4096,
     seed: int = 0,
 ) -> dict:
-    """P-COLD: P-ML on a cold-item split; ``catalogue`` must include the cold items."""
+    """P-COLD: P-ML on a cold-item split; ``catalogue`` must include the cold items (module doc)."""
     return _run_leave_last_out(
-        split.train, split.validation, split.test, scorer, catalogue, ks, batch_size, seed, "run_cold"
+        split.train, split.validation, split.test, scorer, catalogue, ks, batch_size, seed, "run_cold",
+        cold_items=catalogue.lookup(split.cold_items),
     )
 
 

@@ -16,7 +16,7 @@ TITLES = {"ml": "P-ML", "sess": "P-SESS", "imp": "P-IMP", "cold": "P-COLD"}
 TRAILING = ("queries", "fit_s", "score_s")
 # Kept in metrics.json but left out of the printed tables unless asked for:
 # hit rate equals recall with one target per query, and the rest is bookkeeping.
-HIDDEN_PREFIXES = ("hit_rate@", "mean_pop_percentile@", "n_impressions", "n_skipped", "refits")
+HIDDEN_PREFIXES = ("hit_rate@", "mean_pop_percentile@", "n_impressions", "n_skipped", "refits", "folds")
 
 
 def _shown(key: str, columns: Sequence[str] | None) -> bool:
@@ -79,7 +79,10 @@ def format_tables(
         dataset = res.get("dataset", "?")
         for protocol, part in res.get("protocols", {}).items():
             split = part.get("split", {})
-            extra = f" (catalogue {split['catalogue']} items)" if "catalogue" in split else ""
+            notes = [f"catalogue {split['catalogue']} items"] if "catalogue" in split else []
+            if split.get("folds", 1) > 1:
+                notes.append(f"pooled over {split['folds']} folds")
+            extra = f" ({', '.join(notes)})" if notes else ""
             title = f"{TITLES.get(protocol, protocol)} · {dataset}{extra}"
             blocks.append(format_table(title, part["rows"], columns))
         for protocol, why in res.get("skipped", {}).items():

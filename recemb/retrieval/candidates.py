@@ -65,6 +65,7 @@ from recemb.data.sessions import sessionize
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError, DataValidationError
 from recemb.io import atomic_path, sha256_file, write_json
+from recemb.progress import Progress
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.retriever import POPULARITY, QUERY_MODES, Retriever, Source
 
@@ -465,19 +466,23 @@ def generate_candidates(
     )
     progress = {"parts": len(done), "users": 0, "fallback_rows": 0}
     t_run = time.perf_counter()
+    bar = Progress("candidates", len(todo), "partition")
 
     def on_done(row: dict) -> None:
         progress["parts"] += 1
         progress["users"] += int(row["users"])
         progress["fallback_rows"] += int(row["fallback_rows"])
         rate = progress["users"] / max(time.perf_counter() - t_run, 1e-9)
-        say(
+        bar.update(1, users=progress["users"], users_per_s=round(rate))
+        (log_fn or bar.note)(
             f"candidates: {progress['parts']}/{c.partitions} partitions, "
             f"{progress['users']} users, {rate:,.0f} users/s"
         )
 
-    if todo:
-        _run_partitions(_partition_table(queries, parts, todo), spec, c, on_done)
+    with bar:
+        if todo:
+            _run_partitions(_partition_table(queries, parts, todo), spec, c, on_done)
+        bar.summary = f"{progress['users']} users"
     run_seconds = time.perf_counter() - t_run
     manifest = _manifest(
         out, c, sources, queries.height, len(done), progress, t0, run_seconds, fingerprint

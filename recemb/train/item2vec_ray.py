@@ -56,6 +56,7 @@ from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError, RecembError
 from recemb.io import atomic_dir, write_json
 from recemb.models.item2vec.config import Item2VecConfig
+from recemb.progress import Progress
 from recemb.train.ray_config import RayTrainConfig
 
 log = logging.getLogger("recemb.item2vec")
@@ -323,56 +324,61 @@ def train_loop(config: dict[str, Any]) -> None:
         # Load the compiled kernel (numba's disk cache) now, so that epoch 1's timing is training only.
         runner.run(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), cfg.alpha, cfg.alpha, 0)
     started = time.perf_counter()
-    for epoch in range(start, cfg.epochs):
-        _maybe_fail(config, epoch, rank, world)
-        a0, a1 = lr_range(cfg, epoch)
-        t0 = time.perf_counter()
-        loss = pairs = sync_s = 0.0
-        for j in range(n_chunks):
-            s0, s1 = int(chunks[j]), int(chunks[j + 1])
-            if s1 > s0:  # an empty chunk still takes part in the sync below
-                e0 = int(shard.indptr[s0])
-                chunk_loss, chunk_pairs = runner.run(
-                    shard.indptr[s0 : s1 + 1] - e0, shard.indices[e0 : int(shard.indptr[s1])],
-                    a0 + (a1 - a0) * j / n_chunks, a0 + (a1 - a0) * (j + 1) / n_chunks,
-                    shard_seed(cfg.seed, epoch, rank, j),
-                )
-                loss, pairs = loss + chunk_loss, pairs + chunk_pairs
-            ts = time.perf_counter()
-            sync()
-            sync_s += time.perf_counter() - ts
-        loss, pairs, sync_s = _allreduce_sums([loss, pairs, sync_s], world, device)
-        secs = max(time.perf_counter() - t0, 1e-9)
-        row = {
-            "epoch": epoch + 1, "loss": loss / max(pairs, 1), "pairs": int(pairs), "seconds": secs,
-            "pairs_per_s": pairs / secs, "events_per_s": shard.n_events_total / secs,
-            "sync_seconds": sync_s / world, "alpha": a1, "workers": world, "started_at_epoch": start,
-        }
-        history.append(row)
-        if rank == 0:
-            eta = (time.perf_counter() - started) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
-            _progress(config, (
-                f"item2vec x{world} epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
-                f"pairs/s {row['pairs_per_s']:,.0f} events/s {row['events_per_s']:,.0f} "
-                f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s"
-            ))
-        state = {
-            "epoch": epoch + 1, "config": cfg.model_dump(mode="json"), "corpus_sha256": shard.digest,
-            "history": history, "workers": world, "sync": config.get("sync", "mean"),
-            "syncs_per_epoch": n_chunks,
-        }
+    label = f"item2vec x{world}" if world > 1 else "item2vec"
+    with Progress(label, cfg.epochs - start, "epoch", enabled=rank == 0) as progress:
+        for epoch in range(start, cfg.epochs):
+            _maybe_fail(config, epoch, rank, world)
+            a0, a1 = lr_range(cfg, epoch)
+            t0 = time.perf_counter()
+            loss = pairs = sync_s = 0.0
+            for j in range(n_chunks):
+                s0, s1 = int(chunks[j]), int(chunks[j + 1])
+                if s1 > s0:  # an empty chunk still takes part in the sync below
+                    e0 = int(shard.indptr[s0])
+                    chunk_loss, chunk_pairs = runner.run(
+                        shard.indptr[s0 : s1 + 1] - e0, shard.indices[e0 : int(shard.indptr[s1])],
+                        a0 + (a1 - a0) * j / n_chunks, a0 + (a1 - a0) * (j + 1) / n_chunks,
+                        shard_seed(cfg.seed, epoch, rank, j),
+                    )
+                    loss, pairs = loss + chunk_loss, pairs + chunk_pairs
+                ts = time.perf_counter()
+                sync()
+                sync_s += time.perf_counter() - ts
+            loss, pairs, sync_s = _allreduce_sums([loss, pairs, sync_s], world, device)
+            secs = max(time.perf_counter() - t0, 1e-9)
+            row = {
+                "epoch": epoch + 1, "loss": loss / max(pairs, 1), "pairs": int(pairs), "seconds": secs,
+                "pairs_per_s": pairs / secs, "events_per_s": shard.n_events_total / secs,
+                "sync_seconds": sync_s / world, "alpha": a1, "workers": world, "started_at_epoch": start,
+            }
+            history.append(row)
+            if rank == 0:
+                eta = (time.perf_counter() - started) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
+                _progress(config, progress, (
+                    f"item2vec x{world} epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
+                    f"pairs/s {row['pairs_per_s']:,.0f} events/s {row['events_per_s']:,.0f} "
+                    f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s"
+                ))
+            state = {
+                "epoch": epoch + 1, "config": cfg.model_dump(mode="json"), "corpus_sha256": shard.digest,
+                "history": history, "workers": world, "sync": config.get("sync", "mean"),
+                "syncs_per_epoch": n_chunks,
+            }
 
-        def write(out: Path, state=state) -> None:
-            s0_, s1_ = runner.arrays()
-            save_checkpoint(out, s0_, s1_, shard.vocab, state)
+            def write(out: Path, state=state) -> None:
+                s0_, s1_ = runner.arrays()
+                save_checkpoint(out, s0_, s1_, shard.vocab, state)
 
-        session.report({k: row[k] for k in ("epoch", "loss", "pairs_per_s", "events_per_s")}, write)
+            session.report({k: row[k] for k in ("epoch", "loss", "pairs_per_s", "events_per_s")}, write)
+            progress.update(1, loss=row["loss"])
+        if history:
+            progress.summary = f"loss {history[-1]['loss']:.4f}, {history[-1]['events_per_s']:,.0f} events/s"
 
 
-def _progress(config: dict[str, Any], line: str) -> None:
-    """Log the epoch line, and append it to the progress file the driver follows (worker logs
+def _progress(config: dict[str, Any], progress: Progress, line: str) -> None:
+    """Show the epoch line, and append it to the progress file the driver follows (worker logs
     are not forwarded to a locally started driver)."""
-    log.info("%s", line)
+    progress.note(line)
     path = config.get("progress_file")
     if path:
         with open(path, "a", encoding="utf-8") as f:

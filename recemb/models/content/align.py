@@ -45,6 +45,7 @@ from recemb.models.content.encoder import (
     encode_all,
     resolve_device,
 )
+from recemb.progress import Progress
 
 __all__ = ["ContentConfig", "fit_alignment", "make_optimizers", "content_embeddings", "train_content"]
 
@@ -128,27 +129,30 @@ def fit_alignment(
     t_dev = torch.from_numpy(t_all).to(device)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        enc.train()
-        order = rng.permutation(train_rows)
-        total, n = 0.0, 0
-        for lo in range(0, len(order), cfg.batch_size):
-            b = order[lo : lo + cfg.batch_size]
-            if len(b) < 2:  # a softmax over one item teaches nothing
-                continue
-            z = enc(feats.batch(b, device))
-            logits = z @ t_dev[torch.from_numpy(b).to(device)].T / cfg.temperature
-            labels = torch.arange(len(b), device=device)
-            loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt, sched in zip(opts, scheds):
-                opt.step()
-                sched.step()
-            total += float(loss.detach()) * len(b)
-            n += len(b)
-        history.append({"epoch": epoch, "loss": total / max(n, 1)})
+    with Progress("content alignment", cfg.epochs, "epoch") as progress:
+        for epoch in range(cfg.epochs):
+            enc.train()
+            order = rng.permutation(train_rows)
+            total, n = 0.0, 0
+            for lo in range(0, len(order), cfg.batch_size):
+                b = order[lo : lo + cfg.batch_size]
+                if len(b) < 2:  # a softmax over one item teaches nothing
+                    continue
+                z = enc(feats.batch(b, device))
+                logits = z @ t_dev[torch.from_numpy(b).to(device)].T / cfg.temperature
+                labels = torch.arange(len(b), device=device)
+                loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt, sched in zip(opts, scheds):
+                    opt.step()
+                    sched.step()
+                total += float(loss.detach()) * len(b)
+                n += len(b)
+            history.append({"epoch": epoch, "loss": total / max(n, 1)})
+            progress.update(1, loss=history[-1]["loss"])
+        progress.summary = f"{len(train_rows)} items, final loss {history[-1]['loss']:.3f}" if history else ""
     seconds = time.perf_counter() - t0
     z = encode_all(enc, feats)
     info: dict[str, Any] = {
@@ -162,10 +166,6 @@ def fit_alignment(
     if n_hold:
         info["heldout_items"] = int(n_hold)
         info["heldout_recall@10"] = _recall_at(z[held], t_all[held])
-    log.info(
-        "content alignment: %d items, %d epochs, %.1fs, final loss %.3f",
-        len(train_rows), cfg.epochs, seconds, history[-1]["loss"] if history else float("nan"),
-    )
     return enc, info
 
 
@@ -220,7 +220,7 @@ def train_content(cfg: PipelineConfig, target: str | None = None, content: Conte
             "(title, text, category, image_path)"
         )
     out = cfg.run_dir / "content"
-    cache = Path(content.cache_dir) if content.cache_dir else out / "cache"
+    cache = cfg.content_cache_dir(content)
     es, enc, info = content_embeddings(ds.items, ds.root, behaviour, content, cache, holdout=0.1)
     es.save(out / "embeddings")
     with atomic_path(out / "encoder.pt") as tmp:

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recemb.errors import DataValidationError
+from recemb.errors import ConfigError, DataValidationError
 from recemb.models.content import image as img
-from recemb.models.content.config import ContentConfig
+from recemb.models.content.config import ContentConfig, ContentParts
 from recemb.models.content.fusion import ContentFusion
 from recemb.models.content.text import HashedTokenizer, TextEncoder, bag_lengths, slice_bags
 
@@ -124,18 +124,22 @@ def _texts(items: pl.DataFrame, fields: list[str]) -> list[str]:
 def build_features(
     items: pl.DataFrame,
     root: str | os.PathLike | None,
-    cfg: ContentConfig,
+    cfg: ContentParts,
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
 ) -> ContentFeatures:
-    """Features of every row of a canonical ``items`` table (``root``: where ``image_path`` is relative to)."""
+    """Features of every row of a canonical ``items`` table (``root``: where ``image_path`` is relative to).
+
+    ``cfg`` is a :class:`ContentConfig` or the two-tower's ``ItemContentConfig``
+    (which has no ``category`` part: the tower keeps its own category table).
+    """
     if items.height == 0:
         raise DataValidationError("build_features: the items table is empty; content needs one row per item")
     feats = ContentFeatures(item_ids=np.asarray(items["item_id"].to_list(), dtype=object))
     if cfg.text:
         tok = HashedTokenizer(cfg.buckets, cfg.min_n, cfg.max_n, cfg.cjk_bigrams)
         feats.text_ids, feats.text_offsets = tok.encode(_texts(items, cfg.text_fields))
-    if cfg.category:
+    if getattr(cfg, "category", False):
         cats = items["category"].to_list() if "category" in items.columns else [[]] * items.height
         tok = HashedTokenizer(cfg.category_buckets, max_n=0)
         # A category name is one token ("c:Sci-Fi"); hashing keeps the table size fixed.
@@ -183,6 +187,8 @@ class ContentEncoder(nn.Module):
     def __init__(self, cfg: ContentConfig, feats: ContentFeatures, out_dim: int, device: torch.device | str = "cpu"):
         super().__init__()
         device = torch.device(device)
+        _check_buckets(feats.text_ids, cfg.buckets, "text", "content.buckets")
+        _check_buckets(feats.cat_ids, cfg.category_buckets, "category", "content.category_buckets")
         d = cfg.text_dim
         parts: dict[str, int] = {}
         if feats.text_ids is not None:
@@ -234,6 +240,15 @@ class ContentEncoder(nn.Module):
         """``batch`` from :meth:`ContentFeatures.batch` -> ``[B, out_dim]`` unit vectors."""
         feats, present = self.parts(batch)
         return F.normalize(self.fusion(feats, present), dim=1)
+
+
+def _check_buckets(ids: np.ndarray | None, buckets: int, part: str, key: str) -> None:
+    """Hashed ids must index the encoder's table: features and encoder built with other sizes do not."""
+    if ids is not None and ids.size and int(ids.max()) >= buckets:
+        raise ConfigError(
+            f"ContentEncoder: the {part} features hold bucket {int(ids.max())}, but the table has {buckets} "
+            f"rows; build the features and the encoder with the same {key}"
+        )
 
 
 def f_device(batch: dict[str, torch.Tensor]) -> torch.device:

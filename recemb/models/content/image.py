@@ -331,7 +331,8 @@ def cached_features(
         ok[todo] = good
         feats[todo[~good]] = 0.0
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
+        # A name of this process's own: Ray workers of one job may fill the same cache at once.
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")
         np.savez(tmp, version=_CACHE_VERSION, keys=keys.astype(str), features=feats, ok=ok)
         os.replace(tmp, cache)
     log.info("image features %s: %d cached, %d computed", tag, int(hit.sum()), len(todo))

@@ -34,6 +34,7 @@ from recemb.io import atomic_path
 from recemb.models.item2vec import sgns_cpu
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.item2vec.corpus import Corpus, build_corpus, keep_probabilities, negative_table
+from recemb.progress import Progress
 
 log = logging.getLogger("recemb.item2vec")
 
@@ -90,6 +91,7 @@ class Item2Vec:
         self.backend = runner.backend
         self.history = []
         started = time.perf_counter()
+        progress = Progress(f"item2vec {runner.backend}", cfg.epochs, "epoch")
         for epoch in range(cfg.epochs):
             a0, a1 = lr_range(cfg, epoch)
             t0 = time.perf_counter()
@@ -105,11 +107,9 @@ class Item2Vec:
                 "alpha": a1,
             }
             self.history.append(row)
-            eta = (time.perf_counter() - started) / (epoch + 1) * (cfg.epochs - epoch - 1)
-            log.info(
-                "item2vec %s epoch %d/%d loss %.4f pairs/s %.0f events/s %.0f ETA %.1fs",
-                runner.backend, epoch + 1, cfg.epochs, row["loss"], row["pairs_per_s"], row["events_per_s"], eta,
-            )
+            progress.update(1, loss=row["loss"], events_per_s=row["events_per_s"])
+        progress.summary = f"loss {self.history[-1]['loss']:.4f}" if self.history else ""
+        progress.close()
         self.vectors = runner.input_vectors()
         self.train_seconds = time.perf_counter() - started
         return self

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recemb.models.content.config import ItemContentConfig
+
 
 class TwoTowerConfig(BaseModel):
     """Hyper-parameters and execution settings of the two-tower model."""
@@ -50,7 +52,6 @@ class TwoTowerConfig(BaseModel):
     # auto: torchrec when importable.
     backend: Literal["auto", "torchrec", "torch"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    # Content hook (filled by the content encoders): width C of the [N, C] item
-    # content features concatenated into the item tower; 0 = none.
-    content_dim: int = Field(0, ge=0)
-    content_source: str | None = None  # name of the content features (recorded only)
+    # Content parts of the item tower (text, image, sentence embeddings), fused with
+    # the id and category parts under modality dropout; all off by default.
+    content: ItemContentConfig = ItemContentConfig()

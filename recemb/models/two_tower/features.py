@@ -14,12 +14,15 @@ place a ``KeyedJaggedTensor`` is built (:meth:`JaggedFeatures.to_kjt`).
 Feature names (``F`` keys of a jagged batch)::
 
     user: "history", "recent" (if recent_length > 0), "u_<column>" per user feature
-    item: "item_id", "category" (if item_categories)
+    item: "item_id", "category" (if item_categories), "text" (if content.text:
+          hashed word and character n-gram buckets of the item's text fields)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import os
 
 import numpy as np
 import polars as pl
@@ -108,6 +111,12 @@ class FeatureSpace:
         user_vocabs: one Vocab per user column.
         users: Vocab of user ids that have a users-table row.
         user_cats: ``[U, F_u]`` int64 rows per user and column, ``-1`` = missing.
+        content: per-item content inputs (ContentFeatures, rows = item
+            indices) when ``config.content`` is on, else None.
+
+    Args:
+        content_root: the directory ``items.image_path`` is relative to.
+        cache_dir: where frozen image / sentence features are cached.
     """
 
     def __init__(
@@ -116,10 +125,17 @@ class FeatureSpace:
         config: TwoTowerConfig,
         items_table: pl.DataFrame | None = None,
         users_table: pl.DataFrame | None = None,
+        content_root: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ):
         self.config = config
         self.items = items
         n = len(items)
+        self.content = None
+        if config.content.enabled:
+            from recemb.models.two_tower.content import item_content_features
+
+            self.content = item_content_features(items, items_table, config.content, content_root, cache_dir)
         self.categories = Vocab([])
         self.item_cat_offsets = np.zeros(n + 1, dtype=np.int64)
         self.item_cat_values = np.zeros(0, dtype=np.int64)
@@ -166,6 +182,8 @@ class FeatureSpace:
         out = {"items": c.item_table_size or max(len(self.items), 1)}
         if self.config.item_categories:
             out["categories"] = c.category_table_size or max(len(self.categories), 1)
+        if c.content.text:
+            out["text"] = c.content.buckets
         for col, vocab in zip(self.user_columns, self.user_vocabs):
             out[f"u_{col}"] = c.user_table_size or max(len(vocab), 1)
         return out
@@ -175,7 +193,8 @@ class FeatureSpace:
         return keys + [f"u_{c}" for c in self.user_columns]
 
     def item_keys(self) -> list[str]:
-        return ["item_id"] + (["category"] if self.config.item_categories else [])
+        c = self.config
+        return ["item_id"] + (["category"] if c.item_categories else []) + (["text"] if c.content.text else [])
 
     def user_rows(self, user_ids: np.ndarray | pl.Series | None, b: int) -> np.ndarray:
         """``[B]`` row of each user in ``user_cats`` (``-1`` = unknown or no features)."""
@@ -317,6 +336,11 @@ class Collator:
             starts = sp.item_cat_offsets[item_idx]
             lens = sp.item_cat_offsets[item_idx + 1] - starts
             parts.append((_hash_rows(_gather_csr(sp.item_cat_values, starts, lens), self._cat_rows), lens))
+        if self.config.content.text:
+            off = self.space.content.text_offsets
+            starts = off[item_idx]
+            lens = off[item_idx + 1] - starts
+            parts.append((_gather_csr(self.space.content.text_ids, starts, lens), lens))  # already bucket ids
         return _jagged(self.space.item_keys(), parts, b)
 
     def examples(self, ex: Examples, rows: np.ndarray) -> tuple[JaggedFeatures, np.ndarray]:

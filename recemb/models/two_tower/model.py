@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from torch import nn
 
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import atomic_dir, write_json
+from recemb.models.content.config import ItemContentConfig
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.features import (
     Collator,
@@ -44,14 +44,14 @@ ENCODE_BATCH = 4096
 
 @torch.no_grad()
 def encode_items(net: TwoTowerNet, collate: Collator, item_idx: np.ndarray,
-                 device: torch.device | str = "cpu") -> np.ndarray:
-    """``[len(item_idx), D]`` float32 item-tower outputs."""
+                 device: torch.device | str = "cpu", drop: tuple[str, ...] = ()) -> np.ndarray:
+    """``[len(item_idx), D]`` float32 item-tower outputs (``drop``: parts hidden, see ItemTower)."""
     net.eval()
     out = []
     for s in range(0, len(item_idx), ENCODE_BATCH):
         idx = np.asarray(item_idx[s : s + ENCODE_BATCH], dtype=np.int64)
         feats = collate.items(idx).to(device)
-        out.append(net.item_tower(feats, torch.from_numpy(idx).to(device)).float().cpu().numpy())
+        out.append(net.item_tower(feats, torch.from_numpy(idx).to(device), drop).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, net.item_tower.mlp[-1].out_features), np.float32)
 
 
@@ -73,15 +73,12 @@ class TwoTower:
     """The two-tower retrieval model (towers + RetrievalTask), trained in-process.
 
     Args:
-        config: the ``two_tower:`` section.
-        content: optional item content hook (module: ``[B]`` item indices ->
-            ``[B, C]`` features, C = ``config.content_dim``), e.g.
-            :class:`~recemb.models.two_tower.towers.PrecomputedContent`.
+        config: the ``two_tower:`` section (``config.content`` turns on the
+            item tower's text / image parts, read from ``fit``'s items table).
     """
 
-    def __init__(self, config: TwoTowerConfig | None = None, content: nn.Module | None = None):
+    def __init__(self, config: TwoTowerConfig | None = None):
         self.config = config or TwoTowerConfig()
-        self.content = content
         self.space: FeatureSpace | None = None
         self.collate: Collator | None = None
         self.net: TwoTowerNet | None = None
@@ -89,11 +86,15 @@ class TwoTower:
 
     def fit(self, events: pl.DataFrame, items: pl.DataFrame | None = None, users: pl.DataFrame | None = None,
             catalogue: Vocab | None = None, validation: pl.DataFrame | None = None,
-            checkpoint_dir: str | os.PathLike | None = None) -> "TwoTower":
+            checkpoint_dir: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+            cache_dir: str | os.PathLike | None = None) -> "TwoTower":
         """Train on canonical ``events`` (every interaction a target after its history).
 
         Args:
-            items, users: canonical items/users tables (categories, user features).
+            items, users: canonical items/users tables (categories, user
+                features, content: text fields and ``image_path``).
+            root, cache_dir: where ``image_path`` is relative to; where
+                frozen image / sentence features are cached.
             catalogue: fixes the item index space (evaluation); default: the
                 event items, then the items table's other items.
             validation: one held-out event per user; its Recall@K is reported per epoch.
@@ -104,7 +105,7 @@ class TwoTower:
         if events.height == 0:
             raise DataValidationError("TwoTower.fit: the events table is empty; nothing to train on")
         vocab = catalogue if catalogue is not None else item_vocab(events, items)
-        self.space = FeatureSpace(vocab, self.config, items, users)
+        self.space = FeatureSpace(vocab, self.config, items, users, root, cache_dir)
         self.collate = Collator(self.space)
         examples = build_examples(events, self.space)
         if len(examples) < 2:
@@ -114,8 +115,7 @@ class TwoTower:
             )
         val = Validation.build(events, validation, self.space) if validation is not None else None
         ckpt = LocalCheckpoints(checkpoint_dir) if checkpoint_dir else None
-        self.net, self.history = fit_loop(self.space, examples, self.config, validation=val, checkpoints=ckpt,
-                                          content=self.content)
+        self.net, self.history = fit_loop(self.space, examples, self.config, validation=val, checkpoints=ckpt)
         return self
 
     def _require_fit(self) -> None:
@@ -123,10 +123,14 @@ class TwoTower:
             raise RecembError("TwoTower: call fit() first")
 
     # ---------------------------------------------------------------- export
-    def item_embeddings(self) -> EmbeddingSet:
-        """Every catalogue item's ``[N, D]`` unit-norm vector (metric cosine)."""
+    def item_embeddings(self, drop: tuple[str, ...] = ()) -> EmbeddingSet:
+        """Every catalogue item's ``[N, D]`` unit-norm vector (metric cosine).
+
+        Items that were never a training target get theirs from their other
+        parts (content, categories); ``drop=("item_id",)`` does that for all.
+        """
         self._require_fit()
-        vectors = encode_items(self.net, self.collate, np.arange(len(self.space.items)))
+        vectors = encode_items(self.net, self.collate, np.arange(len(self.space.items)), drop=drop)
         return EmbeddingSet(self.space.items.ids, vectors, kind="two_tower_items", metric="cosine",
                             normalized=True, config=self.config.model_dump(mode="json"),
                             metrics={"epochs": self.history})
@@ -214,7 +218,9 @@ def load_user_tower(path: str | os.PathLike) -> UserTowerModel:
     if meta.get("format") != USER_TOWER_FORMAT:
         raise RecembError(f"{path}: user tower format {meta.get('format')!r} is not {USER_TOWER_FORMAT}; re-export it")
     config = TwoTowerConfig.model_validate(meta["two_tower"])
-    space = FeatureSpace(Vocab.load(path / "items.parquet"), config.model_copy(update={"item_categories": False}))
+    # The user tower reads item ids only: no item categories or content to load.
+    space = FeatureSpace(Vocab.load(path / "items.parquet"),
+                         config.model_copy(update={"item_categories": False, "content": ItemContentConfig()}))
     space.config = config
     space.user_columns = list(config.user_features)
     space.user_vocabs = [Vocab.load(path / f"user_{c}.parquet") for c in config.user_features]
@@ -226,8 +232,8 @@ def load_user_tower(path: str | os.PathLike) -> UserTowerModel:
 
 
 def build_plain_net(space: FeatureSpace, config: TwoTowerConfig, state: dict[str, torch.Tensor],
-                    content: nn.Module | None = None, device: torch.device | str = "cpu") -> TwoTowerNet:
+                    device: torch.device | str = "cpu") -> TwoTowerNet:
     """A plain-torch TwoTowerNet holding a gathered (unsharded) model state."""
-    net = build_net(space, config, "torch", torch.device(device), content)
+    net = build_net(space, config, "torch", torch.device(device))
     net.load_state_dict(state)
     return net.eval()

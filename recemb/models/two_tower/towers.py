@@ -12,18 +12,21 @@ moves between them unchanged:
   any device (CUDA machines without torchrec, the exported user tower, and
   the unfused baseline of benchmarks/two_tower.py).
 
+Content parts of the item tower are fused in recemb.models.two_tower.content.
 Towers know nothing of the loss (recemb.models.two_tower.task).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recemb.models.two_tower.content import ItemContent, sparse_presence
 from recemb.models.two_tower.features import JaggedFeatures
 
 
@@ -51,6 +54,8 @@ def tower_tables(sizes: dict[str, int], user_keys: list[str], item_keys: list[st
     item = [TableSpec("item_ids", sizes["items"], dim, ("item_id",))]
     if "category" in item_keys:
         item.append(TableSpec("categories", sizes["categories"], dim, ("category",)))
+    if "text" in item_keys:
+        item.append(TableSpec("text_tokens", sizes["text"], dim, ("text",)))
     return user, item
 
 
@@ -159,45 +164,40 @@ class UserTower(nn.Module):
 
 
 class ItemTower(nn.Module):
-    """Item id (+ categories, + content features) -> L2-normalised ``[B, D]``.
+    """Item id (+ categories, + content parts) -> L2-normalised ``[B, D]``.
 
-    Content hook: ``content`` is a module (or callable) mapping ``[B]`` item
-    indices to ``[B, C]`` float features (a frozen text/image encoder's
-    output, see :class:`PrecomputedContent`); its output is concatenated
-    with the pooled sparse features before the MLP. ``content_dim`` = C.
+    Without content, the pooled sparse features are concatenated and passed
+    through the MLP. With ``content`` (an :class:`ItemContent`), every part
+    (id, categories, text tokens, image, sentence embedding) is fused by it
+    under modality dropout first, so an item lacking parts (a cold item
+    lacks its trained id) still gets a vector from the rest.
     """
 
     def __init__(self, tables: list[TableSpec], keys: list[str], mlp: list[int], dim: int, dropout: float = 0.0,
-                 backend: str = "torch", device: torch.device | None = None,
-                 content: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None, content_dim: int = 0):
+                 backend: str = "torch", device: torch.device | None = None, content: ItemContent | None = None):
         super().__init__()
         self.keys = list(keys)
         self.sparse = make_sparse(tables, backend, device)
         self.content = content
-        self.content_dim = content_dim if content is not None else 0
         width = {k: t.dim for t in tables for k in t.features}
-        self.mlp = _mlp([sum(width[k] for k in self.keys) + self.content_dim, *mlp, dim], dropout).to(device)
+        in_dim = content.out_dim if content is not None else sum(width[k] for k in self.keys)
+        self.mlp = _mlp([in_dim, *mlp, dim], dropout).to(device)
 
-    def forward(self, feats: JaggedFeatures, item_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, D]`` unit-norm item embeddings; ``item_idx`` ``[B]`` feeds the content hook."""
+    def forward(self, feats: JaggedFeatures, item_idx: torch.Tensor | None = None,
+                drop: Collection[str] = ()) -> torch.Tensor:
+        """``[B, D]`` unit-norm item embeddings.
+
+        ``item_idx [B]`` (the rows of ``feats``' items) is needed with
+        content; ``drop`` names parts to hide for every row (content only).
+        """
         pooled = self.sparse(feats)
-        parts = [pooled[k] for k in self.keys]
-        if self.content is not None:
+        if self.content is None:
+            x = torch.cat([pooled[k] for k in self.keys], dim=1)
+        else:
             if item_idx is None:
-                raise ValueError("ItemTower: a content hook is set, so forward() needs item_idx [B]")
-            parts.append(self.content(item_idx))
-        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
-
-
-class PrecomputedContent(nn.Module):
-    """Content hook over a fixed ``[N, C]`` feature matrix (e.g. frozen sentence embeddings)."""
-
-    def __init__(self, features: torch.Tensor):
-        super().__init__()
-        self.register_buffer("features", features.float())
-
-    def forward(self, item_idx: torch.Tensor) -> torch.Tensor:
-        return self.features[item_idx]
+                raise ValueError("ItemTower: with content parts, forward() needs item_idx [B]")
+            x = self.content(pooled, item_idx, drop)
+        return F.normalize(self.mlp(x), dim=-1)
 
 
 class TwoTowerNet(nn.Module):
@@ -215,15 +215,21 @@ class TwoTowerNet(nn.Module):
 
 
 def build_net(space, config, backend: str = "torch", device: torch.device | None = None,
-              content: nn.Module | None = None) -> TwoTowerNet:
-    """Both towers for a ``FeatureSpace`` and ``TwoTowerConfig``; ``content`` is the item content hook."""
+              id_trained: np.ndarray | None = None) -> TwoTowerNet:
+    """Both towers for a ``FeatureSpace`` and ``TwoTowerConfig``.
+
+    ``id_trained [N]`` marks the items whose id row is trained (targets of
+    training examples; default all): with content, the others are placed
+    by their content alone.
+    """
     user_tables, item_tables = tower_tables(
         space.table_sizes(), space.user_keys(), space.item_keys(), config.embedding_dim
     )
-    content_dim = config.content_dim if content is not None else 0
-    if content is not None and content_dim <= 0:
-        raise ValueError("two_tower.content_dim must be the width C of the content hook's [B, C] output")
+    content = None
+    if space.content is not None:
+        content = ItemContent(space.content, config.content, sparse_presence(space, id_trained),
+                              config.embedding_dim, device)
     user = UserTower(user_tables, space.user_keys(), list(config.mlp), config.dim, config.dropout, backend, device)
     item = ItemTower(item_tables, space.item_keys(), list(config.mlp), config.dim, config.dropout, backend, device,
-                     content=content, content_dim=content_dim)
+                     content=content)
     return TwoTowerNet(user, item)

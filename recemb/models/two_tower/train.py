@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from torch import nn
 
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import atomic_path, write_json
@@ -39,6 +38,7 @@ from recemb.models.two_tower.features import Collator, Examples, FeatureSpace, u
 from recemb.models.two_tower.model import build_plain_net, encode_items, encode_users
 from recemb.models.two_tower.task import RetrievalTask
 from recemb.models.two_tower.towers import TwoTowerNet, build_net
+from recemb.progress import Progress, fmt_number
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "two_tower.pt"
@@ -152,13 +152,16 @@ def _resumable(config: TwoTowerConfig) -> dict[str, Any]:
 
 
 def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
-             validation: Validation | None = None, checkpoints=None, content: nn.Module | None = None,
+             validation: Validation | None = None, checkpoints=None,
              ) -> tuple[TwoTowerNet | None, list[dict[str, Any]]]:
     """Train; return (a plain-torch copy of the trained towers on rank 0 / None elsewhere, per-epoch metrics)."""
     device = resolve_device(config.device)
     backend = resolve_backend(config.backend)
     torch.manual_seed(config.seed)  # identical dense initialisation on every rank
-    engine = Engine(lambda b, d: build_net(space, config, b, d, content), backend, device,
+    # Only targets train an item's id row; with content, other items are placed by their content.
+    id_trained = np.zeros(len(space.items), dtype=bool)
+    id_trained[examples.target] = True
+    engine = Engine(lambda b, d: build_net(space, config, b, d, id_trained), backend, device,
                     config.lr, config.emb_lr, config.weight_decay)
     task = RetrievalTask(len(space.items), config.temperature, config.logq, config.remove_accidental_hits,
                          config.mixed_negatives, config.estimator_buckets, config.estimator_alpha).to(device)
@@ -180,12 +183,18 @@ def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
     per_rank, steps = _steps(len(examples), world, config.batch_size)
     batch = min(config.batch_size, per_rank)
     plain: TwoTowerNet | None = None
+    progress = Progress(f"two_tower x{world}" if world > 1 else "two_tower", steps * (config.epochs - start),
+                        "step", enabled=rank == 0)
     try:
         for epoch in range(start, config.epochs):
             engine.train()
             order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
             mine = order[rank * per_rank : (rank + 1) * per_rank]
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 7919 + rank)
+            epoch_seed = config.seed * 1_000_003 + epoch * 7919 + rank
+            gen = torch.Generator().manual_seed(epoch_seed)
+            # Dropout and modality dropout draw from the global generator: seeding it per
+            # epoch makes a resumed run repeat the uninterrupted one exactly.
+            torch.manual_seed(epoch_seed)
             t0, total = time.perf_counter(), 0.0
             for s in range(steps):
                 rows = mine[s * batch : (s + 1) * batch]
@@ -199,16 +208,17 @@ def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
                             idx_t[b:] if neg is not None else None)
                 engine.step(loss)
                 total += float(loss.detach())
+                progress.update(1, epoch=epoch + 1, loss=total / (s + 1))
             seconds = time.perf_counter() - t0
             metrics = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds,
                        "samples_per_s": steps * batch * world / max(seconds, 1e-9)}
             full = engine.full_state()  # collective: every rank takes part
             if rank == 0:
-                plain = build_plain_net(space, config, full["model"], content)
+                plain = build_plain_net(space, config, full["model"])
                 if validation is not None:
                     metrics[f"val_recall@{config.eval_k}"] = validation.recall(plain, collate, config.eval_k)
-                log.info("two_tower epoch %s", {k: round(v, 4) if isinstance(v, float) else v
-                                                for k, v in metrics.items()})
+                progress.note(f"two_tower epoch {epoch + 1}/{config.epochs}: " + ", ".join(
+                    f"{k} {fmt_number(v)}" for k, v in metrics.items() if k != "epoch"))
             history.append(metrics)
             if checkpoints is not None:
                 state = None if full is None else {
@@ -219,8 +229,15 @@ def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
         if start >= config.epochs:  # resumed after the last epoch: nothing left to train
             full = engine.full_state()  # collective: every rank takes part
             if rank == 0:
-                plain = build_plain_net(space, config, full["model"], content)
+                plain = build_plain_net(space, config, full["model"])
+        last = history[-1] if history else {}
+        progress.summary = f"{len(history)} epochs" + "".join(
+            f", {k} {v:.4f}" for k, v in last.items() if k.startswith(("loss", "val_")))
+    except BaseException:
+        progress.close(failed=True)
+        raise
     finally:
+        progress.close()
         engine.close()
     return plain, history
 
@@ -234,7 +251,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     ``config`` keys: ``two_tower`` (the section as a dict), ``data_dir``
     (prepared canonical tables), ``out_dir`` (``<run>/two_tower``),
     ``checkpoint_dir`` (in-process checkpoints; ignored under Ray, which
-    keeps its own), ``ray`` (True inside a TorchTrainer).
+    keeps its own), ``cache_dir`` (frozen content features), ``ray`` (True
+    inside a TorchTrainer). Every worker builds its own features, content
+    included, from ``data_dir``: nothing large travels in the config.
     Returns the metrics dict on rank 0 (None elsewhere).
     """
     from recemb.data.dataset import load_dataset
@@ -248,7 +267,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     ds = load_dataset(config["data_dir"])
     split = leave_last_out(ds.events)
     model = TwoTower(section)
-    model.space = FeatureSpace(item_vocab(ds.events, ds.items), section, ds.items, ds.users)
+    model.space = FeatureSpace(item_vocab(ds.events, ds.items), section, ds.items, ds.users, ds.root,
+                               config.get("cache_dir"))
     model.collate = Collator(model.space)
     examples = build_examples(split.train, model.space)
     validation = Validation.build(split.train, split.validation, model.space)
@@ -276,6 +296,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "backend": resolve_backend(section.backend),
         "epochs": model.history,
     }
+    if model.space.content is not None:
+        metrics["content_coverage"] = model.space.content.coverage()
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -314,6 +336,7 @@ def run_two_tower(cfg, section: TwoTowerConfig | None = None, ray=None) -> Path:
         "data_dir": str(Path(cfg.prepared_dir).resolve()),
         "out_dir": str(out.resolve()),
         "checkpoint_dir": str(local_ckpt),
+        "cache_dir": str(cfg.content_cache_dir(section.content).resolve()),
         "threads": ray.threads() if ray.workers else 0,
     }
     if ray.workers < 1:
