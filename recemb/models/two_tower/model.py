@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pydantic
 import torch
 
 from recemb.data.vocab import Vocab
@@ -217,7 +218,17 @@ def load_user_tower(path: str | os.PathLike) -> UserTowerModel:
     meta = json.loads((path / "config.json").read_text())
     if meta.get("format") != USER_TOWER_FORMAT:
         raise RecembError(f"{path}: user tower format {meta.get('format')!r} is not {USER_TOWER_FORMAT}; re-export it")
-    config = TwoTowerConfig.model_validate(meta["two_tower"])
+    section = dict(meta["two_tower"])
+    # Towers written before two_tower.content existed carry the old, always unused content hook's keys.
+    for obsolete in ("content_dim", "content_source"):
+        section.pop(obsolete, None)
+    try:
+        config = TwoTowerConfig.model_validate(section)
+    except pydantic.ValidationError as e:
+        raise RecembError(
+            f"{path / 'config.json'}: its two_tower settings do not fit this recemb ({e.error_count()} error(s), "
+            f"first: {e.errors()[0]['msg']}); re-export the user tower (`recemb train two-tower CONFIG`)"
+        ) from None
     # The user tower reads item ids only: no item categories or content to load.
     space = FeatureSpace(Vocab.load(path / "items.parquet"),
                          config.model_copy(update={"item_categories": False, "content": ItemContentConfig()}))
