@@ -15,7 +15,10 @@
    item2vec (and its random-vector control); P-ML rows of the same models.
 
     .venv/bin/python benchmarks/content.py [--items 1600] [--workers 0 2]
-    .venv/bin/python benchmarks/content.py --two-tower --pcold-folds 5   # + ~15 min
+    .venv/bin/python benchmarks/content.py --two-tower --pcold-folds 5   # + ~25 min
+    .venv/bin/python benchmarks/content.py --pcold-folds 5 --pcold-models two_tower two_tower-text content \
+        --pcold-set two_tower.content.pretrained_text=true --pcold-set content.pretrained_text=true \
+        --pcold-set content.text=false                           # the MiniLM rows
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ PCOLD_MODELS = ["two_tower", "two_tower-text", "two_tower-image", "two_tower-bot
                 "content", "content-image", "content-both", "content-random"]
 
 
-def prepared_ml100k(run_dir: Path):
+def prepared_ml100k(run_dir: Path, models: list[str], overrides: list[str]):
     """A pipeline config whose prepared ML-100K (posters included) lies under ``run_dir``."""
     from recemb.config import build_config
     from recemb.data.prepare import prepare_dataset
@@ -87,9 +90,9 @@ def prepared_ml100k(run_dir: Path):
         "data": {"source": "movielens-100k"},
         "two_tower": {"content": {"image_backbone": "mobilenet_v2", "image_size": 224}},
         "content": {"image_backbone": "mobilenet_v2", "image_size": 224},
-        "eval": {"protocols": ["ml", "cold"], "baselines": ["popularity", "random"], "models": PCOLD_MODELS,
+        "eval": {"protocols": ["ml", "cold"], "baselines": ["popularity", "random"], "models": models,
                  "content_protocols": ["ml", "cold"], "cold_fraction": 0.2},
-    })
+    }, overrides, "benchmarks/content.py")
     prepare_dataset(cfg.data, cfg.prepared_dir)
     return cfg
 
@@ -130,6 +133,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--two-tower", action="store_true", help="two-tower samples/s per item-tower content part")
     ap.add_argument("--pcold-folds", type=int, default=0, help="also print the ML-100K P-COLD table (0 = skip)")
+    ap.add_argument("--pcold-models", nargs="+", default=PCOLD_MODELS, help="eval.models of the P-COLD table")
+    ap.add_argument("--pcold-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the P-COLD run, e.g. two_tower.content.pretrained_text=true")
     args = ap.parse_args()
     torch.manual_seed(0)
     texts, paths, root, source = items_with_content(args.items)
@@ -173,7 +179,7 @@ def main() -> None:
         print(f"SmallResNet 64px / MobileNetV2 224px: {s / m:.1f}x")
     if not (args.two_tower or args.pcold_folds):
         return
-    cfg = prepared_ml100k(Path(tempfile.mkdtemp()))
+    cfg = prepared_ml100k(Path(tempfile.mkdtemp()), args.pcold_models, args.pcold_set)
     if args.two_tower:
         rows = tower_throughput(cfg)
         print("\nTwo-tower training on ML-100K P-ML train (one epoch, torchrec fused, samples/s)")
