@@ -261,7 +261,6 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
     e = cfg.eval
     ds = load_dataset(cfg.prepared_dir)
     models = embedding_scorers(cfg)  # load (and verify) artifacts before any long run
-    baseline_scorers(e.baselines, "ml", e.seed)  # unknown names fail before any long run
     results: dict[str, Any] = {
         "dataset": ds.name,
         "config": config_to_dict(cfg),
@@ -269,10 +268,11 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
         "protocols": {},
         "skipped": {},
     }
-    runs = sum((e.cold_folds if p == "cold" else 1) * (len(baseline_scorers(e.baselines, p, e.seed))
-                                                      + len(model_scorers(cfg, p, ds)) + len(models))
-               for p in e.protocols)
-    progress = Progress("evaluate", runs, "model")
+    # Scorers are fitted by the runner on each split, so one set per protocol serves every fold.
+    scorers_of = {p: {**baseline_scorers(e.baselines, p, e.seed), **model_scorers(cfg, p, ds), **models}
+                  for p in e.protocols}
+    folds_of = {p: e.cold_folds if p == "cold" else 1 for p in e.protocols}
+    progress = Progress("evaluate", sum(len(scorers_of[p]) * folds_of[p] for p in e.protocols), "model")
 
     def model_done(line: str) -> None:
         progress.note(line)
@@ -280,7 +280,8 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
 
     with progress:
         for protocol in e.protocols:
-            folds = e.cold_folds if protocol == "cold" else 1
+            folds, scorers = folds_of[protocol], scorers_of[protocol]
+            ks = list(e.imp_k if protocol == "imp" else e.k)
             fold_rows, counts = [], {}
             for fold in range(folds):
                 try:
@@ -288,13 +289,10 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
                 except ProtocolNotSupported as why:
                     results["skipped"][protocol] = str(why)
                     break
-                scorers = {**baseline_scorers(e.baselines, protocol, e.seed), **model_scorers(cfg, protocol, ds),
-                           **models}
-                ks = list(e.imp_k if protocol == "imp" else e.k)
                 if folds > 1:
                     progress.note(f"  {protocol} fold {fold + 1}/{folds}")
-                fold_rows.append(run_rows(protocol, split, catalogue, scorers, ks, e.batch_size, e.seed, model_done,
-                                          runner_options(protocol, e)))
+                fold_rows.append(run_rows(protocol, split, catalogue, scorers, ks, e.batch_size, e.seed,
+                                          model_done, runner_options(protocol, e)))
                 for key, n in split_counts(split).items():
                     counts[key] = counts.get(key, 0) + n
                 counts["catalogue"] = len(catalogue)

@@ -51,7 +51,7 @@ class ContentParts(BaseModel):
     @property
     def enabled(self) -> bool:
         """Whether any content part is on."""
-        return bool(self.text or self.image or self.pretrained_text or getattr(self, "category", False))
+        return self.text or self.image or self.pretrained_text
 
 
 class ContentConfig(ContentParts):
@@ -61,6 +61,10 @@ class ContentConfig(ContentParts):
     target: Literal["item2vec", "two_tower"] = "item2vec"
     category: bool = True  # hashed category names (items.category)
     category_buckets: int = Field(1 << 12, ge=16)
+
+    @property
+    def enabled(self) -> bool:
+        return super().enabled or self.category
     text_dim: int = Field(64, ge=1)
     text_backend: Literal["torch", "torchrec", "auto"] = "torch"  # auto: torchrec when it imports
     # ---- training

@@ -40,7 +40,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def default_image_weights() -> Path:
+def image_weights(cfg: ContentParts) -> Path:
+    """The MobileNetV2 state dict of ``cfg``: ``image_weights``, else ``<data>/weights/mobilenet_v2-b0353104.pth``."""
+    if cfg.image_weights:
+        return Path(cfg.image_weights)
     from recemb.data.paths import data_dir
 
     return data_dir() / "weights" / MOBILENET_FILE
@@ -147,7 +150,7 @@ def build_features(
     if cfg.image:
         paths = items["image_path"].to_list() if "image_path" in items.columns else [None] * items.height
         if cfg.image_backbone == "mobilenet_v2" and not cfg.image_finetune:
-            weights = Path(cfg.image_weights) if cfg.image_weights else default_image_weights()
+            weights = image_weights(cfg)
             backbone = img.load_mobilenet_v2(weights, device)
             if cache_dir is None:
                 raise DataValidationError("frozen image features need a cache_dir (content.cache_dir)")
@@ -200,7 +203,7 @@ class ContentEncoder(nn.Module):
             parts["category"] = d
         if feats.image_ok is not None:
             if feats.images is not None:
-                weights = Path(cfg.image_weights) if cfg.image_weights else default_image_weights()
+                weights = image_weights(cfg)
                 self.backbone = img.make_backbone(cfg.image_backbone, weights, cfg.image_width)
                 in_dim = self.backbone.out_dim
             else:

@@ -39,7 +39,7 @@ from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError
 from recemb.models.content import image as img
 from recemb.models.content.config import ItemContentConfig
-from recemb.models.content.encoder import ContentFeatures, build_features, default_image_weights
+from recemb.models.content.encoder import ContentFeatures, build_features, image_weights
 from recemb.models.content.fusion import ContentFusion
 from recemb.models.content.text import bag_lengths
 
@@ -91,8 +91,7 @@ class ItemContent(nn.Module):
         if feats.image_ok is not None:
             static["image"] = feats.image_ok
             if feats.images is not None:
-                weights = cfg.image_weights or default_image_weights()
-                self.backbone = img.make_backbone(cfg.image_backbone, weights, cfg.image_width)
+                self.backbone = img.make_backbone(cfg.image_backbone, image_weights(cfg), cfg.image_width)
                 self.register_buffer("images", torch.from_numpy(feats.images), persistent=False)
                 in_dim = self.backbone.out_dim
             else:

@@ -20,9 +20,8 @@ Feature names (``F`` keys of a jagged batch)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -31,6 +30,7 @@ import torch
 from recemb.data.splits import sort_keys
 from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError
+from recemb.models.content.text import slice_bags
 from recemb.models.two_tower.config import TwoTowerConfig
 
 
@@ -331,16 +331,13 @@ class Collator:
         item_idx = np.asarray(item_idx, dtype=np.int64)
         b = len(item_idx)
         parts = [(_hash_rows(item_idx, self._item_rows), np.ones(b, dtype=np.int64))]
+        sp = self.space
         if self.config.item_categories:
-            sp = self.space
-            starts = sp.item_cat_offsets[item_idx]
-            lens = sp.item_cat_offsets[item_idx + 1] - starts
-            parts.append((_hash_rows(_gather_csr(sp.item_cat_values, starts, lens), self._cat_rows), lens))
+            values, offsets = slice_bags(sp.item_cat_values, sp.item_cat_offsets, item_idx)
+            parts.append((_hash_rows(values, self._cat_rows), np.diff(offsets)))
         if self.config.content.text:
-            off = self.space.content.text_offsets
-            starts = off[item_idx]
-            lens = off[item_idx + 1] - starts
-            parts.append((_gather_csr(self.space.content.text_ids, starts, lens), lens))  # already bucket ids
+            values, offsets = slice_bags(sp.content.text_ids, sp.content.text_offsets, item_idx)
+            parts.append((values, np.diff(offsets)))  # already bucket ids
         return _jagged(self.space.item_keys(), parts, b)
 
     def examples(self, ex: Examples, rows: np.ndarray) -> tuple[JaggedFeatures, np.ndarray]:
