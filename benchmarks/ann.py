@@ -56,9 +56,7 @@ def mixture(n: int, d: int, seed: int, n_queries: int) -> tuple[np.ndarray, np.n
         out = np.empty((m, d), dtype=np.float32)
         for s in range(0, m, 1 << 17):
             cc = c[s : s + (1 << 17)]
-            out[s : s + len(cc)] = centres[cc] + spread[cc, None] * rng.standard_normal(
-                (len(cc), d), dtype=np.float32
-            )
+            out[s : s + len(cc)] = centres[cc] + spread[cc, None] * rng.standard_normal((len(cc), d), dtype=np.float32)
         return out
 
     return draw(n), draw(n_queries)
@@ -66,9 +64,7 @@ def mixture(n: int, d: int, seed: int, n_queries: int) -> tuple[np.ndarray, np.n
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean |found ∩ truth| / K over queries; both ``[B, K]`` rows."""
-    return float(
-        (found[:, :, None] == truth[:, None, :]).any(axis=2).sum(axis=1).mean() / truth.shape[1]
-    )
+    return float((found[:, :, None] == truth[:, None, :]).any(axis=2).sum(axis=1).mean() / truth.shape[1])
 
 
 def timed(fn):
@@ -92,9 +88,7 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
         for n_trees in args.n_trees:
             path = Path(tmp) / f"items_{n_trees}.ann"
             ann, t_build = timed(
-                lambda t=n_trees, f=path: AnnoyIndex("cosine", n_trees=t, n_jobs=-1, seed=0).build(
-                    x, on_disk=f
-                )
+                lambda t=n_trees, f=path: AnnoyIndex("cosine", n_trees=t, n_jobs=-1, seed=0).build(x, on_disk=f)
             )
             size = path.stat().st_size / 2**20
             for search_k in args.search_k:
@@ -213,26 +207,18 @@ def print_table(rows: list[tuple]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--n-trees", type=int, nargs="+", default=[50])
-    p.add_argument(
-        "--search-k", type=int, nargs="+", default=[500, 2000, 5000, 10000, 20000, 50000]
-    )
-    p.add_argument(
-        "--search-k-per-tree", action="store_true", help="read --search-k as multiples of n_trees"
-    )
+    p.add_argument("--search-k", type=int, nargs="+", default=[500, 2000, 5000, 10000, 20000, 50000])
+    p.add_argument("--search-k-per-tree", action="store_true", help="read --search-k as multiples of n_trees")
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--hnsw-efc", type=int, default=100)
     p.add_argument("--hnsw-ef", type=int, nargs="+", default=[10, 20, 50, 100])
     p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
-    p.add_argument(
-        "--embeddings", type=Path, nargs="*", default=[], help="trained EmbeddingSet directories"
-    )
+    p.add_argument("--embeddings", type=Path, nargs="*", default=[], help="trained EmbeddingSet directories")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -249,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
         emb = EmbeddingSet.load(emb_dir)
         x = np.ascontiguousarray(emb.vectors, dtype=np.float32)
-        sample = np.random.default_rng(args.seed).choice(
-            len(x), min(args.queries, len(x)), replace=False
-        )
+        sample = np.random.default_rng(args.seed).choice(len(x), min(args.queries, len(x)), replace=False)
         print(f"{emb.kind} {len(x)} x {emb.dim} ({emb_dir}):", flush=True)
         rows += bench(f"{emb.kind} {len(x) // 1000}k", x, x[sample], args)
     print()

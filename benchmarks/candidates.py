@@ -29,7 +29,7 @@ import argparse
 import os
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +68,12 @@ def make_run(root: Path, users: int, items: int, dim: int, seed: int = 0):
         rows_u.append(np.full(n, u))
         rows_i.append(pick)
     u = np.concatenate(rows_u)
-    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
     ev = pl.DataFrame(
         {
             "user_id": pl.Series([f"u{x}" for x in u]),
             "item_id": pl.Series(item_ids[np.concatenate(rows_i)].tolist()),
-            "ts": pl.datetime_range(
-                t0, t0 + timedelta(seconds=len(u) - 1), "1s", eager=True, time_zone="UTC"
-            ),
+            "ts": pl.datetime_range(t0, t0 + timedelta(seconds=len(u) - 1), "1s", eager=True, time_zone="UTC"),
         }
     )
     cfg = build_config({"run": {"name": "bench", "dir": str(root)}})
@@ -93,8 +91,9 @@ def plain_loop(cfg, c: CandidatesConfig) -> float:
     q, fit = candidate_queries(ev, "none")
     idx_dir = cfg.run_dir / "index" / "bench"
     emb = EmbeddingSet.load(cfg.run_dir / "bench" / "embeddings", verify=False)
-    r = Retriever({"bench": (emb, load_index(idx_dir, verify=False))}, popularity=popularity(fit),
-                  query=c.query, last_n=c.last_n)
+    r = Retriever(
+        {"bench": (emb, load_index(idx_dir, verify=False))}, popularity=popularity(fit), query=c.query, last_n=c.last_n
+    )
     users, hist = q["user_id"].to_list(), q["history"].to_list()
     rows = 0
     for lo in range(0, len(users), c.batch_size):
@@ -116,8 +115,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="recemb-bench-cand-") as tmp:
         t0 = time.perf_counter()
         cfg = make_run(Path(tmp), args.users, args.items, args.dim)
-        print(f"run: {args.users} users, {args.items} items, dim {args.dim}, k {args.k} "
-              f"(made in {time.perf_counter() - t0:.1f}s)")
+        print(
+            f"run: {args.users} users, {args.items} items, dim {args.dim}, k {args.k} "
+            f"(made in {time.perf_counter() - t0:.1f}s)"
+        )
         base = CandidatesConfig(k=args.k, partitions=args.partitions, verify=False)
         results = [("plain loop, 1 process (peer)", plain_loop(cfg, base))]
 

@@ -76,8 +76,16 @@ TOWER_PARTS = {
     "+ posters (MobileNetV2 224px, frozen)": {"image": True, "image_backbone": "mobilenet_v2", "image_size": 224},
     "+ posters (SmallResNet 64px, trained)": {"image": True},
 }
-PCOLD_MODELS = ["two_tower", "two_tower-text", "two_tower-image", "two_tower-both",
-                "content", "content-image", "content-both", "content-random"]
+PCOLD_MODELS = [
+    "two_tower",
+    "two_tower-text",
+    "two_tower-image",
+    "two_tower-both",
+    "content",
+    "content-image",
+    "content-both",
+    "content-random",
+]
 
 
 def prepared_ml100k(run_dir: Path, models: list[str], overrides: list[str]):
@@ -85,14 +93,23 @@ def prepared_ml100k(run_dir: Path, models: list[str], overrides: list[str]):
     from recemb.config import build_config
     from recemb.data.prepare import prepare_dataset
 
-    cfg = build_config({
-        "run": {"name": "bench", "dir": str(run_dir)},
-        "data": {"source": "movielens-100k"},
-        "two_tower": {"content": {"image_backbone": "mobilenet_v2", "image_size": 224}},
-        "content": {"image_backbone": "mobilenet_v2", "image_size": 224},
-        "eval": {"protocols": ["ml", "cold"], "baselines": ["popularity", "random"], "models": models,
-                 "content_protocols": ["ml", "cold"], "cold_fraction": 0.2},
-    }, overrides, "benchmarks/content.py")
+    cfg = build_config(
+        {
+            "run": {"name": "bench", "dir": str(run_dir)},
+            "data": {"source": "movielens-100k"},
+            "two_tower": {"content": {"image_backbone": "mobilenet_v2", "image_size": 224}},
+            "content": {"image_backbone": "mobilenet_v2", "image_size": 224},
+            "eval": {
+                "protocols": ["ml", "cold"],
+                "baselines": ["popularity", "random"],
+                "models": models,
+                "content_protocols": ["ml", "cold"],
+                "cold_fraction": 0.2,
+            },
+        },
+        overrides,
+        "benchmarks/content.py",
+    )
     prepare_dataset(cfg.data, cfg.prepared_dir)
     return cfg
 
@@ -110,8 +127,7 @@ def tower_throughput(cfg) -> list[tuple[str, float]]:
     rows = []
     for name, parts in TOWER_PARTS.items():
         tt = TwoTowerConfig(epochs=1, content=parts)
-        space = FeatureSpace(item_vocab(ds.events, ds.items), tt, ds.items, None, ds.root,
-                             cfg.content_cache_dir())
+        space = FeatureSpace(item_vocab(ds.events, ds.items), tt, ds.items, None, ds.root, cfg.content_cache_dir())
         examples = build_examples(train, space)
         _, history = fit_loop(space, examples, tt)
         rows.append((name, (len(examples) // tt.batch_size) * tt.batch_size / history[0]["seconds"]))
@@ -134,8 +150,13 @@ def main() -> None:
     ap.add_argument("--two-tower", action="store_true", help="two-tower samples/s per item-tower content part")
     ap.add_argument("--pcold-folds", type=int, default=0, help="also print the ML-100K P-COLD table (0 = skip)")
     ap.add_argument("--pcold-models", nargs="+", default=PCOLD_MODELS, help="eval.models of the P-COLD table")
-    ap.add_argument("--pcold-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for the P-COLD run, e.g. two_tower.content.pretrained_text=true")
+    ap.add_argument(
+        "--pcold-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the P-COLD run, e.g. two_tower.content.pretrained_text=true",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     texts, paths, root, source = items_with_content(args.items)
@@ -159,7 +180,9 @@ def main() -> None:
     small, ok = load_images(paths, root, 64)
     if not ok.all():
         raise SystemExit(f"only {int(ok.sum())} of {n} images decoded; the image rows would be meaningless")
-    rows.append(("SmallResNet 64px frozen (images/s)", rate(n, lambda: backbone_features(make_backbone("small_resnet"), small))))
+    rows.append(
+        ("SmallResNet 64px frozen (images/s)", rate(n, lambda: backbone_features(make_backbone("small_resnet"), small)))
+    )
     if WEIGHTS.exists():
         big, _ = load_images(paths[:256], root, 224)
         mnet = make_backbone("mobilenet_v2", WEIGHTS)

@@ -74,7 +74,8 @@ def main() -> None:
     print(f"{'recemb prepare+sessionize+split':<32}{recemb_total:>10.2f}{n / recemb_total:>14,.0f}")
     if peer is not None:
         rec = next(s for name, s in rows if name.startswith("sessionize")) + next(
-            s for name, s in rows if name.startswith("split P-ML"))
+            s for name, s in rows if name.startswith("split P-ML")
+        )
         print(f"{'pandas sessionize + LLO (peer)':<32}{peer:>10.2f}{n / peer:>14,.0f}")
         print(f"recemb sessionize + LLO: {rec:.2f}s -> {peer / rec:.1f}x faster than pandas")
 

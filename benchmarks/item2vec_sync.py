@@ -74,8 +74,13 @@ def main() -> None:
     threads = max(1, int(args.cpus_per_worker))
     rows_spec = [
         ("in-process 1 thr", RayTrainConfig(workers=0), cfg, "sum", 1),
-        (f"in-process {n * threads} thr", RayTrainConfig(workers=0), cfg.model_copy(update={"threads": n * threads}),
-         "sum", 1),
+        (
+            f"in-process {n * threads} thr",
+            RayTrainConfig(workers=0),
+            cfg.model_copy(update={"threads": n * threads}),
+            "sum",
+            1,
+        ),
         ("ray x1", RayTrainConfig(workers=1, cpus_per_worker=args.cpus_per_worker), cfg, "sum", 1),
         (f"ray x{n} mean/ep", RayTrainConfig(workers=n, cpus_per_worker=args.cpus_per_worker), cfg, "mean", 1),
         (f"ray x{n} sum/ep", RayTrainConfig(workers=n, cpus_per_worker=args.cpus_per_worker), cfg, "sum", 1),
@@ -92,8 +97,12 @@ def main() -> None:
                 syncs = max(1, math.ceil(pairs_per_epoch / n / args.step_pairs))
             t0 = time.perf_counter()
             model, _ = fit_corpus(
-                corpus, i2v, ray_cfg.model_copy(update={"name": f"r{i}", "resume": False}), Path(tmp),
-                sync=sync, syncs_per_epoch=syncs,
+                corpus,
+                i2v,
+                ray_cfg.model_copy(update={"name": f"r{i}", "resume": False}),
+                Path(tmp),
+                sync=sync,
+                syncs_per_epoch=syncs,
             )
             wall = time.perf_counter() - t0
             hist = model.history
@@ -101,16 +110,31 @@ def main() -> None:
             train_s = sum(h["seconds"] for h in hist)
             sync_s = sum(h.get("sync_seconds", 0.0) for h in hist)
             recall, mrr = evaluate(model.vocab.ids, model.vectors)
-            results.append((label, syncs, corpus.n_events * cfg.epochs / train_s, train_s, sync_s, wall,
-                            hist[-1]["loss"], recall, mrr))
+            results.append(
+                (
+                    label,
+                    syncs,
+                    corpus.n_events * cfg.epochs / train_s,
+                    train_s,
+                    sync_s,
+                    wall,
+                    hist[-1]["loss"],
+                    recall,
+                    mrr,
+                )
+            )
             print(f"  done {label} ({wall:.0f}s)", flush=True)
 
     base = results[0][2]
-    print(f"\n{'strategy':20} {'syncs/ep':>8} {'events/s':>11} {'ratio':>6} {'train s':>8} {'sync s':>7} "
-          f"{'wall s':>7} {'loss':>7} {'Recall@20':>9} {'MRR@20':>7}")
+    print(
+        f"\n{'strategy':20} {'syncs/ep':>8} {'events/s':>11} {'ratio':>6} {'train s':>8} {'sync s':>7} "
+        f"{'wall s':>7} {'loss':>7} {'Recall@20':>9} {'MRR@20':>7}"
+    )
     for label, syncs, eps, train_s, sync_s, wall, loss, recall, mrr in results:
-        print(f"{label:20} {syncs:>8} {eps:>11,.0f} {eps / base:>6.2f} {train_s:>8.2f} {sync_s:>7.2f} "
-              f"{wall:>7.1f} {loss:>7.4f} {recall:>9.4f} {mrr:>7.4f}")
+        print(
+            f"{label:20} {syncs:>8} {eps:>11,.0f} {eps / base:>6.2f} {train_s:>8.2f} {sync_s:>7.2f} "
+            f"{wall:>7.1f} {loss:>7.4f} {recall:>9.4f} {mrr:>7.4f}"
+        )
 
 
 if __name__ == "__main__":

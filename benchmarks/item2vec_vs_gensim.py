@@ -51,9 +51,7 @@ def yoochoose() -> tuple[list[list[str]], list[list[str]]]:
 
 
 def _sessions(df: pl.DataFrame) -> list[list[str]]:
-    order = df.with_columns(_start=pl.col("Time").min().over("SessionId")).sort(
-        ["_start", "SessionId", "Time", "_row"]
-    )
+    order = df.with_columns(_start=pl.col("Time").min().over("SessionId")).sort(["_start", "SessionId", "Time", "_row"])
     return order.group_by("SessionId", maintain_order=True).agg("ItemId")["ItemId"].to_list()
 
 
@@ -123,9 +121,18 @@ def run_gensim(train, cfg: Item2VecConfig, threads: int):
     from gensim.models import Word2Vec
 
     w2v = Word2Vec(
-        vector_size=cfg.dim, window=cfg.window, negative=cfg.negatives, ns_exponent=cfg.ns_exponent,
-        sample=cfg.sample, min_count=cfg.min_count, alpha=cfg.alpha, min_alpha=cfg.min_alpha,
-        sg=int(cfg.mode == "skipgram"), workers=threads, seed=cfg.seed, epochs=cfg.epochs,
+        vector_size=cfg.dim,
+        window=cfg.window,
+        negative=cfg.negatives,
+        ns_exponent=cfg.ns_exponent,
+        sample=cfg.sample,
+        min_count=cfg.min_count,
+        alpha=cfg.alpha,
+        min_alpha=cfg.min_alpha,
+        sg=int(cfg.mode == "skipgram"),
+        workers=threads,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
     )
     t0 = time.perf_counter()
     w2v.build_vocab(train)
@@ -175,8 +182,14 @@ def main() -> None:
     train, test = yoochoose() if args.corpus == "yoochoose" else synth(args.synth_events)
     n_events = sum(len(s) for s in train)
     cfg = Item2VecConfig(
-        dim=64, window=args.window, negatives=5, epochs=args.epochs, mode=args.mode,
-        ns_exponent=args.ns_exponent, sample=args.sample, min_count=args.min_count,
+        dim=64,
+        window=args.window,
+        negatives=5,
+        epochs=args.epochs,
+        mode=args.mode,
+        ns_exponent=args.ns_exponent,
+        sample=args.sample,
+        min_count=args.min_count,
     )
     print(
         f"corpus {args.corpus}: {n_events:,} train events, {len(train):,} sessions, "
@@ -194,16 +207,22 @@ def main() -> None:
             recall, mrr = evaluate(ids, vecs)
             rows.append((name, rep, n_events * cfg.epochs / secs, secs, prep, recall, mrr))
     gensim_eps = np.mean([r[2] for r in rows if r[0] == "gensim"])
-    print(f"\n{'model':14} {'run':>3} {'events/s':>11} {'ratio':>6} {'train s':>8} {'prep s':>7} "
-          f"{'Recall@20':>9} {'MRR@20':>7}")
+    print(
+        f"\n{'model':14} {'run':>3} {'events/s':>11} {'ratio':>6} {'train s':>8} {'prep s':>7} "
+        f"{'Recall@20':>9} {'MRR@20':>7}"
+    )
     for name, rep, eps, secs, prep, recall, mrr in rows:
-        print(f"{name:14} {rep:>3} {eps:>11,.0f} {eps / gensim_eps:>6.2f} {secs:>8.2f} {prep:>7.2f} "
-              f"{recall:>9.4f} {mrr:>7.4f}")
+        print(
+            f"{name:14} {rep:>3} {eps:>11,.0f} {eps / gensim_eps:>6.2f} {secs:>8.2f} {prep:>7.2f} "
+            f"{recall:>9.4f} {mrr:>7.4f}"
+        )
     for name, _, _ in RUNS:
         sel = [r for r in rows if r[0] == name]
         eps = np.mean([r[2] for r in sel])
-        print(f"{name + ' mean':18} {eps:>11,.0f} {eps / gensim_eps:>6.2f} {'':>8} {'':>7} "
-              f"{np.mean([r[5] for r in sel]):>9.4f} {np.mean([r[6] for r in sel]):>7.4f}")
+        print(
+            f"{name + ' mean':18} {eps:>11,.0f} {eps / gensim_eps:>6.2f} {'':>8} {'':>7} "
+            f"{np.mean([r[5] for r in sel]):>9.4f} {np.mean([r[6] for r in sel]):>7.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -67,22 +67,41 @@ DIM = 64
 class GensimItem2Vec:
     """gensim skip-gram Word2Vec over each unit's (user's or session's) train items, as a Scorer."""
 
-    def __init__(self, name: str, unit: str, epochs: int = 5, window: int = 5, ns_exponent: float = 0.75,
-                 query: str = "mean_last_n", last_n: int = 5, seed: int = 0, workers: int = 2):
+    def __init__(
+        self,
+        name: str,
+        unit: str,
+        epochs: int = 5,
+        window: int = 5,
+        ns_exponent: float = 0.75,
+        query: str = "mean_last_n",
+        last_n: int = 5,
+        seed: int = 0,
+        workers: int = 2,
+    ):
         self.name, self.unit = name, unit
-        self.params = dict(vector_size=DIM, sg=1, min_count=1, epochs=epochs, window=window,
-                           ns_exponent=ns_exponent, seed=seed, workers=workers)
+        self.params = dict(
+            vector_size=DIM,
+            sg=1,
+            min_count=1,
+            epochs=epochs,
+            window=window,
+            ns_exponent=ns_exponent,
+            seed=seed,
+            workers=workers,
+        )
         self.query, self.last_n = query, last_n
         self._scorer: EmbeddingScorer | None = None
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "GensimItem2Vec":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> GensimItem2Vec:
         from gensim.models import Word2Vec
 
         col = f"{self.unit}_id"
         sentences = (
             train.sort([col, "ts", "item_id"], maintain_order=True)
             .group_by(col, maintain_order=True)
-            .agg("item_id")["item_id"].to_list()
+            .agg("item_id")["item_id"]
+            .to_list()
         )
         model = Word2Vec(sentences, **self.params)
         es = EmbeddingSet(model.wv.index_to_key, model.wv.vectors, kind="gensim_word2vec", config=self.params)
@@ -103,7 +122,7 @@ class ImplicitMF:
     def __init__(self, name: str, algo: str, seed: int = 0, **params):
         self.name, self.algo, self.seed, self.params = name, algo, seed, params
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "ImplicitMF":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ImplicitMF:
         from implicit.als import AlternatingLeastSquares
         from implicit.bpr import BayesianPersonalizedRanking
 
@@ -112,8 +131,9 @@ class ImplicitMF:
         keep = items >= 0
         self.users = Vocab(pairs["user_id"].unique().sort().to_numpy().astype(object))
         users = self.users.lookup(pairs["user_id"])[keep]
-        x = sp.csr_matrix((np.ones(keep.sum(), np.float32), (users, items[keep])),
-                          shape=(len(self.users), len(catalogue)))
+        x = sp.csr_matrix(
+            (np.ones(keep.sum(), np.float32), (users, items[keep])), shape=(len(self.users), len(catalogue))
+        )
         cls = AlternatingLeastSquares if self.algo == "als" else BayesianPersonalizedRanking
         model = cls(factors=DIM, random_state=self.seed, num_threads=2, **self.params)
         model.fit(x, show_progress=False)
@@ -172,13 +192,20 @@ def main(argv: list[str] | None = None) -> int:
             scorers |= extra
             notes += why
         rows = run_rows(
-            protocol, split, catalogue, scorers, KS[protocol],
-            log=lambda m: print(m, file=sys.stderr), options=runner_options(protocol, EvalConfig()),
+            protocol,
+            split,
+            catalogue,
+            scorers,
+            KS[protocol],
+            log=lambda m: print(m, file=sys.stderr),
+            options=runner_options(protocol, EvalConfig()),
         )
-        results.append({
-            "dataset": source,
-            "protocols": {protocol: {"split": {**split_counts(split), "catalogue": len(catalogue)}, "rows": rows}},
-        })
+        results.append(
+            {
+                "dataset": source,
+                "protocols": {protocol: {"split": {**split_counts(split), "catalogue": len(catalogue)}, "rows": rows}},
+            }
+        )
         print(f"{source}: prepared and split in {prep_s:.1f}s", file=sys.stderr)
     for res in results:
         (protocol,) = res["protocols"]

@@ -52,8 +52,11 @@ def requests_mix(n_items: int, n: int, seed: int = 0) -> list[bytes]:
             out.append(f"GET /v1/similar/i{rng.integers(n_items)}?k=10 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         else:
             body = json.dumps({"items": [f"i{x}" for x in rng.integers(0, n_items, 5)], "k": 10}).encode()
-            out.append(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            out.append(
+                b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
     return out
 
 
@@ -105,8 +108,11 @@ async def load(port: int, reqs: list[bytes], rate: float | None, seconds: float,
     wall = time.perf_counter() - began
     ms = np.array(lat) * 1000 if lat else np.array([np.nan])
     return {
-        "sent": len(lat) + len(fails), "failed": len(fails), "rps": len(lat) / wall,
-        "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+        "sent": len(lat) + len(fails),
+        "failed": len(fails),
+        "rps": len(lat) / wall,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
         "p99": float(np.percentile(ms, 99)),
     }
 
@@ -158,7 +164,10 @@ def bench_uvicorn(run: Path, args, reqs) -> list[tuple]:
     env = {**os.environ, "RECEMB_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.uvicorn_main", "--run-dir", str(run), "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     rows = []
@@ -190,8 +199,9 @@ def bench_serve(run: Path, args, reqs) -> list[tuple]:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = ensure_ray(num_cpus=2)
-    settings = ServeConfig(run_dir=str(run), port=free_port(), replicas=args.replicas, num_cpus=0.5,
-                           app_name="recemb_bench")
+    settings = ServeConfig(
+        run_dir=str(run), port=free_port(), replicas=args.replicas, num_cpus=0.5, app_name="recemb_bench"
+    )
     rows = []
     try:
         url = run_serve(settings, reload_token=0)
@@ -237,13 +247,19 @@ def main() -> None:
         if not args.skip_serve:
             reexport(run, seed=0)
             rows += bench_serve(run, args, reqs)
-    print(f"\n{args.items} items x dim {args.dim}, Annoy 20 trees, k=10, {args.conns} connections, "
-          f"{args.seconds:.0f}s per run, {os.cpu_count()} cores shared with the client")
-    print(f"{'mode':<10} {'load':<22} {'sent':>6} {'failed':>6} {'rps':>7} {'p50 ms':>7} {'p95 ms':>7} "
-          f"{'p99 ms':>7} {'gen':>4}")
+    print(
+        f"\n{args.items} items x dim {args.dim}, Annoy 20 trees, k=10, {args.conns} connections, "
+        f"{args.seconds:.0f}s per run, {os.cpu_count()} cores shared with the client"
+    )
+    print(
+        f"{'mode':<10} {'load':<22} {'sent':>6} {'failed':>6} {'rps':>7} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'p99 ms':>7} {'gen':>4}"
+    )
     for mode, what, r in rows:
-        print(f"{mode:<10} {what:<22} {r['sent']:>6} {r['failed']:>6} {r['rps']:>7.0f} {r['p50']:>7.2f} "
-              f"{r['p95']:>7.2f} {r['p99']:>7.2f} {r.get('generation', ''):>4}")
+        print(
+            f"{mode:<10} {what:<22} {r['sent']:>6} {r['failed']:>6} {r['rps']:>7.0f} {r['p50']:>7.2f} "
+            f"{r['p95']:>7.2f} {r['p99']:>7.2f} {r.get('generation', ''):>4}"
+        )
     by = {(m, w.split()[0]): r for m, w, r in rows}
     if ("ray serve", "max") in by:
         ratio = by[("uvicorn", "max")]["rps"] / by[("ray serve", "max")]["rps"]

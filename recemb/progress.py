@@ -55,8 +55,16 @@ class Progress:
         stream: where the bar is drawn (default stderr).
     """
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "it", *, interval: float | None = None,
-                 enabled: bool = True, stream: TextIO | None = None):
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        unit: str = "it",
+        *,
+        interval: float | None = None,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ):
         if interval is None:
             interval = float(os.environ.get("RECEMB_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
         self.what, self.total, self.unit, self.interval = what, total, unit, interval
@@ -72,7 +80,7 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=what, unit=unit, file=self.stream, dynamic_ncols=True, leave=False)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -124,8 +132,7 @@ class Progress:
             state = "failed after" if failed else "done:"
             rate = f" ({self.done / elapsed:,.1f} {self.unit}/s)" if elapsed > 0 and self.done else ""
             tail = f"; {self.summary}" if self.summary else ""
-            log.info("%s %s %d %s in %s%s%s", self.what, state, self.done, self.unit, _fmt_seconds(elapsed),
-                     rate, tail)
+            log.info("%s %s %d %s in %s%s%s", self.what, state, self.done, self.unit, _fmt_seconds(elapsed), rate, tail)
         self.mode = "closed"
 
 

@@ -34,16 +34,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recemb import __version__
 from recemb.errors import RecembError
+from recemb.retrieval.serve_config import ServeConfig
 from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.query import Answer
-from recemb.retrieval.serve_config import ServeConfig
 from serving.state import NotReady, ServingState
 
 log = logging.getLogger(__name__)
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid_request",
-                 503: "not_ready"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid_request",
+    503: "not_ready",
+}
 
 
 class Hit(BaseModel):
@@ -114,9 +122,12 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
         items: list[IdStr] = Field(default_factory=list, max_length=s.max_history)
         k: int = Field(s.k_default, ge=1, le=s.k_max)
         exclude: list[IdStr] = Field(default_factory=list, max_length=s.max_exclude)
-        blend: dict[IdStr, Annotated[int, Field(ge=0, le=s.k_max)] | Annotated[float, Field(ge=0, le=1)]] | None = Field(
-            None, max_length=32,
-            description="{source: count (int) or fraction of k (float)}; default: the configured quotas",
+        blend: dict[IdStr, Annotated[int, Field(ge=0, le=s.k_max)] | Annotated[float, Field(ge=0, le=1)]] | None = (
+            Field(
+                None,
+                max_length=32,
+                description="{source: count (int) or fraction of k (float)}; default: the configured quotas",
+            )
         )
         query: Literal["last", "mean", "mean_last_n", "recency"] | None = None
 
@@ -182,14 +193,16 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
         if answer.fallback:
             if s.fallback == "404":
                 metrics.not_found.labels(endpoint).inc()
-                return _error(404, "unknown user and items: no model knows them (serve.fallback=404)",
-                              code="unknown_ids")
+                return _error(
+                    404, "unknown user and items: no model knows them (serve.fallback=404)", code="unknown_ids"
+                )
             metrics.fallbacks.labels(endpoint).inc()
         items = [{"item_id": i, "score": sc, "source": src} for i, sc, src in answer.hits]
         return JSONResponse({"items": items, "fallback": answer.fallback, "generation": generation})
 
-    @app.get("/v1/similar/{item_id}", tags=["retrieval"], response_model=Candidates,
-             responses={404: {"model": ErrorBody}})
+    @app.get(
+        "/v1/similar/{item_id}", tags=["retrieval"], response_model=Candidates, responses={404: {"model": ErrorBody}}
+    )
     async def similar(
         item_id: Annotated[str, Path(min_length=1, max_length=s.max_id_length)],
         k: Annotated[int, Query(ge=1, le=s.k_max)] = s.k_default,
@@ -199,8 +212,7 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
         snap = state.current()
         return _reply(snap.online.similar(item_id, k, blocked=exclude), "similar", snap.generation)
 
-    @app.post("/v1/recommend", tags=["retrieval"], response_model=Candidates,
-              responses={404: {"model": ErrorBody}})
+    @app.post("/v1/recommend", tags=["retrieval"], response_model=Candidates, responses={404: {"model": ErrorBody}})
     async def recommend(req: RecommendRequest):
         """Top-k for a user: their own vector where a model has one, else their recent items."""
         snap = state.current()
@@ -212,8 +224,13 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
                 metrics.tower_errors.inc()
                 log.warning("user tower failed, using the history query: %s", e)
         answer = snap.online.recommend(
-            req.items, req.k, exclude=req.exclude, quotas=req.blend, user_id=req.user_id,
-            query=req.query, query_vectors=query_vectors,
+            req.items,
+            req.k,
+            exclude=req.exclude,
+            quotas=req.blend,
+            user_id=req.user_id,
+            query=req.query,
+            query_vectors=query_vectors,
         )
         return _reply(answer, "recommend", snap.generation)
 
@@ -221,8 +238,7 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
     token = s.token()
     if token:
 
-        @app.post("/v1/admin/reload", tags=["admin"],
-                  responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+        @app.post("/v1/admin/reload", tags=["admin"], responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
         async def reload(authorization: Annotated[str | None, Header()] = None):
             """Re-read the configured run's indexes and swap them in (refused if any is bad)."""
             given = (authorization or "").removeprefix("Bearer ").strip()
@@ -231,8 +247,12 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
             result = await asyncio.wrap_future(state.reload_in_background())
             record_reload(app, result)
             if not result.ok:
-                return _error(409, f"new index refused; generation {result.generation} keeps serving",
-                              result.as_dict(), code="reload_refused")
+                return _error(
+                    409,
+                    f"new index refused; generation {result.generation} keeps serving",
+                    result.as_dict(),
+                    code="reload_refused",
+                )
             return result.as_dict()
 
     return app

@@ -46,9 +46,7 @@ class _Lookup:
         self.src = src
         self.ids = src.items.ids  # [N] object array of str
         self.item_row = {s: i for i, s in enumerate(self.ids.tolist())}
-        self.user_row = (
-            {s: i for i, s in enumerate(src.users.ids.tolist())} if src.users is not None else None
-        )
+        self.user_row = {s: i for i, s in enumerate(src.users.ids.tolist())} if src.users is not None else None
         self.cosine = src.index.metric == "cosine"
 
 
@@ -64,9 +62,7 @@ class OnlineRetriever:
         """True when any source holds ``item_id``."""
         return any(item_id in lk.item_row for lk in self.lookups.values())
 
-    def similar(
-        self, item_id: str, k: int, blocked: Sequence[str] = (), quotas: Mapping | None = None
-    ) -> Answer:
+    def similar(self, item_id: str, k: int, blocked: Sequence[str] = (), quotas: Mapping | None = None) -> Answer:
         """Same as ``Retriever.similar_items``: the item's own vector per source, never the item."""
         return self._answer([item_id], k, (), blocked, quotas, None, "last", True, None)
 
@@ -84,14 +80,19 @@ class OnlineRetriever:
         """Same as ``Retriever.recommend``; ``query_vectors {source: [D]}`` overrides history queries."""
         r = self.retriever
         return self._answer(
-            history, k, exclude, blocked, quotas, user_id, query or r.query, r.exclude_seen,
+            history,
+            k,
+            exclude,
+            blocked,
+            quotas,
+            user_id,
+            query or r.query,
+            r.exclude_seen,
             query_vectors,
         )
 
     # --------------------------------------------------------------- internals
-    def _answer(
-        self, history, k, exclude, blocked, quotas, user_id, mode, exclude_seen, query_vectors
-    ) -> Answer:
+    def _answer(self, history, k, exclude, blocked, quotas, user_id, mode, exclude_seen, query_vectors) -> Answer:
         r = self.retriever
         _check_query(mode, r.last_n)
         quota = r._quotas(k, quotas if quotas is not None else r.quotas)
@@ -167,9 +168,7 @@ class OnlineRetriever:
         hits = [(item, score, src) for _, _, _, item, score, src in picked[:k]]
         return Answer(hits, fallback=not per_source)
 
-    def _query(
-        self, lk: _Lookup, history: Sequence[str], user_id: str | None, mode: str, given
-    ) -> np.ndarray | None:
+    def _query(self, lk: _Lookup, history: Sequence[str], user_id: str | None, mode: str, given) -> np.ndarray | None:
         """The ``[D]`` query of one source, or None when it knows neither the user nor an item."""
         src = lk.src
         if lk.user_row is not None and user_id is not None:
@@ -182,4 +181,3 @@ class OnlineRetriever:
         if not rows:
             return None
         return history_query(src.items.vectors[rows], mode, self.retriever.last_n, lk.cosine)
-

@@ -127,7 +127,9 @@ def build_app(args: dict[str, Any]):
 def app_config(settings: ServeConfig, reload_token: Any = 0) -> dict[str, Any]:
     """The ``applications:`` entry of a ``serve deploy`` config for ``settings`` (resolved run_dir)."""
     if settings.run_dir is None:
-        raise RecembError("serve settings need run_dir; build them with recemb.retrieval.serve_config.serve_settings(cfg)")
+        raise RecembError(
+            "serve settings need run_dir; build them with recemb.retrieval.serve_config.serve_settings(cfg)"
+        )
     return {
         "name": settings.app_name,
         "route_prefix": settings.route_prefix,

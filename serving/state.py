@@ -35,8 +35,8 @@ from recemb.errors import RecembError
 from recemb.index.base import RecembIndexError
 from recemb.index.export import MANIFEST_FILE, embeddings_dir, load_index, read_manifest
 from recemb.retrieval import Retriever, Source
-from serving.query import OnlineRetriever
 from recemb.retrieval.serve_config import ServeConfig
+from serving.query import OnlineRetriever
 from serving.user_tower import MicroBatcher, TowerQueryFn, UserTowerQuery, load_user_tower
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,7 @@ def load_popularity(prepared_dir: Path) -> list[str]:
         log.warning("%s missing: the popularity fallback is empty", events)
         return []
     counts = (
-        pl.scan_parquet(events)
-        .group_by("item_id")
-        .len()
-        .sort(["len", "item_id"], descending=[True, False])
-        .collect()
+        pl.scan_parquet(events).group_by("item_id").len().sort(["len", "item_id"], descending=[True, False]).collect()
     )
     return counts["item_id"].to_list()
 

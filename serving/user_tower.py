@@ -142,9 +142,7 @@ class MicroBatcher:
         self.batches.append(len(batch))
         histories, users = [b[0] for b in batch], [b[1] for b in batch]
         try:
-            out = await asyncio.get_running_loop().run_in_executor(
-                None, self.tower.encode, histories, users
-            )
+            out = await asyncio.get_running_loop().run_in_executor(None, self.tower.encode, histories, users)
             out = check_batch(out, len(batch), type(self.tower).__name__)
         except Exception as e:  # every waiter gets the error, none hangs
             for *_, fut in batch:

@@ -17,8 +17,8 @@ import time
 import uvicorn
 
 from recemb.errors import RecembError
-from serving.app import create_app
 from recemb.retrieval.serve_config import ServeConfig, serve_settings
+from serving.app import create_app
 from serving.state import ServingState
 
 log = logging.getLogger(__name__)

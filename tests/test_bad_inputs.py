@@ -16,12 +16,7 @@ from recemb.data.sources.mind import read_mind
 from recemb.data.sources.yoochoose import read_yoochoose
 from recemb.errors import ConfigError, DataValidationError
 
-GOOD_EVENTS = (
-    "user_id,item_id,ts\n"
-    "u1,i1,2024-01-01T00:00:00Z\n"
-    "u1,i2,2024-01-01T00:01:00Z\n"
-    "u2,i1,2024-01-02T00:00:00Z\n"
-)
+GOOD_EVENTS = "user_id,item_id,ts\nu1,i1,2024-01-01T00:00:00Z\nu1,i2,2024-01-01T00:01:00Z\nu2,i1,2024-01-02T00:00:00Z\n"
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -31,9 +26,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def _prepare(tmp_path: Path, **tables) -> None:
-    cfg = TableSourceConfig(
-        **{k: v for k, v in tables.items() if k != "columns"}, columns=tables.get("columns", {})
-    )
+    cfg = TableSourceConfig(**{k: v for k, v in tables.items() if k != "columns"}, columns=tables.get("columns", {}))
     prepare_source("table", tmp_path, table=cfg)
 
 
@@ -70,7 +63,10 @@ def test_missing_column(tmp_path):
 
 
 def test_wrong_type(tmp_path):
-    text = "user_id,item_id,ts,weight\nu1,i1,2024-01-01T00:00:00Z,1\nu1,i2,2024-01-01T00:01:00Z,0.5\nu2,i1,2024-01-02T00:00:00Z,heavy\n"
+    text = (
+        "user_id,item_id,ts,weight\n"
+        "u1,i1,2024-01-01T00:00:00Z,1\nu1,i2,2024-01-01T00:01:00Z,0.5\nu2,i1,2024-01-02T00:00:00Z,heavy\n"
+    )
     _write(tmp_path, "ev.csv", text)
     _expect(
         DataValidationError,

@@ -30,8 +30,16 @@ TOL = 0.003  # DESIGN.md §7: deterministic baselines within ±0.003
 
 def _tiny_events() -> pl.DataFrame:
     # u1 {a, b}, u2 {a, c}, u3 {a, b, c} (u3 holds b twice: incidence is binary).
-    rows = [("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 3), ("u2", "c", 4),
-            ("u3", "a", 5), ("u3", "b", 6), ("u3", "c", 7), ("u3", "b", 8)]
+    rows = [
+        ("u1", "a", 1),
+        ("u1", "b", 2),
+        ("u2", "a", 3),
+        ("u2", "c", 4),
+        ("u3", "a", 5),
+        ("u3", "b", 6),
+        ("u3", "c", 7),
+        ("u3", "b", 8),
+    ]
     df = pl.DataFrame(rows, schema=["user_id", "item_id", "ts"], orient="row")
     return schema.coerce(df.with_columns(session_id=pl.col("user_id")), "events")
 
@@ -59,7 +67,8 @@ def test_item_knn_modes_by_hand():
     rec = ItemKNNScorer("recency", unit="session").fit(_tiny_events(), CAT)
     # prefix length 2: w(b, p=0) = 1/2, w(c, p=1) = 1
     np.testing.assert_allclose(
-        rec.score_queries(_batch([1, 2], []))[0], [COS_AB / 2 + COS_AC, 1 / 2 + COS_BC, COS_BC / 2 + 1],
+        rec.score_queries(_batch([1, 2], []))[0],
+        [COS_AB / 2 + COS_AC, 1 / 2 + COS_BC, COS_BC / 2 + 1],
         rtol=1e-6,
     )
     # An empty query scores 0 everywhere.
@@ -136,9 +145,11 @@ def mind():
     cat = Vocab.from_ids(pl.concat([ds.events["item_id"], ds.impressions["item_id"]]))
     # Standard error of a mean of per-impression AUCs under random scores:
     # Var(AUC_i) = (n0 + n1 + 1) / (12 n0 n1) (Mann-Whitney null), impressions independent.
-    counts = split.test_impressions.group_by("impression_id").agg(
-        n1=pl.col("clicked").sum(), n0=(~pl.col("clicked")).sum()
-    ).filter((pl.col("n1") > 0) & (pl.col("n0") > 0))
+    counts = (
+        split.test_impressions.group_by("impression_id")
+        .agg(n1=pl.col("clicked").sum(), n0=(~pl.col("clicked")).sum())
+        .filter((pl.col("n1") > 0) & (pl.col("n0") > 0))
+    )
     n0, n1 = counts["n0"].to_numpy().astype(float), counts["n1"].to_numpy().astype(float)
     se = math.sqrt(((n0 + n1 + 1) / (12 * n0 * n1)).sum()) / len(n0)
     return split, cat, se

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -51,16 +51,14 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cand")
     cfg = build_config({"run": {"name": "r", "dir": str(root)}})
     synth.generate(
-        SynthConfig(
-            users=150, items=80, events=3000, topics=6, impressions=0, images=False, seed=3
-        ),
+        SynthConfig(users=150, items=80, events=3000, topics=6, impressions=0, images=False, seed=3),
         cfg.prepared_dir,
     )
     items = pl.read_parquet(cfg.prepared_dir / "items.parquet").sort("item_id")
     # Only the cold users click the last item, so every other history and target has a vector.
     ev = schema.read_table(cfg.prepared_dir / "events.parquet", "events")
     ev = ev.filter(pl.col("item_id") != items["item_id"][-1])
-    t = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    t = datetime(2024, 3, 1, tzinfo=UTC)
     extra = schema.coerce(
         pl.DataFrame({"user_id": COLD, "item_id": [items["item_id"][-1]] * 2, "ts": [t, t]}),
         "events",
@@ -138,8 +136,12 @@ def test_crash_then_rerun_resumes_without_duplicates(run, tmp_path):
     whole, _ = gen(cfg, tmp_path / "whole")
     out = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="test hook: failing partition 2"):
-        generate_candidates(cfg, CandidatesConfig(k=K, partitions=4, num_workers=0, out=str(out)),
-                            log_fn=lambda _: None, _fail_on_parts=[2])
+        generate_candidates(
+            cfg,
+            CandidatesConfig(k=K, partitions=4, num_workers=0, out=str(out)),
+            log_fn=lambda _: None,
+            _fail_on_parts=[2],
+        )
     left = sorted(p.name for p in out.iterdir())
     assert left == ["_job.json", "part-00000.parquet", "part-00001.parquet"]
     first = (out / "part-00000.parquet").stat().st_mtime_ns
@@ -259,8 +261,12 @@ def test_ray_data_job_matches_in_process_and_resumes(run, tmp_path, ray_local):
     local, _ = gen(cfg, tmp_path / "local")
     out = tmp_path / "ray"
     with pytest.raises(Exception, match="test hook: failing partition 1"):
-        generate_candidates(cfg, CandidatesConfig(k=K, partitions=4, num_workers=1, out=str(out)),
-                            log_fn=lambda _: None, _fail_on_parts=[1])
+        generate_candidates(
+            cfg,
+            CandidatesConfig(k=K, partitions=4, num_workers=1, out=str(out)),
+            log_fn=lambda _: None,
+            _fail_on_parts=[1],
+        )
     assert not (out / "_SUCCESS").exists() and not (out / "part-00001.parquet").exists()
     # Ray may run the blocks in any order: which parts made it before the failure varies.
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}

@@ -10,8 +10,24 @@ from recemb.cli import main
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "synth"
-    rc = main(["data", "synth", "--out", str(out), "--users", "60", "--items", "40",
-               "--events", "3000", "--impressions", "50", "--seed", "1"])
+    rc = main(
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--users",
+            "60",
+            "--items",
+            "40",
+            "--events",
+            "3000",
+            "--impressions",
+            "50",
+            "--seed",
+            "1",
+        ]
+    )
     assert rc == 0
     return out
 

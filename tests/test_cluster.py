@@ -51,9 +51,27 @@ def data(tmp_path_factory) -> Path:
     """Canonical tables made the way a user would: ``recemb data synth``."""
     out = tmp_path_factory.mktemp("synth") / "data"
     subprocess.run(
-        [str(Path(sys.executable).parent / "recemb"), "data", "synth", "--out", str(out), "--users", "500",
-         "--items", "300", "--events", "100000", "--topics", str(TOPICS), "--impressions", "0", "--no-images"],
-        check=True, capture_output=True, timeout=120,
+        [
+            str(Path(sys.executable).parent / "recemb"),
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--users",
+            "500",
+            "--items",
+            "300",
+            "--events",
+            "100000",
+            "--topics",
+            str(TOPICS),
+            "--impressions",
+            "0",
+            "--no-images",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return out
 
@@ -154,7 +172,11 @@ def test_jobs_run_train_export_and_candidates_on_a_local_cluster(cluster, data, 
     assert parts
     schema = pq.read_schema(parts[0])
     assert {f.name: str(f.type) for f in schema} == {
-        "user_id": "string", "rank": "int32", "item_id": "string", "score": "float", "source": "string",
+        "user_id": "string",
+        "rank": "int32",
+        "item_id": "string",
+        "score": "float",
+        "source": "string",
     }
     table = pl.concat([pl.read_parquet(p) for p in parts])
     written = json.loads((out / "manifest.json").read_text())
@@ -182,7 +204,11 @@ def _registered_epoch(experiment: Path) -> int:
 def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(cluster, data, tmp_path):
     epochs = 20
     cfg_path = write_config(
-        tmp_path / "fault.yaml", data, tmp_path / "runs", "fault", item2vec={**I2V, "epochs": epochs},
+        tmp_path / "fault.yaml",
+        data,
+        tmp_path / "runs",
+        "fault",
+        item2vec={**I2V, "epochs": epochs},
     )
     cfg = load_config(cfg_path)
     experiment = cfg.run_dir / "ray" / "item2vec"
@@ -212,9 +238,15 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(clu
     assert len(resumed_at) == 1 and min(resumed_at) >= killed[1], (killed, resumed_at)
 
     # The same config uninterrupted (in this process: same kernel, same per-epoch seeds).
-    clean_cfg = load_config(write_config(
-        tmp_path / "clean.yaml", data, tmp_path / "runs", "clean", item2vec={**I2V, "epochs": epochs},
-    ))
+    clean_cfg = load_config(
+        write_config(
+            tmp_path / "clean.yaml",
+            data,
+            tmp_path / "runs",
+            "clean",
+            item2vec={**I2V, "epochs": epochs},
+        )
+    )
     clean = EmbeddingSet.load(train_item2vec_ray(clean_cfg, RayTrainConfig(workers=0)) / "embeddings")
     faulty = EmbeddingSet.load(cfg.run_dir / "item2vec" / "embeddings")
     assert faulty.ids.tolist() == clean.ids.tolist()

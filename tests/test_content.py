@@ -28,8 +28,9 @@ from recemb.models.content.text import HashedTokenizer, TextEncoder, hash_token,
 def small_synth(tmp_path_factory) -> Path:
     """120 items over 4 topics, 32x32 topic-coloured images, 30% Chinese texts."""
     out = tmp_path_factory.mktemp("synth") / "data"
-    cfg = SynthConfig(users=300, items=120, events=8000, topics=4, impressions=0, image_size=32,
-                      chinese_fraction=0.3, seed=3)
+    cfg = SynthConfig(
+        users=300, items=120, events=8000, topics=4, impressions=0, image_size=32, chinese_fraction=0.3, seed=3
+    )
     return synth.generate(cfg, out)
 
 
@@ -55,8 +56,18 @@ def test_tokenizer_accents_lowercase_and_ngrams():
     assert tokenize("É") == tokenize("é") == ["w:é"]  # lower-cased; "<é>" has no 3-gram shorter than itself
     assert tokenize("e\u0301") == tokenize("é")  # decomposed accent == composed (NFC)
     assert tokenize("e") != tokenize("é")  # accents are kept
-    assert tokenize("Café") == ["w:café", "g:<ca", "g:caf", "g:afé", "g:fé>", "g:<caf", "g:café",
-                                "g:afé>", "g:<café", "g:café>"]
+    assert tokenize("Café") == [
+        "w:café",
+        "g:<ca",
+        "g:caf",
+        "g:afé",
+        "g:fé>",
+        "g:<caf",
+        "g:café",
+        "g:afé>",
+        "g:<café",
+        "g:café>",
+    ]
     assert tokenize("") == [] and tokenize(None) == []
 
 
@@ -72,8 +83,13 @@ def test_hash_ids_are_stable_across_processes():
         "print(','.join(map(str, ids.tolist())) + '|' + ','.join(map(str, off.tolist())))"
     )
     for seed in ("1", "2"):
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={"PYTHONHASHSEED": seed, "PATH": ""})
+        res = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+        )
         got_ids, got_off = res.stdout.strip().split("|")
         assert got_ids == ",".join(map(str, ids.tolist())) and got_off == ",".join(map(str, offsets.tolist()))
     assert offsets[1] == offsets[2]  # the empty text is an empty bag
@@ -277,8 +293,9 @@ def test_content_scorer_beats_popularity_on_cold_items(small_synth):
     split, cat = protocol_inputs(ds, "cold", EvalConfig(cold_fraction=0.2))
     content = ContentConfig(epochs=10, batch_size=64, buckets=1 << 12, text_dim=32)
     scorers = {"popularity": PopularityScorer(), "random": RandomScorer(0)}
-    scorers |= content_scorers(content, Item2VecConfig(epochs=5, window=0), ds.items, ds.root, "cold",
-                               ["content-text", "content-random"])
+    scorers |= content_scorers(
+        content, Item2VecConfig(epochs=5, window=0), ds.items, ds.root, "cold", ["content-text", "content-random"]
+    )
     rows = {r["model"]: r for r in run_rows("cold", split, cat, scorers, [20])}
     assert rows["popularity"]["recall@20"] < 0.05  # cold items have no train events
     assert rows["content-text"]["recall@20"] > 2 * max(rows["random"]["recall@20"], rows["content-random"]["recall@20"])
@@ -290,8 +307,7 @@ def test_small_resnet_alignment_separates_topics_from_images(small_synth):
     from recemb.models.content.align import content_embeddings
 
     ds = load_dataset(small_synth)
-    cfg = ContentConfig(text=False, category=False, image=True, image_size=32, image_width=8, epochs=20,
-                        batch_size=32)
+    cfg = ContentConfig(text=False, category=False, image=True, image_size=32, image_width=8, epochs=20, batch_size=32)
     es, _, info = content_embeddings(ds.items, ds.root, topic_targets(ds.items), cfg, holdout=0.2)
     topic = ds.items["topic"].to_numpy()
     sims = es.vectors @ es.vectors.T
@@ -342,8 +358,15 @@ def test_two_tower_with_sentence_embeddings_places_cold_items(small_synth, tmp_p
     ds = load_dataset(small_synth)
     cold = ds.items["item_id"].to_list()[::5]
     train = ds.events.filter(~pl.col("item_id").is_in(cold))
-    cfg = TwoTowerConfig(epochs=2, batch_size=128, mlp=[32], dim=16, embedding_dim=16, item_categories=False,
-                         content={"pretrained_text": True, "text": False})
+    cfg = TwoTowerConfig(
+        epochs=2,
+        batch_size=128,
+        mlp=[32],
+        dim=16,
+        embedding_dim=16,
+        item_categories=False,
+        content={"pretrained_text": True, "text": False},
+    )
     model = TwoTower(cfg).fit(train, items=ds.items, cache_dir=tmp_path)
     assert model.space.content.sentence.shape == (ds.items.height, 384)
     vectors = model.item_embeddings().vectors

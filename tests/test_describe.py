@@ -16,9 +16,7 @@ from recemb.data.paths import data_dir
 from recemb.data.synth import generate
 from recemb.errors import DataValidationError
 
-CFG = SynthConfig(
-    users=150, items=120, events=6_000, topics=5, impressions=200, images=False, seed=3
-)
+CFG = SynthConfig(users=150, items=120, events=6_000, topics=5, impressions=200, images=False, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +54,8 @@ def test_distributions_are_consistent(synth):
     assert u["max"] == ds.events.group_by("user_id").len()["len"].max()
     pop = d["item_popularity"]
     counts = ds.events.group_by("item_id").len()["len"].sort(descending=True).to_numpy()
-    assert pop["top10pct_share"] == pytest.approx(
-        counts[:12].sum() / counts.sum()
-    )  # 10% of 120 items
-    assert pop["top1pct_share"] == pytest.approx(
-        counts[:2].sum() / counts.sum()
-    )  # ceil(1.2) = 2 items
+    assert pop["top10pct_share"] == pytest.approx(counts[:12].sum() / counts.sum())  # 10% of 120 items
+    assert pop["top1pct_share"] == pytest.approx(counts[:2].sum() / counts.sum())  # ceil(1.2) = 2 items
     assert 0 < pop["gini"] < 1
     start = datetime(2024, 1, 1, tzinfo=UTC)
     tr = d["time_range"]
@@ -73,9 +67,7 @@ def test_distributions_are_consistent(synth):
     )
     imp = d["impressions"]
     assert imp["ctr"] == pytest.approx(ds.impressions["clicked"].mean())
-    assert imp["clicks_per_impression"] == pytest.approx(
-        ds.impressions["clicked"].sum() / CFG.impressions
-    )
+    assert imp["clicks_per_impression"] == pytest.approx(ds.impressions["clicked"].sum() / CFG.impressions)
     assert set(imp["ctr_by_position"]) == set(range(CFG.impression_size))
 
 
@@ -126,13 +118,9 @@ def test_movielens_100k(tmp_path):
     path = data_dir() / "ml-100k" / "u.data"
     if not path.exists():
         pytest.skip(f"{path} not found (set RECEMB_DATA_DIR to a folder holding ml-100k/)")
-    raw = pl.read_csv(
-        path, separator="\t", has_header=False, new_columns=["user_id", "item_id", "rating", "ts"]
-    )
+    raw = pl.read_csv(path, separator="\t", has_header=False, new_columns=["user_id", "item_id", "rating", "ts"])
     events = schema.coerce(
-        raw.with_columns(event=pl.lit("rating"), weight=pl.col("rating").cast(pl.Float32)).drop(
-            "rating"
-        ),
+        raw.with_columns(event=pl.lit("rating"), weight=pl.col("rating").cast(pl.Float32)).drop("rating"),
         "events",
         path,
     )
@@ -147,8 +135,6 @@ def test_movielens_100k(tmp_path):
     assert d["session_length"] is None
     assert d["events_per_user"]["min"] == 20  # every ML-100K user has at least 20 ratings
     assert d["events_per_type"] == {"rating": 100_000}
-    assert d["time_range"]["start"].startswith("1997-09") and d["time_range"]["end"].startswith(
-        "1998-04"
-    )
+    assert d["time_range"]["start"].startswith("1997-09") and d["time_range"]["end"].startswith("1998-04")
     assert d["item_popularity"]["items_with_1_event"] == 141
     assert "no session ids" in format_description(d)

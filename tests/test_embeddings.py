@@ -25,8 +25,9 @@ from recemb.eval.scorers import QueryBatch
 def _set(n: int = 6, d: int = 4, seed: int = 0) -> EmbeddingSet:
     rng = np.random.default_rng(seed)
     ids = [f"item{i}" for i in range(n)]
-    return EmbeddingSet(ids, rng.normal(size=(n, d)).astype(np.float32), kind="test",
-                        config={"epochs": 3}, metrics={"loss": 0.5})
+    return EmbeddingSet(
+        ids, rng.normal(size=(n, d)).astype(np.float32), kind="test", config={"epochs": 3}, metrics={"loss": 0.5}
+    )
 
 
 @pytest.fixture

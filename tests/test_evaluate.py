@@ -80,11 +80,13 @@ def test_protocols_the_data_cannot_support_are_skipped(run, tmp_path):
     ds = load_dataset(data)
     ds.impressions = None
     small = write_dataset(ds, tmp_path / "noimp")
-    cfg = build_config({
-        "run": {"name": "s", "dir": str(tmp_path / "runs")},
-        "data": {"prepared": str(small)},
-        "eval": {"protocols": ["imp"], "baselines": ["popularity"]},
-    })
+    cfg = build_config(
+        {
+            "run": {"name": "s", "dir": str(tmp_path / "runs")},
+            "data": {"prepared": str(small)},
+            "eval": {"protocols": ["imp"], "baselines": ["popularity"]},
+        }
+    )
     res = evaluate(cfg)
     assert res["protocols"] == {} and "no impressions" in res["skipped"]["imp"]
     assert "P-IMP · synth: skipped (the dataset has no impressions table)" in format_tables(res)
@@ -108,10 +110,13 @@ def test_baseline_names_per_protocol():
 
 
 def test_format_table_aligns_columns():
-    text = format_table("T", [
-        {"model": "a", "recall@10": 0.5, "queries": 3, "fit_s": 1.0, "score_s": 0.25},
-        {"model": "longer-name", "recall@10": 0.125, "mrr@10": 0.1, "queries": 3, "fit_s": 0.0, "score_s": 2.0},
-    ])
+    text = format_table(
+        "T",
+        [
+            {"model": "a", "recall@10": 0.5, "queries": 3, "fit_s": 1.0, "score_s": 0.25},
+            {"model": "longer-name", "recall@10": 0.125, "mrr@10": 0.1, "queries": 3, "fit_s": 0.0, "score_s": 2.0},
+        ],
+    )
     lines = text.splitlines()
     assert lines[0] == "T"
     assert lines[2].split() == ["model", "recall@10", "mrr@10", "queries", "fit_s", "score_s"]
@@ -132,16 +137,18 @@ def test_item2vec_is_fitted_on_the_train_split_only(tmp_path):
     from recemb.data import splits
     from recemb.data.dataset import load_dataset
     from recemb.data.synth import generate
+    from recemb.data.vocab import Vocab
     from recemb.eval.evaluate import model_scorers
     from recemb.eval.protocols import run_protocol
-    from recemb.data.vocab import Vocab
 
-    cfg = build_config({
-        "run": {"name": "r", "dir": str(tmp_path)},
-        "data": {"synth": {"users": 80, "items": 60, "events": 4000, "impressions": 0, "images": False}},
-        "item2vec": {"epochs": 2, "threads": 1},
-        "eval": {"models": ["item2vec"]},
-    })
+    cfg = build_config(
+        {
+            "run": {"name": "r", "dir": str(tmp_path)},
+            "data": {"synth": {"users": 80, "items": 60, "events": 4000, "impressions": 0, "images": False}},
+            "item2vec": {"epochs": 2, "threads": 1},
+            "eval": {"models": ["item2vec"]},
+        }
+    )
     generate(cfg.data.synth, cfg.prepared_dir)
     ev = load_dataset(cfg.prepared_dir).events
     split = splits.leave_last_out(ev)
@@ -156,11 +163,19 @@ def test_pooled_folds_weight_each_fold_by_its_queries():
     from recemb.eval.evaluate import pool_folds
 
     # fold 1: 10 queries, recall 0.5; fold 2: 30 queries, recall 0.1 -> (5 + 3) / 40 = 0.2
-    folds = [[{"model": "m", "recall@20": 0.5, "queries": 10, "fit_s": 1.0, "score_s": 0.5}],
-             [{"model": "m", "recall@20": 0.1, "queries": 30, "fit_s": 2.0, "score_s": 0.5}]]
+    folds = [
+        [{"model": "m", "recall@20": 0.5, "queries": 10, "fit_s": 1.0, "score_s": 0.5}],
+        [{"model": "m", "recall@20": 0.1, "queries": 30, "fit_s": 2.0, "score_s": 0.5}],
+    ]
     (row,) = pool_folds(folds)
-    assert row == {"model": "m", "recall@20": pytest.approx(0.2), "queries": 40, "fit_s": 3.0, "score_s": 1.0,
-                   "folds": 2}
+    assert row == {
+        "model": "m",
+        "recall@20": pytest.approx(0.2),
+        "queries": 40,
+        "fit_s": 3.0,
+        "score_s": 1.0,
+        "folds": 2,
+    }
 
 
 def test_cold_folds_pool_in_evaluate_and_must_fit(run):

@@ -28,9 +28,7 @@ def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def _card(
-    folder: Path, name: str, *, url: str, sha256: str | None, fmt: str = "zip", files=None
-) -> None:
+def _card(folder: Path, name: str, *, url: str, sha256: str | None, fmt: str = "zip", files=None) -> None:
     files = {n: _sha(b) for n, b in FILES.items()} if files is None else files
     lines = [
         f"name: {name}", "title: tiny test data", f"url: {url}",
@@ -123,9 +121,7 @@ def test_sha_mismatch_names_both_sums_and_leaves_nothing(www, tmp_path):
 
 
 def test_per_file_mismatch_in_files_format(www, tmp_path):
-    _card(
-        www["cards"], "tiny", url=www["base"], sha256=None, fmt="files", files={"a.txt": "1" * 64}
-    )
+    _card(www["cards"], "tiny", url=www["base"], sha256=None, fmt="files", files={"a.txt": "1" * 64})
     with pytest.raises(
         DatasetFetchError,
         match="a.txt: sha256 mismatch: expected 1{64}, got " + _sha(FILES["a.txt"]),

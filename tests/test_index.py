@@ -32,18 +32,14 @@ def clustered(n: int = N, d: int = D, clusters: int = 40, seed: int = 0) -> np.n
     """Gaussian mixture ``[n, d]`` float32: what trained item vectors look like, roughly."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, d))
-    return (centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, d))).astype(
-        np.float32
-    )
+    return (centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, d))).astype(np.float32)
 
 
 def brute_force(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
     """``[B, N]`` float64 scores worked out the obvious way."""
     x, q = x.astype(np.float64), q.astype(np.float64)
     if metric == "cosine":
-        return (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
-            x / np.linalg.norm(x, axis=1, keepdims=True)
-        ).T
+        return (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
     if metric == "dot":
         return q @ x.T
     return -np.linalg.norm(q[:, None, :] - x[None, :, :], axis=2)
@@ -52,9 +48,7 @@ def brute_force(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def embset_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("emb") / "embeddings"
-    EmbeddingSet(
-        [f"item{i}" for i in range(N)], clustered(), kind="item2vec", metric="cosine"
-    ).save(d)
+    EmbeddingSet([f"item{i}" for i in range(N)], clustered(), kind="item2vec", metric="cosine").save(d)
     return d
 
 

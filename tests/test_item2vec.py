@@ -11,11 +11,11 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import make_events
 
 from recemb.errors import ConfigError, DataValidationError
 from recemb.models.item2vec import Item2Vec, Item2VecConfig, build_corpus
 from recemb.models.item2vec.corpus import keep_probabilities, negative_table
-from conftest import make_events
 
 GROUPS, PER_GROUP = 8, 15
 
@@ -49,8 +49,11 @@ def sessions() -> list[list[str]]:
 def test_corpus_csr_orders_sessions_by_time_and_skips_short_ones():
     events = make_events(
         [
-            ("u1", "a", 10, "s2"), ("u1", "b", 11, "s2"),
-            ("u2", "c", 5, "s1"), ("u2", "a", 3, "s1"), ("u2", "b", 4, "s1"),
+            ("u1", "a", 10, "s2"),
+            ("u1", "b", 11, "s2"),
+            ("u2", "c", 5, "s1"),
+            ("u2", "a", 3, "s1"),
+            ("u2", "b", 4, "s1"),
             ("u3", "z", 1, "s0"),  # a session of one event: no pair, skipped
         ],
         session=True,
@@ -151,9 +154,7 @@ def test_torch_backend_matches_numba_quality_on_cpu(sessions):
     assert torch_model.history[-1]["loss"] < torch_model.history[0]["loss"]
 
 
-@pytest.mark.parametrize(
-    "overrides", [{"mode": "cbow", "alpha": 0.05}, {"window": 0}], ids=["cbow", "whole-session"]
-)
+@pytest.mark.parametrize("overrides", [{"mode": "cbow", "alpha": 0.05}, {"window": 0}], ids=["cbow", "whole-session"])
 def test_torch_backend_variants_learn_groups(sessions, overrides):
     pytest.importorskip("torch")
     cfg = Item2VecConfig(**FAST | {"backend": "torch", "device": "cpu", "batch_size": 2048} | overrides)

@@ -45,11 +45,13 @@ def data(tmp_path_factory) -> Path:
 
 
 def make_cfg(data: Path, run_dir: Path, **i2v):
-    return build_config({
-        "run": {"name": "t", "dir": str(run_dir)},
-        "data": {"prepared": str(data)},
-        "item2vec": {**I2V, **i2v},
-    })
+    return build_config(
+        {
+            "run": {"name": "t", "dir": str(run_dir)},
+            "data": {"prepared": str(data)},
+            "item2vec": {**I2V, **i2v},
+        }
+    )
 
 
 def topic_rate(ids: np.ndarray, vectors: np.ndarray, data: Path, k: int = 5) -> float:
@@ -73,10 +75,13 @@ def test_train_loop_in_process_reproduces_item2vec_fit(data, tmp_path):
     cfg = Item2VecConfig(**I2V)
     corpus = build_corpus(load_dataset(data).events)
     write_corpus(corpus, tmp_path / "corpus")
-    train_loop({
-        "item2vec": cfg.model_dump(mode="json"), "corpus_dir": str(tmp_path / "corpus"),
-        "experiment_dir": str(tmp_path / "exp"),
-    })
+    train_loop(
+        {
+            "item2vec": cfg.model_dump(mode="json"),
+            "corpus_dir": str(tmp_path / "corpus"),
+            "experiment_dir": str(tmp_path / "exp"),
+        }
+    )
     syn0, syn1, vocab, state = load_checkpoint(latest_checkpoint(tmp_path / "exp"))
     plain = Item2Vec(cfg).fit(corpus)
     # Same init, same per-epoch seeds, one thread: the same floats.

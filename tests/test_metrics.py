@@ -71,9 +71,7 @@ def test_multi_target_by_hand() -> None:
     # NDCG@3 row 0: DCG = 1/log2(3); ideal over min(2, 3) = 2 hits: 1 + 1/log2(3).
     # Row 2: both hits at positions 1, 2 -> 1.
     row0 = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
-    np.testing.assert_allclose(
-        M.ndcg_at_k_multi(topk_ids, relevant, 3, per_query=True), [row0, 0.0, 1.0]
-    )
+    np.testing.assert_allclose(M.ndcg_at_k_multi(topk_ids, relevant, 3, per_query=True), [row0, 0.0, 1.0])
     # @1: row 0 misses (item 1), row 2 hits (7) -> recall (0 + 0 + 1/2) / 3.
     assert M.recall_at_k_multi(topk_ids, relevant, 1) == pytest.approx(1 / 6)
 
@@ -85,9 +83,7 @@ def test_multi_target_csr_equals_list() -> None:
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rel])])
     csr = (indptr, np.concatenate(rel))
     for fn in (M.recall_at_k_multi, M.ndcg_at_k_multi, M.mrr_at_k_multi, M.hit_rate_at_k_multi):
-        np.testing.assert_array_equal(
-            fn(topk_ids, rel, 7, per_query=True), fn(topk_ids, csr, 7, per_query=True)
-        )
+        np.testing.assert_array_equal(fn(topk_ids, rel, 7, per_query=True), fn(topk_ids, csr, 7, per_query=True))
 
 
 def test_multi_target_against_torchmetrics() -> None:

@@ -68,8 +68,18 @@ def events(rows: list[tuple[str, str, int]], session: bool = False) -> pl.DataFr
 def ml_split() -> LeaveLastOutSplit:
     # u1: a, b | c (validation) | d (test);  u2: c, d | e (validation) | b (test)
     return leave_last_out(
-        events([("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u1", "d", 4),
-                ("u2", "c", 1), ("u2", "d", 2), ("u2", "e", 3), ("u2", "b", 4)])
+        events(
+            [
+                ("u1", "a", 1),
+                ("u1", "b", 2),
+                ("u1", "c", 3),
+                ("u1", "d", 4),
+                ("u2", "c", 1),
+                ("u2", "d", 2),
+                ("u2", "e", 3),
+                ("u2", "b", 4),
+            ]
+        )
     )
 
 
@@ -110,8 +120,7 @@ def test_ml_never_masks_the_target_itself():
 
 def test_sess_prefixes_are_queries_and_nothing_is_masked():
     # s1: a, a, b (a repeat click); s2: c, e.
-    test = events([("s1", "a", 1), ("s1", "a", 2), ("s1", "b", 3), ("s2", "c", 1), ("s2", "e", 2)],
-                  session=True)
+    test = events([("s1", "a", 1), ("s1", "a", 2), ("s1", "b", 3), ("s2", "c", 1), ("s2", "e", 2)], session=True)
     split = SessionSplit(train=test, test=test)
     scorer = FixedScorer(SCORES)
     out = run_sess(split, scorer, Vocab(ITEMS), ks=(1, 2))
@@ -178,13 +187,18 @@ def impressions(rows: list[tuple[str, str, str, int, bool]]) -> pl.DataFrame:
 
 def imp_split() -> ImpressionSplit:
     history = events([("u1", "x", 1), ("u2", "y", 1)])
-    train = impressions([("i0", "u1", "2019-11-10T09:00:00", "x", True),
-                         ("i0", "u1", "2019-11-10T09:00:00", "y", False)])
-    test = impressions([("i1", "u1", "2019-11-10T10:00:00", "x", False),
-                        ("i1", "u1", "2019-11-10T10:00:00", "y", True),
-                        ("i2", "u2", "2019-11-10T11:00:00", "y", True),
-                        ("i2", "u2", "2019-11-10T11:00:00", "z", False),
-                        ("i2", "u2", "2019-11-10T11:00:00", "w", False)])
+    train = impressions(
+        [("i0", "u1", "2019-11-10T09:00:00", "x", True), ("i0", "u1", "2019-11-10T09:00:00", "y", False)]
+    )
+    test = impressions(
+        [
+            ("i1", "u1", "2019-11-10T10:00:00", "x", False),
+            ("i1", "u1", "2019-11-10T10:00:00", "y", True),
+            ("i2", "u2", "2019-11-10T11:00:00", "y", True),
+            ("i2", "u2", "2019-11-10T11:00:00", "z", False),
+            ("i2", "u2", "2019-11-10T11:00:00", "w", False),
+        ]
+    )
     return ImpressionSplit(history=history, train_impressions=train, test_impressions=test)
 
 

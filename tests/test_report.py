@@ -28,8 +28,9 @@ FAST = ReportConfig(projection="pca", latency_queries=20)
 
 
 def _config(run_root: Path, name: str = "tiny"):
-    return build_config({"run": {"name": name, "dir": str(run_root)},
-                         "stages": ["data", "item2vec", "export", "evaluate", "report"]})
+    return build_config(
+        {"run": {"name": name, "dir": str(run_root)}, "stages": ["data", "item2vec", "export", "evaluate", "report"]}
+    )
 
 
 def _eval_metrics() -> dict:
@@ -37,18 +38,56 @@ def _eval_metrics() -> dict:
     return {
         "dataset": "synth",
         "protocols": {
-            "imp": {"split": {"catalogue": 60}, "rows": [
-                {"auc": 0.52, "model": "popularity", "mrr": 0.30, "ndcg@5": 0.37, "n_impressions": 10.0,
-                 "queries": 12, "fit_s": 0.01, "score_s": 0.02},
-                {"auc": 0.71, "model": "item2vec", "mrr": 0.44, "ndcg@5": 0.59, "n_impressions": 10.0,
-                 "queries": 12, "fit_s": 3.5, "score_s": 0.5},
-            ]},
-            "ml": {"split": {"catalogue": 60, "test": 50}, "rows": [
-                {"fit_s": 0.01, "hit_rate@20": 0.2, "model": "popularity", "ndcg@20": 0.07, "queries": 50,
-                 "recall@10": 0.10, "recall@20": 0.18, "score_s": 0.1},
-                {"fit_s": 9.0, "hit_rate@20": 0.5, "model": "item2vec", "ndcg@20": 0.31, "queries": 50,
-                 "recall@10": 0.41, "recall@20": 0.5, "score_s": 0.2},
-            ]},
+            "imp": {
+                "split": {"catalogue": 60},
+                "rows": [
+                    {
+                        "auc": 0.52,
+                        "model": "popularity",
+                        "mrr": 0.30,
+                        "ndcg@5": 0.37,
+                        "n_impressions": 10.0,
+                        "queries": 12,
+                        "fit_s": 0.01,
+                        "score_s": 0.02,
+                    },
+                    {
+                        "auc": 0.71,
+                        "model": "item2vec",
+                        "mrr": 0.44,
+                        "ndcg@5": 0.59,
+                        "n_impressions": 10.0,
+                        "queries": 12,
+                        "fit_s": 3.5,
+                        "score_s": 0.5,
+                    },
+                ],
+            },
+            "ml": {
+                "split": {"catalogue": 60, "test": 50},
+                "rows": [
+                    {
+                        "fit_s": 0.01,
+                        "hit_rate@20": 0.2,
+                        "model": "popularity",
+                        "ndcg@20": 0.07,
+                        "queries": 50,
+                        "recall@10": 0.10,
+                        "recall@20": 0.18,
+                        "score_s": 0.1,
+                    },
+                    {
+                        "fit_s": 9.0,
+                        "hit_rate@20": 0.5,
+                        "model": "item2vec",
+                        "ndcg@20": 0.31,
+                        "queries": 50,
+                        "recall@10": 0.41,
+                        "recall@20": 0.5,
+                        "score_s": 0.2,
+                    },
+                ],
+            },
         },
         "skipped": {"sess": "the dataset has no sessions"},
     }
@@ -65,13 +104,21 @@ def tiny_run(tmp_path_factory) -> tuple:
     )
     # Titles that must survive: markup (escaped, never live) and Chinese (UTF-8), with a tab
     # that would break the TSV, on the two most popular items (so they appear as examples).
-    top = (pl.read_parquet(data / "events.parquet").group_by("item_id").len()
-           .sort(["len", "item_id"], descending=[True, False])["item_id"].to_list()[:2])
+    top = (
+        pl.read_parquet(data / "events.parquet")
+        .group_by("item_id")
+        .len()
+        .sort(["len", "item_id"], descending=[True, False])["item_id"]
+        .to_list()[:2]
+    )
     items = schema.read_table(data / "items.parquet", "items")
     items = items.with_columns(
-        pl.when(pl.col("item_id") == top[0]).then(pl.lit(INJECTION + "\tx"))
-        .when(pl.col("item_id") == top[1]).then(pl.lit(CHINESE))
-        .otherwise(pl.col("title")).alias("title")
+        pl.when(pl.col("item_id") == top[0])
+        .then(pl.lit(INJECTION + "\tx"))
+        .when(pl.col("item_id") == top[1])
+        .then(pl.lit(CHINESE))
+        .otherwise(pl.col("title"))
+        .alias("title")
     )
     schema.write_table(items, data / "items.parquet", "items")
 
@@ -84,17 +131,25 @@ def tiny_run(tmp_path_factory) -> tuple:
     emb_dir = cfg.run_dir / "item2vec" / "embeddings"
     EmbeddingSet(items["item_id"], vectors, kind="item2vec").save(emb_dir)
 
-    write_json(cfg.run_dir / "item2vec" / "metrics.json", {
-        "train_seconds": 1.0,
-        "epochs": [{"epoch": e, "loss": 2.0 / e, "events_per_s": 1e5 + e, "alpha": 0.01} for e in (1, 2, 3)],
-    })
+    write_json(
+        cfg.run_dir / "item2vec" / "metrics.json",
+        {
+            "train_seconds": 1.0,
+            "epochs": [{"epoch": e, "loss": 2.0 / e, "events_per_s": 1e5 + e, "alpha": 0.01} for e in (1, 2, 3)],
+        },
+    )
     # A later model's generic history: other key names, no "epoch" key.
-    write_json(cfg.run_dir / "two_tower" / "metrics.json", {
-        "epochs": [{"train_loss": 5.0 - e, "val_recall@20": 0.1 * e, "examples_per_s": 900.0} for e in range(4)],
-    })
+    write_json(
+        cfg.run_dir / "two_tower" / "metrics.json",
+        {
+            "epochs": [{"train_loss": 5.0 - e, "val_recall@20": 0.1 * e, "examples_per_s": 900.0} for e in range(4)],
+        },
+    )
     write_json(cfg.run_dir / "eval" / "metrics.json", _eval_metrics())
-    write_json(cfg.run_dir / "pipeline.json", {"stages": {"data": {"seconds": 1.5, "skipped": True},
-                                                          "item2vec": {"seconds": 2.0}}})
+    write_json(
+        cfg.run_dir / "pipeline.json",
+        {"stages": {"data": {"seconds": 1.5, "skipped": True}, "item2vec": {"seconds": 2.0}}},
+    )
     from recemb.index.export import export_index
 
     export_index(emb_dir, cfg.run_dir / "index" / "item2vec", n_trees=5, sample=20, n_jobs=1)

@@ -94,19 +94,12 @@ def test_seen_excluded_and_blocked_never_returned(retriever):
     extra = [[f"i{r}" for r in range(u % 5, 30, 5)] for u in range(200)]
     df = retriever.recommend_batch(hists, 20, exclude=extra, blocked=blocked)
     assert df.group_by("row").len()["len"].to_list() == [20] * 200
-    seen = pl.DataFrame(
-        {"row": range(200), "item_id": [h + e for h, e in zip(hists, extra)]}
-    ).explode("item_id")
-    assert (
-        df.join(seen.with_columns(pl.col("row").cast(pl.Int64)), on=["row", "item_id"]).height == 0
-    )
+    seen = pl.DataFrame({"row": range(200), "item_id": [h + e for h, e in zip(hists, extra)]}).explode("item_id")
+    assert df.join(seen.with_columns(pl.col("row").cast(pl.Int64)), on=["row", "item_id"]).height == 0
     assert not df["item_id"].is_in(blocked).any()
     assert df.select(pl.struct("row", "item_id").is_duplicated().any()).item() is False
     # ranks are 1..k per user
-    assert (
-        df.group_by("row").agg(pl.col("rank").sort())["rank"].to_list()
-        == [list(range(1, 21))] * 200
-    )
+    assert df.group_by("row").agg(pl.col("rank").sort())["rank"].to_list() == [list(range(1, 21))] * 200
 
 
 def test_popularity_fallback_for_unknown_users_and_items(retriever):
@@ -135,12 +128,7 @@ def test_quotas_respected_when_blending_two_sources(two_sources):
         ({"a": 0.2, "b": 0.8}, {"a": 2, "b": 8}),
     ]:
         df = two_sources.recommend_batch(hists, 10, quotas=quotas)
-        counts = (
-            df.group_by("row", "source")
-            .len()
-            .pivot(on="source", index="row", values="len")
-            .fill_null(0)
-        )
+        counts = df.group_by("row", "source").len().pivot(on="source", index="row", values="len").fill_null(0)
         assert (counts["a"] == want["a"]).all() and (counts["b"] == want["b"]).all(), quotas
         assert df.select(pl.struct("row", "item_id").is_duplicated().any()).item() is False
         # interleaved by pick rank: the first two items come from a then b
@@ -217,12 +205,8 @@ def test_real_movielens_candidates(shared_data):
     path = shared_data / "ml-100k" / "u.data"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    ev = pl.read_csv(
-        path, separator="\t", has_header=False, new_columns=["user", "item", "rating", "ts"]
-    )
-    ev = ev.with_columns(pl.col("user").cast(pl.String), pl.col("item").cast(pl.String)).sort(
-        "user", "ts", "item"
-    )
+    ev = pl.read_csv(path, separator="\t", has_header=False, new_columns=["user", "item", "rating", "ts"])
+    ev = ev.with_columns(pl.col("user").cast(pl.String), pl.col("item").cast(pl.String)).sort("user", "ts", "item")
     items_ = ev["item"].unique().sort()
     users_ = ev["user"].unique().sort()
     ui = np.zeros((len(users_), len(items_)), dtype=np.float32)
@@ -231,13 +215,9 @@ def test_real_movielens_candidates(shared_data):
     ui[u_idx, i_idx] = 1.0
     proj = np.random.default_rng(0).normal(size=(len(users_), 32)).astype(np.float32)
     emb = EmbeddingSet(items_.to_list(), ui.T @ proj, kind="random_projection")
-    pop = (
-        ev.group_by("item").len().sort(["len", "item"], descending=[True, False])["item"].to_list()
-    )
+    pop = ev.group_by("item").len().sort(["len", "item"], descending=[True, False])["item"].to_list()
     hist = ev.group_by("user", maintain_order=True).agg("item")
-    r = Retriever(
-        {"rp": (emb, AnnoyIndex("cosine", n_trees=10, n_jobs=1).build(emb.vectors))}, popularity=pop
-    )
+    r = Retriever({"rp": (emb, AnnoyIndex("cosine", n_trees=10, n_jobs=1).build(emb.vectors))}, popularity=pop)
     df = r.recommend_batch(hist["item"].to_list(), 20, user_ids=hist["user"].to_list())
     assert df.height == 20 * len(hist)
     seen = hist.explode("item").rename({"user": "user_id", "item": "item_id"})

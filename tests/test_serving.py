@@ -24,8 +24,8 @@ from recemb.index.annoy_index import AnnoyIndex  # noqa: E402
 from recemb.index.export import export_all  # noqa: E402
 from recemb.retrieval import Retriever, Source  # noqa: E402
 from recemb.retrieval.query import history_query, query_weights  # noqa: E402
-from serving.query import OnlineRetriever  # noqa: E402
 from recemb.retrieval.serve_config import ServeConfig  # noqa: E402
+from serving.query import OnlineRetriever  # noqa: E402
 from serving.state import ServingState, load_snapshot  # noqa: E402
 from serving.testing import clustered_vectors, make_demo_run  # noqa: E402
 from serving.user_tower import MicroBatcher, load_user_tower  # noqa: E402
@@ -101,10 +101,12 @@ def test_online_path_returns_exactly_what_the_retriever_returns():
         user = f"u{rng.integers(0, 80)}" if t % 2 else None  # u50.. unknown to b
         quotas = [None, {"a": 2, "b": 0.5}, {"b": k}][t % 3]
         mode = [None, "last", "mean", "mean_last_n"][t % 4]
-        want = retriever.recommend(history, k, exclude=exclude, blocked=blocked, quotas=quotas,
-                                   user_id=user, query=mode)
-        got = online.recommend(history, k, exclude=exclude, blocked=blocked, quotas=quotas,
-                               user_id=user, query=mode).hits
+        want = retriever.recommend(
+            history, k, exclude=exclude, blocked=blocked, quotas=quotas, user_id=user, query=mode
+        )
+        got = online.recommend(
+            history, k, exclude=exclude, blocked=blocked, quotas=quotas, user_id=user, query=mode
+        ).hits
         assert [(i, s) for i, _, s in got] == [(i, s) for i, _, s in want], t
         np.testing.assert_allclose([x[1] for x in got], [x[1] for x in want], rtol=1e-6, atol=1e-6)
         probe = history[0] if history else "unknown"
@@ -138,8 +140,9 @@ def test_similar_and_recommend_answer_from_the_index(server):
     assert scores == sorted(scores, reverse=True)
     status, rec = call(server.url, "POST", "/v1/recommend", {"items": ["i3"], "k": 5, "query": "last"})
     assert status == 200 and item_ids(rec) == item_ids(sim)  # one item, "last": same query
-    status, rec = call(server.url, "POST", "/v1/recommend",
-                       {"items": ["i3", "i7"], "k": 8, "exclude": item_ids(sim)[:2]})
+    status, rec = call(
+        server.url, "POST", "/v1/recommend", {"items": ["i3", "i7"], "k": 8, "exclude": item_ids(sim)[:2]}
+    )
     assert status == 200 and len(rec["items"]) == 8
     assert not set(item_ids(sim)[:2]) & set(item_ids(rec)) and not {"i3", "i7"} & set(item_ids(rec))
 
@@ -373,8 +376,9 @@ def test_user_tower_is_loaded_from_the_run_and_batched(tmp_path, monkeypatch, ca
     vec = asyncio.run(snap.tower_query(["i1"], "u1"))
     np.testing.assert_array_equal(vec, np.ones(4))
     with pytest.raises(RecembError, match="not loaded"):  # the tower must query a loaded index
-        load_snapshot(settings.model_copy(update={"user_tower": settings.user_tower.model_copy(
-            update={"source": "item2vec"})}), 1)
+        load_snapshot(
+            settings.model_copy(update={"user_tower": settings.user_tower.model_copy(update={"source": "item2vec"})}), 1
+        )
 
 
 # --------------------------------------------------------------- settings
@@ -412,8 +416,9 @@ def test_openapi_fuzz_never_answers_5xx(run_dir):
         operation = result.ok()
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=15, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=15, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
         def check(case):
             response = case.call()
             seen.append(response.status_code)

@@ -1,21 +1,26 @@
 import polars as pl
 import pytest
+from conftest import make_events
 
+from recemb.data import schema
 from recemb.data.sessions import sessionize
 from recemb.data.splits import cold_item_split, impression_split, leave_last_out, session_split
-from recemb.data import schema
 from recemb.errors import DataValidationError
-
-from conftest import make_events
 
 MIN = 60
 
 
 def test_sessionize_by_gap_keeps_explicit_ids():
-    ev = make_events([
-        ("u1", "a", 0, None), ("u1", "b", 10 * MIN, None), ("u1", "c", 50 * MIN, None),  # gap 40 > 30
-        ("u2", "a", 0, "given"), ("u2", "b", 999 * MIN, "given"),
-    ], session=True)
+    ev = make_events(
+        [
+            ("u1", "a", 0, None),
+            ("u1", "b", 10 * MIN, None),
+            ("u1", "c", 50 * MIN, None),  # gap 40 > 30
+            ("u2", "a", 0, "given"),
+            ("u2", "b", 999 * MIN, "given"),
+        ],
+        session=True,
+    )
     out = sessionize(ev, gap_minutes=30)
     sid = dict(zip(out["item_id"] + out["user_id"], out["session_id"]))
     assert sid["au1"] == sid["bu1"] == "u1:0" and sid["cu1"] == "u1:1"
@@ -26,10 +31,16 @@ def test_sessionize_by_gap_keeps_explicit_ids():
 
 
 def test_leave_last_out_orders_by_ts_then_item():
-    ev = make_events([
-        ("u1", "a", 1), ("u1", "c", 3), ("u1", "b", 3), ("u1", "d", 2),  # order a, d, b, c (b<c at ts 3)
-        ("u2", "x", 1), ("u2", "y", 2),  # < 3 events: train only
-    ])
+    ev = make_events(
+        [
+            ("u1", "a", 1),
+            ("u1", "c", 3),
+            ("u1", "b", 3),
+            ("u1", "d", 2),  # order a, d, b, c (b<c at ts 3)
+            ("u2", "x", 1),
+            ("u2", "y", 2),  # < 3 events: train only
+        ]
+    )
     s = leave_last_out(ev)
     assert s.test.filter(pl.col("user_id") == "u1")["item_id"].to_list() == ["c"]
     assert s.validation["item_id"].to_list() == ["b"]
@@ -39,11 +50,18 @@ def test_leave_last_out_orders_by_ts_then_item():
 
 
 def test_session_split_uses_source_split_and_filters():
-    ev = make_events([
-        ("s1", "a", 1, "s1"), ("s1", "b", 2, "s1"),
-        ("s2", "a", 5, "s2"), ("s2", "z", 6, "s2"), ("s2", "b", 7, "s2"),  # z unseen in train: dropped
-        ("s3", "z", 8, "s3"), ("s3", "a", 9, "s3"),  # only one known event left: session dropped
-    ], session=True).with_columns(split=pl.Series(["train"] * 2 + ["test"] * 5))
+    ev = make_events(
+        [
+            ("s1", "a", 1, "s1"),
+            ("s1", "b", 2, "s1"),
+            ("s2", "a", 5, "s2"),
+            ("s2", "z", 6, "s2"),
+            ("s2", "b", 7, "s2"),  # z unseen in train: dropped
+            ("s3", "z", 8, "s3"),
+            ("s3", "a", 9, "s3"),  # only one known event left: session dropped
+        ],
+        session=True,
+    ).with_columns(split=pl.Series(["train"] * 2 + ["test"] * 5))
     s = session_split(ev)
     assert s.train["item_id"].to_list() == ["a", "b"]
     assert s.test["item_id"].to_list() == ["a", "b"] and s.test["session_id"].unique().to_list() == ["s2"]
@@ -57,11 +75,19 @@ def test_session_split_by_time_without_split_column():
 
 
 def test_impression_split_by_time():
-    imp = schema.coerce(pl.DataFrame({
-        "impression_id": ["i1", "i1", "i2", "i2", "i3", "i3", "i4", "i4"],
-        "user_id": ["u"] * 8, "ts": [1, 1, 2, 2, 3, 3, 4, 4], "item_id": list("abababab"),
-        "position": [0, 1] * 4, "clicked": [True, False] * 4,
-    }), "impressions")
+    imp = schema.coerce(
+        pl.DataFrame(
+            {
+                "impression_id": ["i1", "i1", "i2", "i2", "i3", "i3", "i4", "i4"],
+                "user_id": ["u"] * 8,
+                "ts": [1, 1, 2, 2, 3, 3, 4, 4],
+                "item_id": list("abababab"),
+                "position": [0, 1] * 4,
+                "clicked": [True, False] * 4,
+            }
+        ),
+        "impressions",
+    )
     s = impression_split(make_events([("u", "a", 0)]), imp, test_fraction=0.5)
     assert s.train_impressions["impression_id"].unique().sort().to_list() == ["i1", "i2"]
     assert s.test_impressions["impression_id"].unique().sort().to_list() == ["i3", "i4"]

@@ -17,9 +17,7 @@ from recemb.errors import DataValidationError
 def _need(folder: str) -> Path:
     path = data_dir() / folder
     if not path.is_dir():
-        pytest.skip(
-            f"{path} missing: real-data test needs the shared data folder (RECEMB_DATA_DIR)"
-        )
+        pytest.skip(f"{path} missing: real-data test needs the shared data folder (RECEMB_DATA_DIR)")
     return path
 
 
@@ -93,9 +91,7 @@ def test_content_duplicates_resolved_deterministically(tmp_path):
 
 def _tiny_grouplens(folder: Path) -> None:
     folder.mkdir()
-    (folder / "u.data").write_text(
-        "1\t10\t5\t881250949\n2\t10\t3\t881250950\n1\t20\t4\t881250951\n"
-    )
+    (folder / "u.data").write_text("1\t10\t5\t881250949\n2\t10\t3\t881250950\n1\t20\t4\t881250951\n")
     genres = "|".join(["0"] * 19)
     flags20 = ["0"] * 19
     flags20[1] = flags20[8] = "1"
@@ -131,11 +127,7 @@ def test_grouplens_and_recbole_layouts_agree(tmp_path):
     cols = ["user_id", "item_id", "ts", "event", "weight", "rating"]
     assert gl.events.select(cols).equals(rb.events.select(cols))
     assert gl.users.equals(rb.users)
-    assert (
-        gl.items["category"].to_list()
-        == rb.items["category"].to_list()
-        == [[], ["Action", "Drama"]]
-    )
+    assert gl.items["category"].to_list() == rb.items["category"].to_list() == [[], ["Action", "Drama"]]
     assert gl.items["title"].to_list() == ["Café (1995)", "Other (1996)"]
     assert gl.items["year"].to_list() == [1995, None]
 
@@ -210,11 +202,7 @@ def test_mind_counts_histories_and_stub_items():
     # Every history event precedes the user's first impression.
     first_imp = imp.group_by("user_id").agg(pl.col("ts").min().alias("first"))
     last_hist = ev.group_by("user_id").agg(pl.col("ts").max().alias("last"))
-    assert (
-        last_hist.join(first_imp, on="user_id")
-        .select((pl.col("last") < pl.col("first")).all())
-        .item()
-    )
+    assert last_hist.join(first_imp, on="user_id").select((pl.col("last") < pl.col("first")).all()).item()
     # Items: the 2,000 news rows plus stubs for every other id seen.
     assert int(items["has_content"].sum()) == 2_000
     seen = pl.concat([ev["item_id"], imp["item_id"]]).unique()

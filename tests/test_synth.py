@@ -102,9 +102,7 @@ def test_sessions_stay_on_topic_and_repeat_sometimes(ds):
     # topic_drift=0.15 (and repeats, which go to an earlier, usually same-topic item).
     assert same_topic > 1 - CFG.topic_drift - 0.02
     assert same_topic < 0.99  # drift does happen
-    dup_in_session = (
-        ev.group_by("session_id").agg(pl.col("item_id").is_duplicated().any())["item_id"].mean()
-    )
+    dup_in_session = ev.group_by("session_id").agg(pl.col("item_id").is_duplicated().any())["item_id"].mean()
     assert dup_in_session > 0.05
 
 
@@ -131,9 +129,7 @@ def test_images_off_leaves_events_unchanged_and_paths_null(synth_dir, tmp_path):
 
 def test_chinese_share_and_topic_words(ds):
     items = ds.items
-    han = items["title"].str.contains(r"[\u4e00-\u9fff]") & items["text"].str.contains(
-        r"[\u4e00-\u9fff]"
-    )
+    han = items["title"].str.contains(r"[\u4e00-\u9fff]") & items["text"].str.contains(r"[\u4e00-\u9fff]")
     assert int(han.sum()) == round(CFG.chinese_fraction * CFG.items)
     assert (items.filter(han)["language"] == "zh").all()
     english = items.filter(~han)
@@ -145,9 +141,7 @@ def test_chinese_share_and_topic_words(ds):
         words.group_by("topic", "w")
         .len()
         .sort(["topic", "len", "w"], descending=[False, True, False])
-        .filter(
-            ~pl.col("w").is_in(["the", "a", "an", "of", "and", "with", "for", "in", "on", "to"])
-        )
+        .filter(~pl.col("w").is_in(["the", "a", "an", "of", "and", "with", "for", "in", "on", "to"]))
         .group_by("topic")
         .first()
     )
@@ -157,12 +151,7 @@ def test_chinese_share_and_topic_words(ds):
             word,
         )
     assert items["category"].list.len().eq(2).all()
-    assert (
-        items.group_by("topic")
-        .agg(pl.col("category").list.first().n_unique())["category"]
-        .eq(1)
-        .all()
-    )
+    assert items.group_by("topic").agg(pl.col("category").list.first().n_unique())["category"].eq(1).all()
 
 
 def test_images_decode_and_their_colour_tells_the_topic(ds, synth_dir):
@@ -189,9 +178,7 @@ def test_impressions_have_position_bias_and_clicks(ds):
     imp = ds.impressions
     ctr = imp.group_by("position").agg(pl.col("clicked").mean()).sort("position")["clicked"]
     assert ctr[0] > 1.5 * ctr[-1], ctr.to_list()
-    per_log = imp.group_by("impression_id").agg(
-        pl.col("clicked").any(), pl.col("item_id").n_unique()
-    )
+    per_log = imp.group_by("impression_id").agg(pl.col("clicked").any(), pl.col("item_id").n_unique())
     assert per_log["clicked"].mean() > 0.6
     assert (per_log["item_id"] == CFG.impression_size).all()  # shown items are distinct
     # Clicks follow taste: clicked items are in the user's home topic far more often than shown ones.
@@ -234,9 +221,7 @@ def test_next_item_structure_is_learnable(ds):
     r_pop = _recall_at(np.broadcast_to(pop, (len(last), n_items)), last)
     r_trans = _recall_at(trans[prev] + tiebreak, last)
     topic = ds.items["topic"].to_numpy()
-    r_topic = _recall_at(
-        np.where(topic[None, :] == topic[prev][:, None], pop, 0.0) + tiebreak, last
-    )
+    r_topic = _recall_at(np.where(topic[None, :] == topic[prev][:, None], pop, 0.0) + tiebreak, last)
     assert len(last) > 500
     assert r_trans > 2 * r_pop and r_trans > r_pop + 0.2, (r_trans, r_pop)
     assert r_topic > 2 * r_pop, (r_topic, r_pop)
@@ -264,6 +249,4 @@ def test_tiny_catalogue_still_valid(tmp_path):
     ds = load_dataset(generate(cfg, tmp_path / "tiny"))
     assert ds.counts()["events"] == 1_000
     per_log = ds.impressions.group_by("impression_id").agg(pl.col("item_id").n_unique(), pl.len())
-    assert (per_log["item_id"] == 4).all() and (
-        per_log["len"] == 4
-    ).all()  # capped at the catalogue size
+    assert (per_log["item_id"] == 4).all() and (per_log["len"] == 4).all()  # capped at the catalogue size

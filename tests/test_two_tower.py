@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import make_events
 
 from recemb.config import SynthConfig
 from recemb.data import synth
@@ -22,8 +23,6 @@ from recemb.models.two_tower.features import Collator, FeatureSpace, build_examp
 from recemb.models.two_tower.model import TwoTower, load_user_tower
 from recemb.models.two_tower.task import FrequencyEstimator, RetrievalTask
 from recemb.models.two_tower.towers import build_net
-
-from conftest import make_events
 
 
 def _has_torchrec() -> bool:
@@ -118,7 +117,7 @@ def test_towers_output_unit_norm_b_by_d():
 
 @needs_torchrec
 def test_torchrec_and_plain_tables_share_parameter_names():
-    from recemb.models.two_tower.towers import TableSpec, TorchrecSparse, PlainSparse
+    from recemb.models.two_tower.towers import PlainSparse, TableSpec, TorchrecSparse
 
     tables = [TableSpec("t", 5, 4, ("history", "recent"))]
     assert set(TorchrecSparse(tables, device="cpu").state_dict()) == set(PlainSparse(tables).state_dict())
@@ -145,7 +144,9 @@ def test_task_loss_by_hand_logq_subtracts_log_q():
     # logits - log q: row 0 = [1 + ln2, 2 ln2, 2 ln2]; row 1 = [ln2, 1 + 2 ln2, 2 ln2]; row 2 likewise
     ln2 = math.log(2)
     row0 = -(1 + ln2) + math.log(math.exp(1 + ln2) + 2 * math.exp(2 * ln2))  # = log(1 + 4/e) = 0.9048
-    row1 = -(1 + 2 * ln2) + math.log(math.exp(ln2) + math.exp(1 + 2 * ln2) + math.exp(2 * ln2))  # = log(1 + 6/(4e)) = 0.4305
+    row1 = -(1 + 2 * ln2) + math.log(
+        math.exp(ln2) + math.exp(1 + 2 * ln2) + math.exp(2 * ln2)
+    )  # = log(1 + 6/(4e)) = 0.4305
     expected = (row0 + 2 * row1) / 3
     assert task(u, v, torch.tensor([0, 1, 2]), log_q=torch.log(q)).item() == pytest.approx(expected, abs=1e-6)
     # and it differs from the uncorrected loss: popular item 0 is punished less as a negative
@@ -199,14 +200,14 @@ def test_training_beats_popularity_on_synth(small_synth):
     catalogue = Vocab.from_ids(small_synth.events["item_id"])
     pop = run_ml(split, PopularityScorer(), catalogue, ks=(20,))
     # backend auto: the fused torchrec path where installed (the plain one is ~20x slower on CPU)
-    tt = run_ml(split, TwoTowerScorer(TwoTowerConfig(**FAST), items=small_synth.items),
-                catalogue, ks=(20,))
+    tt = run_ml(split, TwoTowerScorer(TwoTowerConfig(**FAST), items=small_synth.items), catalogue, ks=(20,))
     assert tt["recall@20"] > pop["recall@20"] * 1.2, (tt["recall@20"], pop["recall@20"])
 
 
 def test_user_tower_export_reloads_with_identical_embeddings(small_synth, tmp_path):
     model = TwoTower(TwoTowerConfig(backend="torch", **{**FAST, "epochs": 1})).fit(
-        small_synth.events, items=small_synth.items)
+        small_synth.events, items=small_synth.items
+    )
     model.save_user_tower(tmp_path / "user_tower")
     state = torch.load(tmp_path / "user_tower" / "state_dict.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -245,7 +246,8 @@ def test_fused_resume_from_checkpoint_gives_same_state(small_synth, tmp_path):
     cfg = TwoTowerConfig(backend="torchrec", **{**FAST, "epochs": 2, "mixed_negatives": 16})
     straight = TwoTower(cfg).fit(small_synth.events, items=small_synth.items, checkpoint_dir=tmp_path / "a")
     TwoTower(cfg.model_copy(update={"epochs": 1})).fit(
-        small_synth.events, items=small_synth.items, checkpoint_dir=tmp_path / "b")
+        small_synth.events, items=small_synth.items, checkpoint_dir=tmp_path / "b"
+    )
     resumed = TwoTower(cfg).fit(small_synth.events, items=small_synth.items, checkpoint_dir=tmp_path / "b")
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     np.testing.assert_allclose(resumed.item_embeddings().vectors, straight.item_embeddings().vectors, atol=1e-5)
@@ -264,7 +266,9 @@ def test_two_worker_dmp_torchtrainer(ray_local, small_synth, tmp_path):
     from recemb.train.ray_config import RayTrainConfig
 
     write_dataset(small_synth, tmp_path / "data")
-    cfg = build_config({"run": {"name": "tt", "dir": str(tmp_path / "runs")}, "data": {"prepared": str(tmp_path / "data")}})
+    cfg = build_config(
+        {"run": {"name": "tt", "dir": str(tmp_path / "runs")}, "data": {"prepared": str(tmp_path / "data")}}
+    )
     section = TwoTowerConfig(backend="torchrec", **{**FAST, "epochs": 2})
     out = run_two_tower(cfg, section, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray")))
     items = EmbeddingSet.load(out / "embeddings")

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from test_two_tower import needs_torchrec
 
 from recemb.config import EvalConfig, SynthConfig
 from recemb.data import synth
@@ -20,8 +21,6 @@ from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.features import Collator, FeatureSpace, item_vocab
 from recemb.models.two_tower.model import TwoTower
 
-from test_two_tower import needs_torchrec
-
 FAST = dict(epochs=3, batch_size=256, mlp=[64], dim=32, embedding_dim=32, history_length=20, seed=0)
 TEXT = {"text": True, "buckets": 1 << 12}
 IMAGE = {"image": True, "image_size": 16, "image_width": 4}
@@ -31,8 +30,12 @@ IMAGE = {"image": True, "image_size": 16, "image_width": 4}
 def synth_dir(tmp_path_factory):
     """500 users, 400 items over 8 topics, 16x16 topic images, 30% Chinese texts."""
     out = tmp_path_factory.mktemp("ttc") / "data"
-    synth.generate(SynthConfig(users=500, items=400, events=20_000, topics=8, impressions=0, image_size=16,
-                               chinese_fraction=0.3, seed=5), out)
+    synth.generate(
+        SynthConfig(
+            users=500, items=400, events=20_000, topics=8, impressions=0, image_size=16, chinese_fraction=0.3, seed=5
+        ),
+        out,
+    )
     return out
 
 
@@ -121,7 +124,8 @@ def test_fused_resume_with_content_gives_same_state(ds, tmp_path):
     cfg = TwoTowerConfig(backend="torchrec", content={**TEXT, **IMAGE}, **{**FAST, "epochs": 2})
     straight = TwoTower(cfg).fit(ds.events, items=ds.items, root=ds.root, checkpoint_dir=tmp_path / "a")
     TwoTower(cfg.model_copy(update={"epochs": 1})).fit(
-        ds.events, items=ds.items, root=ds.root, checkpoint_dir=tmp_path / "b")
+        ds.events, items=ds.items, root=ds.root, checkpoint_dir=tmp_path / "b"
+    )
     resumed = TwoTower(cfg).fit(ds.events, items=ds.items, root=ds.root, checkpoint_dir=tmp_path / "b")
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     np.testing.assert_allclose(resumed.item_embeddings().vectors, straight.item_embeddings().vectors, atol=1e-5)
@@ -155,8 +159,11 @@ def test_ml100k_cold_items_from_overviews_and_genres_beat_popularity(shared_data
     folds = []
     for fold in range(e.cold_folds):  # every user's test item is cold in exactly one fold
         split, cat = protocol_inputs(ds, "cold", e, fold=fold)
-        scorers = {"popularity": PopularityScorer(), "random": RandomScorer(0),
-                   "two_tower-text": TwoTowerScorer(TwoTowerConfig(content={"text": True}), items=ds.items)}
+        scorers = {
+            "popularity": PopularityScorer(),
+            "random": RandomScorer(0),
+            "two_tower-text": TwoTowerScorer(TwoTowerConfig(content={"text": True}), items=ds.items),
+        }
         folds.append(run_rows("cold", split, cat, scorers, [20]))
     rows = {r["model"]: r for r in pool_folds(folds)}
     assert rows["two_tower-text"]["queries"] > 0.99 * ds.events["user_id"].n_unique()  # 2 items fit no fold

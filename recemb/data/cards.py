@@ -48,9 +48,7 @@ class DatasetCard:
     columns: dict[str, dict[str, str]]
     notes: str
     origin: str = ""  # upstream source when `url` is a mirror or a derived sample
-    md5: str | None = (
-        None  # the download's md5 where only that is published (checked if sha256 is null)
-    )
+    md5: str | None = None  # the download's md5 where only that is published (checked if sha256 is null)
     path: Path | None = field(default=None, compare=False)  # the YAML it came from
 
     @property
@@ -75,17 +73,13 @@ def _parse(path: Path) -> DatasetCard:
         raise ConfigError(f"{path}: a dataset card must be a mapping of keys ({_REQUIRED})")
     unknown = sorted(set(raw) - _ALLOWED)
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {unknown} in dataset card; allowed: {sorted(_ALLOWED)}"
-        )
+        raise ConfigError(f"{path}: unknown key(s) {unknown} in dataset card; allowed: {sorted(_ALLOWED)}")
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise ConfigError(f"{path}: dataset card lacks key(s) {missing}; see datasets/README.md")
     values: dict[str, Any] = dict(raw)
     if values["archive_format"] not in ARCHIVE_FORMATS:
-        raise ConfigError(
-            f"{path}: archive_format {values['archive_format']!r} is not one of {ARCHIVE_FORMATS}"
-        )
+        raise ConfigError(f"{path}: archive_format {values['archive_format']!r} is not one of {ARCHIVE_FORMATS}")
     sha = values["sha256"]
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise ConfigError(f"{path}: sha256 must be 64 hex digits or null, got {sha!r}")
@@ -94,15 +88,11 @@ def _parse(path: Path) -> DatasetCard:
         raise ConfigError(f"{path}: md5 must be 32 hex digits or null, got {md5!r}")
     for key in ("files", "columns"):
         if not isinstance(values[key] or {}, dict):
-            raise ConfigError(
-                f"{path}: {key!r} must be a mapping, got {type(values[key]).__name__}"
-            )
+            raise ConfigError(f"{path}: {key!r} must be a mapping, got {type(values[key]).__name__}")
         values[key] = dict(values[key] or {})
     for fname, fsum in values["files"].items():
         if not isinstance(fsum, str) or len(fsum) != 64:
-            raise ConfigError(
-                f"{path}: files.{fname} must be a quoted 64-hex-digit sha256, got {fsum!r}"
-            )
+            raise ConfigError(f"{path}: files.{fname} must be a quoted 64-hex-digit sha256, got {fsum!r}")
     for key in ("title", "url", "local_folder", "licence", "citation", "notes", "origin"):
         values[key] = str(values.get(key) or "").strip()
     return DatasetCard(**values, path=path)
@@ -121,9 +111,7 @@ def load_card(name: str) -> DatasetCard:
         raise ConfigError(f"no dataset card {name!r} in {cards_dir()}; known cards: {known}")
     card = _parse(path)
     if card.name != name:
-        raise ConfigError(
-            f"{path}: card 'name' is {card.name!r}, expected {name!r} (the file name)"
-        )
+        raise ConfigError(f"{path}: card 'name' is {card.name!r}, expected {name!r} (the file name)")
     return card
 
 

@@ -49,7 +49,7 @@ class Dataset:
     def tables(self) -> dict[str, pl.DataFrame]:
         return {t: getattr(self, t) for t in TABLES if getattr(self, t) is not None}
 
-    def validate(self) -> "Dataset":
+    def validate(self) -> Dataset:
         """Check every table and that events/impressions only name known items."""
         for name, df in self.tables().items():
             schema.validate(df, name, f"{self.name}/{name}")

@@ -79,11 +79,7 @@ def _popularity(item_counts: np.ndarray) -> dict[str, float | int]:
 def _impressions(path: Path) -> tuple[dict[str, int], dict[str, Any]]:
     imp = pl.scan_parquet(path).select("impression_id", "position", "clicked")
     per = imp.group_by("impression_id").agg(pl.col("clicked").sum().alias("c")).collect()
-    rows = (
-        imp.select(pl.len().alias("n"), pl.col("clicked").sum().alias("c"))
-        .collect()
-        .row(0, named=True)
-    )
+    rows = imp.select(pl.len().alias("n"), pl.col("clicked").sum().alias("c")).collect().row(0, named=True)
     by_pos = (
         imp.filter(pl.col("position") < 10)
         .group_by("position")
@@ -123,9 +119,7 @@ def describe(dataset_dir: str | os.PathLike) -> dict[str, Any]:
 
     per_item = ev.group_by("item_id").agg(pl.len().alias("n")).collect()
     per_user = ev.group_by("user_id").agg(pl.len().alias("n")).collect()
-    per_session = (
-        ev.drop_nulls("session_id").group_by("session_id").agg(pl.len().alias("n")).collect()
-    )
+    per_session = ev.drop_nulls("session_id").group_by("session_id").agg(pl.len().alias("n")).collect()
     summary = (
         ev.select(
             pl.len().alias("events"),
@@ -135,12 +129,7 @@ def describe(dataset_dir: str | os.PathLike) -> dict[str, Any]:
         .collect()
         .row(0, named=True)
     )
-    types = (
-        ev.group_by("event")
-        .agg(pl.len().alias("n"))
-        .sort(["n", "event"], descending=[True, False])
-        .collect()
-    )
+    types = ev.group_by("event").agg(pl.len().alias("n")).sort(["n", "event"], descending=[True, False]).collect()
 
     item_counts = per_item["n"].to_numpy().astype(np.int64)
     items_path = root / "items.parquet"
@@ -165,9 +154,7 @@ def describe(dataset_dir: str | os.PathLike) -> dict[str, Any]:
         "sessions": per_session.height,
     }
     if (root / "users.parquet").exists():
-        counts["users_table"] = (
-            pl.scan_parquet(root / "users.parquet").select(pl.len()).collect().item()
-        )
+        counts["users_table"] = pl.scan_parquet(root / "users.parquet").select(pl.len()).collect().item()
     imp_stats = None
     if (root / "impressions.parquet").exists():
         imp_counts, imp_stats = _impressions(root / "impressions.parquet")
@@ -234,9 +221,7 @@ def format_description(d: dict[str, Any]) -> str:
         dist = d[key]
         lines.append(title)
         if dist is None:
-            lines.append(
-                "  (no session ids; sessionize first)" if key == "session_length" else "  (none)"
-            )
+            lines.append("  (no session ids; sessionize first)" if key == "session_length" else "  (none)")
         else:
             lines.append("  " + "  ".join(f"{k}={_num(v)}" for k, v in dist.items()))
         lines.append("")

@@ -87,22 +87,16 @@ def _check_sum(what: str, got_sha: str, got_md5: str, sha: str | None, md5: str 
             f"or the file changed upstream; nothing was kept"
         )
     if sha is None and md5 is not None and got_md5 != md5.lower():
-        raise DatasetFetchError(
-            f"{what}: md5 mismatch: expected {md5.lower()}, got {got_md5}; nothing was kept"
-        )
+        raise DatasetFetchError(f"{what}: md5 mismatch: expected {md5.lower()}, got {got_md5}; nothing was kept")
     if sha is None and md5 is None:
-        warnings.warn(
-            f"{what}: no checksum on the card; downloaded file has sha256 {got_sha}", stacklevel=3
-        )
+        warnings.warn(f"{what}: no checksum on the card; downloaded file has sha256 {got_sha}", stacklevel=3)
 
 
 def _safe_members(names: list[str], archive: Path) -> None:
     for n in names:
         p = Path(n)
         if p.is_absolute() or ".." in p.parts:
-            raise DatasetFetchError(
-                f"{archive}: refusing to unpack member {n!r} (path outside the target)"
-            )
+            raise DatasetFetchError(f"{archive}: refusing to unpack member {n!r} (path outside the target)")
 
 
 def _unpack(archive: Path, fmt: str, into: Path) -> None:
@@ -116,9 +110,7 @@ def _unpack(archive: Path, fmt: str, into: Path) -> None:
                 _safe_members(t.getnames(), archive)
                 t.extractall(into, filter="data")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-        raise DatasetFetchError(
-            f"{archive}: not a valid {fmt} archive ({e}); nothing was kept"
-        ) from None
+        raise DatasetFetchError(f"{archive}: not a valid {fmt} archive ({e}); nothing was kept") from None
 
 
 def _raw_folder(root: Path, card: DatasetCard) -> Path:
@@ -128,9 +120,7 @@ def _raw_folder(root: Path, card: DatasetCard) -> Path:
         for hit in sorted(root.rglob(names[0])):
             if all((hit.parent / n).exists() for n in names):
                 return hit.parent
-        raise DatasetFetchError(
-            f"{root}: the download does not contain the files the card {card.path} lists ({names})"
-        )
+        raise DatasetFetchError(f"{root}: the download does not contain the files the card {card.path} lists ({names})")
     entries = [p for p in root.iterdir() if p.name != "fetch.json"]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else root
 
@@ -138,13 +128,9 @@ def _raw_folder(root: Path, card: DatasetCard) -> Path:
 def _warn_changed_files(folder: Path, card: DatasetCard) -> None:
     # Archive members are only compared, not enforced: the card's sums are of the
     # local copy the project tested against, which may be a subset (MIND).
-    changed = [
-        n for n, s in card.files.items() if (folder / n).exists() and sha256_file(folder / n) != s
-    ]
+    changed = [n for n, s in card.files.items() if (folder / n).exists() and sha256_file(folder / n) != s]
     if changed:
-        warnings.warn(
-            f"{folder}: {changed} differ from the sums on the card {card.path}", stacklevel=3
-        )
+        warnings.warn(f"{folder}: {changed} differ from the sums on the card {card.path}", stacklevel=3)
 
 
 def _already_there(dest: Path, card: DatasetCard) -> Path | None:
@@ -166,9 +152,7 @@ def _fetch_recbole(card: DatasetCard, dest: Path, timeout: float) -> Path:
                 cmd, capture_output=True, text=True, timeout=max(timeout, 60) * 5, check=False
             )
         except subprocess.TimeoutExpired:
-            raise DatasetFetchError(
-                f"`{' '.join(cmd)}` timed out; " + _offline_hint(card)
-            ) from None
+            raise DatasetFetchError(f"`{' '.join(cmd)}` timed out; " + _offline_hint(card)) from None
         wheels = sorted(Path(tmp).glob("recbole-*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -182,20 +166,14 @@ def _fetch_recbole(card: DatasetCard, dest: Path, timeout: float) -> Path:
                 f"{wheels[0].name}: sha256 mismatch: expected {RECBOLE_WHEEL_SHA256}, got {got}; nothing was kept"
             )
         with zipfile.ZipFile(wheels[0]) as z, atomic_dir(dest) as out:
-            members = [
-                m for m in z.namelist() if m.startswith(RECBOLE_MEMBER) and not m.endswith("/")
-            ]
+            members = [m for m in z.namelist() if m.startswith(RECBOLE_MEMBER) and not m.endswith("/")]
             if not members:
-                raise DatasetFetchError(
-                    f"{wheels[0].name}: no {RECBOLE_MEMBER} inside; was the wheel changed?"
-                )
+                raise DatasetFetchError(f"{wheels[0].name}: no {RECBOLE_MEMBER} inside; was the wheel changed?")
             for m in members:
                 target = out / Path(m).name
                 with z.open(m) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
-            write_json(
-                out / "fetch.json", _provenance(f"pypi:{RECBOLE_SPEC}:{RECBOLE_MEMBER}", got, card)
-            )
+            write_json(out / "fetch.json", _provenance(f"pypi:{RECBOLE_SPEC}:{RECBOLE_MEMBER}", got, card))
     return dest
 
 
@@ -243,9 +221,7 @@ def fetch(
         return done  # every file present with the card's sum: nothing to download
     base = url or card.url
     if not base:
-        raise DatasetFetchError(
-            f"card {card.path} has no url; pass url=... (a mirror) or use a local copy"
-        )
+        raise DatasetFetchError(f"card {card.path} has no url; pass url=... (a mirror) or use a local copy")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(dest) as out:
         if card.archive_format == "files":

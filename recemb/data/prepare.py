@@ -58,9 +58,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: str | Path, *, force: bool = False
 
     from recemb.data.sources import prepare_source
 
-    ds, extra_files = prepare_source(
-        cfg.source, Path(cfg.path) if cfg.path else None, table=cfg.table
-    )
+    ds, extra_files = prepare_source(cfg.source, Path(cfg.path) if cfg.path else None, table=cfg.table)
     if ds.events["session_id"].null_count():
         ds.events = sessionize(ds.events, cfg.sessionize.gap_minutes)
         ds.meta["sessionized"] = {"gap_minutes": cfg.sessionize.gap_minutes}

@@ -100,9 +100,7 @@ def _schema(table: str | TableSchema) -> TableSchema:
     try:
         return SCHEMAS[table]
     except KeyError:
-        raise DataValidationError(
-            f"unknown table kind {table!r}; expected one of {sorted(SCHEMAS)}"
-        ) from None
+        raise DataValidationError(f"unknown table kind {table!r}; expected one of {sorted(SCHEMAS)}") from None
 
 
 def _first_row(mask: pl.Series) -> int:
@@ -219,7 +217,9 @@ def _first_unconvertible(s: pl.Series, dtype: pl.DataType) -> int | None:
 def _to_timestamp(s: pl.Series) -> pl.Series:
     """Unix seconds (int/float) or ISO 8601 strings -> datetime[us, UTC]."""
     if s.dtype.is_integer() or s.dtype.is_float():
-        return (s.cast(pl.Float64) * 1_000_000).round().cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        return (
+            (s.cast(pl.Float64) * 1_000_000).round().cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        )
     if isinstance(s.dtype, pl.Datetime):
         out = s.cast(pl.Datetime("us", s.dtype.time_zone))
         return out.dt.replace_time_zone("UTC") if s.dtype.time_zone is None else out.dt.convert_time_zone("UTC")

@@ -33,9 +33,7 @@ def sessionize(events: pl.DataFrame, gap_minutes: float = 30.0) -> pl.DataFrame:
     events = events.sort(["user_id", "ts", "item_id"], maintain_order=True)
     # Among events that need a session, a new one starts at each user's first
     # event and after each pause longer than the gap.
-    todo = events.filter(missing).with_columns(
-        _new=(pl.col("ts").diff().over("user_id").fill_null(gap * 2) > gap)
-    )
+    todo = events.filter(missing).with_columns(_new=(pl.col("ts").diff().over("user_id").fill_null(gap * 2) > gap))
     todo = todo.with_columns(
         session_id=pl.col("user_id")
         + pl.lit(":")

@@ -139,18 +139,12 @@ class ImpressionSplit:
     test_impressions: pl.DataFrame
 
 
-def impression_split(
-    events: pl.DataFrame, impressions: pl.DataFrame, test_fraction: float = 0.5
-) -> ImpressionSplit:
+def impression_split(events: pl.DataFrame, impressions: pl.DataFrame, test_fraction: float = 0.5) -> ImpressionSplit:
     """Split impressions by time: the latest ``test_fraction`` of impressions are test."""
     _require_rows(impressions, "impression_split")
     if not 0 < test_fraction < 1:
         raise DataValidationError(f"impression_split: test_fraction must be in (0, 1), got {test_fraction}")
-    order = (
-        impressions.group_by("impression_id")
-        .agg(ts=pl.col("ts").min())
-        .sort(["ts", "impression_id"])
-    )
+    order = impressions.group_by("impression_id").agg(ts=pl.col("ts").min()).sort(["ts", "impression_id"])
     n_test = max(1, int(round(order.height * test_fraction)))
     test_ids = order["impression_id"].tail(n_test).implode()
     is_test = pl.col("impression_id").is_in(test_ids)

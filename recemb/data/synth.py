@@ -109,9 +109,7 @@ class _World:
 # ---------------------------------------------------------------- sampling
 
 
-def _ragged_sampler(
-    groups: np.ndarray, weights: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _ragged_sampler(groups: np.ndarray, weights: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Build a sampler for many categorical distributions at once.
 
     ``groups[k]`` is the distribution member ``k`` belongs to, ``weights[k]``
@@ -131,9 +129,7 @@ def _ragged_sampler(
     return order, g + np.minimum(within, 1.0)
 
 
-def _draw(
-    sampler: tuple[np.ndarray, np.ndarray], groups: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _draw(sampler: tuple[np.ndarray, np.ndarray], groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One member per entry of ``groups`` (each group must be non-empty)."""
     order, cdf = sampler
     idx = np.searchsorted(cdf, groups + rng.random(len(groups)), side="right")
@@ -159,9 +155,7 @@ def _ids(prefix: str, n: int) -> pl.Series:
     """``prefix`` + zero-padded 0..n-1 (sortable string ids)."""
     width = len(str(max(n - 1, 0)))
     return pl.select(
-        (pl.lit(prefix) + pl.int_range(n, dtype=pl.Int64).cast(pl.String).str.zfill(width)).alias(
-            "id"
-        )
+        (pl.lit(prefix) + pl.int_range(n, dtype=pl.Int64).cast(pl.String).str.zfill(width)).alias("id")
     ).to_series()
 
 
@@ -197,9 +191,7 @@ def _make_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
     starts = np.cumsum(per_topic) - per_topic
     rank[key] = np.arange(n_items) - starts[item_topic[key]] + 1
     n_sub = np.minimum(N_SUBCATS, per_topic)
-    item_sub = (rank - 1) % n_sub[
-        item_topic
-    ]  # round-robin: every sub-category gets head and tail items
+    item_sub = (rank - 1) % n_sub[item_topic]  # round-robin: every sub-category gets head and tail items
     zipf = rank.astype(np.float64) ** -cfg.zipf_exponent
 
     topic_pop = rng.dirichlet(np.full(n_topics, 5.0))
@@ -217,9 +209,7 @@ def _make_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
         item_rank=rank,
         n_sub=n_sub,
         topic_sampler=_ragged_sampler(item_topic, zipf, n_topics),
-        group_sampler=_ragged_sampler(
-            item_topic * N_SUBCATS + item_sub, zipf, n_topics * N_SUBCATS
-        ),
+        group_sampler=_ragged_sampler(item_topic * N_SUBCATS + item_sub, zipf, n_topics * N_SUBCATS),
         taste=taste,
         taste_cdf=taste_cdf,
         activity_cdf=activity_cdf,
@@ -233,9 +223,7 @@ def _make_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
 # ---------------------------------------------------------------- events
 
 
-def _session_lengths(
-    cfg: SynthConfig, target: int, final: bool, rng: np.random.Generator
-) -> np.ndarray:
+def _session_lengths(cfg: SynthConfig, target: int, final: bool, rng: np.random.Generator) -> np.ndarray:
     """Geometric session lengths summing to ``target`` (exactly when ``final``, else >= target)."""
     p = 1.0 / cfg.mean_session_length
     lengths = np.empty(0, dtype=np.int64)
@@ -295,9 +283,7 @@ def _event_chunk(
     # of repeats by pointer jumping (depth is logarithmic).
     repeat = (pos > 0) & (rng.random(n) < cfg.repeat_prob)
     ptr = np.arange(n)
-    ptr[repeat] = start_idx[sess[repeat]] + np.floor(
-        rng.random(int(repeat.sum())) * pos[repeat]
-    ).astype(np.int64)
+    ptr[repeat] = start_idx[sess[repeat]] + np.floor(rng.random(int(repeat.sum())) * pos[repeat]).astype(np.int64)
     while True:
         nxt = ptr[ptr]
         if np.array_equal(nxt, ptr):
@@ -324,9 +310,7 @@ def _event_chunk(
     }
 
 
-def _event_frame(
-    arrays: dict[str, np.ndarray], world: _World, start_us: int, session_width: int
-) -> pl.DataFrame:
+def _event_frame(arrays: dict[str, np.ndarray], world: _World, start_us: int, session_width: int) -> pl.DataFrame:
     """Canonical events frame (schema.EVENTS) of one chunk."""
     session_id = pl.select(
         pl.lit("s") + pl.lit(pl.Series(arrays["session"])).cast(pl.String).str.zfill(session_width)
@@ -339,17 +323,13 @@ def _event_frame(
             .cast(pl.Datetime("us"))
             .dt.replace_time_zone("UTC"),
             "event": pl.Series(np.where(arrays["purchase"], "purchase", "click")).cast(pl.String),
-            "weight": pl.Series(
-                np.where(arrays["purchase"], PURCHASE_WEIGHT, 1.0).astype(np.float32)
-            ),
+            "weight": pl.Series(np.where(arrays["purchase"], PURCHASE_WEIGHT, 1.0).astype(np.float32)),
             "session_id": session_id,
         }
     )
 
 
-def _write_events(
-    cfg: SynthConfig, world: _World, path: Path, rng: np.random.Generator
-) -> dict[str, object]:
+def _write_events(cfg: SynthConfig, world: _World, path: Path, rng: np.random.Generator) -> dict[str, object]:
     """Stream events to ``path`` in chunks; return counts and per-item event counts."""
     start_us = int(_start(cfg).timestamp()) * 1_000_000
     session_width = len(str(cfg.events))  # there are never more sessions than events
@@ -379,9 +359,7 @@ def _write_events(
     }
 
 
-def _iter_chunks(
-    cfg: SynthConfig, world: _World, rng: np.random.Generator
-) -> Iterator[dict[str, np.ndarray]]:
+def _iter_chunks(cfg: SynthConfig, world: _World, rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
     done, first_session = 0, 0
     while done < cfg.events:
         target = min(cfg.chunk_events, cfg.events - done)
@@ -403,9 +381,7 @@ def _pseudo_words(n: int, rng: np.random.Generator, taken: set[str]) -> list[str
         syl = rng.integers(0, len(_CONSONANTS), (m, 3)), rng.integers(0, len(_VOWELS), (m, 3))
         n_syl = rng.integers(2, 4, m)
         for row in range(m):  # per vocabulary word, not per event: a few thousand at most
-            w = "".join(
-                _CONSONANTS[syl[0][row, j]] + _VOWELS[syl[1][row, j]] for j in range(n_syl[row])
-            )
+            w = "".join(_CONSONANTS[syl[0][row, j]] + _VOWELS[syl[1][row, j]] for j in range(n_syl[row]))
             if w not in taken:
                 taken.add(w)
                 out.append(w)
@@ -416,11 +392,7 @@ def _pseudo_words(n: int, rng: np.random.Generator, taken: set[str]) -> list[str
 
 def _join_tokens(item: np.ndarray, tokens: np.ndarray, sep: str, n_items: int) -> pl.Series:
     """Join ``tokens`` per ``item`` (rows in order) into one string per item 0..n_items-1."""
-    df = (
-        pl.DataFrame({"i": item, "w": tokens})
-        .group_by("i", maintain_order=True)
-        .agg(pl.col("w").str.join(sep))
-    )
+    df = pl.DataFrame({"i": item, "w": tokens}).group_by("i", maintain_order=True).agg(pl.col("w").str.join(sep))
     full = pl.DataFrame({"i": np.arange(n_items, dtype=item.dtype)}).join(df, on="i", how="left")
     return full["w"].fill_null("")
 
@@ -433,9 +405,7 @@ def _token_matrix(lengths: np.ndarray, max_len: int, pick) -> tuple[np.ndarray, 
     return rows[used], tok[used]
 
 
-def _make_text(
-    cfg: SynthConfig, world: _World, rng: np.random.Generator
-) -> tuple[pl.DataFrame, dict]:
+def _make_text(cfg: SynthConfig, world: _World, rng: np.random.Generator) -> tuple[pl.DataFrame, dict]:
     """Titles, texts and category names of all items; returns (frame, notes)."""
     n, t = cfg.items, cfg.topics
     taken: set[str] = set(_FILLER)
@@ -445,9 +415,7 @@ def _make_text(
     sub_vocab = np.array(_pseudo_words(t * N_SUBCATS * SUB_WORDS, rng, taken), dtype=object)
     filler = np.array(_FILLER, dtype=object)
     zh = np.array(list(dict.fromkeys(_ZH_CHARS)), dtype=object)
-    zh_vocab = np.stack(
-        [rng.choice(len(zh), ZH_TOPIC_CHARS, replace=False) for _ in range(t)]
-    )  # [T, 24]
+    zh_vocab = np.stack([rng.choice(len(zh), ZH_TOPIC_CHARS, replace=False) for _ in range(t)])  # [T, 24]
 
     topic, group = world.item_topic, world.item_topic * N_SUBCATS + world.item_sub
     is_zh = np.zeros(n, dtype=bool)
@@ -456,9 +424,7 @@ def _make_text(
     def english(shape, p_topic, p_sub):
         """Word strings: topic / sub-category / filler words mixed by slot."""
         r = rng.random(shape)
-        tw = topic_vocab[
-            topic[:, None] * TOPIC_WORDS + rng.zipf(1.5, shape).clip(1, TOPIC_WORDS) - 1
-        ]
+        tw = topic_vocab[topic[:, None] * TOPIC_WORDS + rng.zipf(1.5, shape).clip(1, TOPIC_WORDS) - 1]
         sw = sub_vocab[group[:, None] * SUB_WORDS + rng.integers(0, SUB_WORDS, shape)]
         fw = filler[rng.integers(0, len(filler), shape)]
         return np.where(r < p_topic, tw, np.where(r < p_topic + p_sub, sw, fw))
@@ -473,9 +439,7 @@ def _make_text(
     }.items():
         en_len = rng.integers(lo, hi, n)
         zh_len = rng.integers(zlo, zhi, n)
-        en_rows, en_tok = _token_matrix(
-            en_len, hi, lambda s, pt=p_topic, ps=p_sub: english(s, pt, ps)
-        )
+        en_rows, en_tok = _token_matrix(en_len, hi, lambda s, pt=p_topic, ps=p_sub: english(s, pt, ps))
         zh_rows, zh_tok = _token_matrix(zh_len, zhi, chinese)
         en = _join_tokens(en_rows, en_tok.astype(str), " ", n)
         if col == "title":
@@ -502,15 +466,9 @@ def _make_text(
     return frame, {"topic_names": topic_names, "subcategory_names": sub_names.tolist()}
 
 
-def _make_items(
-    cfg: SynthConfig, world: _World, rng: np.random.Generator
-) -> tuple[pl.DataFrame, dict]:
+def _make_items(cfg: SynthConfig, world: _World, rng: np.random.Generator) -> tuple[pl.DataFrame, dict]:
     text, notes = _make_text(cfg, world, rng)
-    image_path = (
-        ("images/" + world.item_ids + ".png")
-        if cfg.images
-        else pl.Series([None] * cfg.items, dtype=pl.String)
-    )
+    image_path = ("images/" + world.item_ids + ".png") if cfg.images else pl.Series([None] * cfg.items, dtype=pl.String)
     items = pl.DataFrame(
         {
             "item_id": world.item_ids,
@@ -531,12 +489,8 @@ def _make_users(cfg: SynthConfig, world: _World, rng: np.random.Generator) -> pl
     """Users with attributes correlated with their home topic (so user towers can use them)."""
     n = cfg.users
     home = world.taste.argmax(axis=1)
-    country = np.where(
-        rng.random(n) < 0.5, home % len(_COUNTRIES), rng.integers(0, len(_COUNTRIES), n)
-    )
-    age = np.where(
-        rng.random(n) < 0.5, (home * 5) % len(_AGE_BANDS), rng.integers(0, len(_AGE_BANDS), n)
-    )
+    country = np.where(rng.random(n) < 0.5, home % len(_COUNTRIES), rng.integers(0, len(_COUNTRIES), n))
+    age = np.where(rng.random(n) < 0.5, (home * 5) % len(_AGE_BANDS), rng.integers(0, len(_AGE_BANDS), n))
     return pl.DataFrame(
         {
             "user_id": world.user_ids,
@@ -556,12 +510,7 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     i = np.floor(h * 6).astype(int) % 6
     f = h * 6 - np.floor(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack(
-        [
-            np.stack(c, axis=1)
-            for c in [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-        ]
-    )
+    table = np.stack([np.stack(c, axis=1) for c in [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])
     return table[i, np.arange(len(h))]
 
 
@@ -575,17 +524,13 @@ def _shape_masks(shape: np.ndarray, dx: np.ndarray, dy: np.ndarray, r: np.ndarra
         (dist < r) & (dist > 0.55 * r),  # ring
         ((ax < 0.28 * r) & (ay < r)) | ((ay < 0.28 * r) & (ax < r)),  # cross
         (ay < 0.8 * r) & (ax < 0.55 * (dy + 0.8 * r)),  # triangle
-        (np.maximum(ax, ay) < 0.85 * r)
-        & (np.floor((dy + r) / (0.34 * r)) % 2 == 0),  # horizontal bars
-        (np.maximum(ax, ay) < 0.85 * r)
-        & (np.floor((dx + r) / (0.34 * r)) % 2 == 0),  # vertical bars
+        (np.maximum(ax, ay) < 0.85 * r) & (np.floor((dy + r) / (0.34 * r)) % 2 == 0),  # horizontal bars
+        (np.maximum(ax, ay) < 0.85 * r) & (np.floor((dx + r) / (0.34 * r)) % 2 == 0),  # vertical bars
     ]
     return np.choose(shape[:, None, None], masks)
 
 
-def _write_images(
-    cfg: SynthConfig, world: _World, out: Path, rng: np.random.Generator, batch: int = 512
-) -> None:
+def _write_images(cfg: SynthConfig, world: _World, out: Path, rng: np.random.Generator, batch: int = 512) -> None:
     """``images/<item_id>.png``: shape by topic % 8, hue by topic, jittered, on a light gradient."""
     size, n, t = cfg.image_size, cfg.items, cfg.topics
     out.mkdir(parents=True, exist_ok=True)
@@ -647,10 +592,7 @@ def _make_impressions(
         shown[row] = np.concatenate([have, rest])
 
     pos = np.broadcast_to(np.arange(k), (n_logs, k))
-    rel = (
-        world.taste[users[:, None], world.item_topic[shown]]
-        / world.taste[users].max(axis=1)[:, None]
-    )
+    rel = world.taste[users[:, None], world.item_topic[shown]] / world.taste[users].max(axis=1)[:, None]
     p_click = np.minimum(1.0, 0.03 + 0.8 * rel / np.log2(pos + 2))
     clicked = rng.random((n_logs, k)) < p_click
 
@@ -661,9 +603,7 @@ def _make_impressions(
         {
             "impression_id": _ids("m", n_logs).gather(np.repeat(np.arange(n_logs), k)),
             "user_id": world.user_ids.gather(np.repeat(users, k)),
-            "ts": pl.Series(np.repeat(ts, k), dtype=pl.Int64)
-            .cast(pl.Datetime("us"))
-            .dt.replace_time_zone("UTC"),
+            "ts": pl.Series(np.repeat(ts, k), dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
             "item_id": world.item_ids.gather(shown.ravel()),
             "position": pl.Series(pos.ravel(), dtype=pl.Int32),
             "clicked": pl.Series(clicked.ravel(), dtype=pl.Boolean),

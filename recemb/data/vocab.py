@@ -29,9 +29,7 @@ class Vocab:
     def __init__(self, ids: list[str] | np.ndarray, counts: list[int] | np.ndarray | None = None):
         ids = np.asarray(ids, dtype=object)
         self.ids = ids
-        self.counts = (
-            np.zeros(len(ids), dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-        )
+        self.counts = np.zeros(len(ids), dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
         if len(self.counts) != len(ids):
             raise ValueError(f"Vocab: {len(ids)} ids but {len(self.counts)} counts")
         self._frame = pl.DataFrame(
@@ -43,14 +41,15 @@ class Vocab:
         self._lookup = dict(zip(ids.tolist(), range(len(ids))))
 
     @classmethod
-    def from_ids(cls, ids: pl.Series | list[str], min_count: int = 1) -> "Vocab":
+    def from_ids(cls, ids: pl.Series | list[str], min_count: int = 1) -> Vocab:
         """Build from every occurrence of each id (e.g. ``events["item_id"]``).
 
         Ids seen fewer than ``min_count`` times are left out.
         """
         s = ids if isinstance(ids, pl.Series) else pl.Series("id", ids, dtype=pl.String)
         counts = (
-            s.alias("id").value_counts(name="count")
+            s.alias("id")
+            .value_counts(name="count")
             .filter(pl.col("count") >= min_count)
             .sort(["count", "id"], descending=[True, False])
         )
@@ -72,9 +71,7 @@ class Vocab:
     def lookup(self, ids: pl.Series | list[str], missing: int = -1) -> np.ndarray:
         """Vectorised id -> index; unknown ids map to ``missing``. Returns ``[len(ids)]`` int64."""
         s = ids if isinstance(ids, pl.Series) else pl.Series("id", ids, dtype=pl.String)
-        joined = pl.DataFrame({"id": s.cast(pl.String)}).join(
-            self._frame, on="id", how="left", maintain_order="left"
-        )
+        joined = pl.DataFrame({"id": s.cast(pl.String)}).join(self._frame, on="id", how="left", maintain_order="left")
         return joined["index"].fill_null(missing).to_numpy().astype(np.int64)
 
     def to_frame(self) -> pl.DataFrame:
@@ -88,7 +85,7 @@ class Vocab:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocab":
+    def load(cls, path: str | os.PathLike) -> Vocab:
         path = Path(path)
         df = pl.read_parquet(path)
         if not {"id", "index", "count"} <= set(df.columns):

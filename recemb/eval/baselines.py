@@ -53,12 +53,10 @@ class PopularityScorer:
         self.name = name
         self.counts: np.ndarray | None = None
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "PopularityScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> PopularityScorer:
         if self.events is not None:
             if "event" not in train.columns:
-                raise DataValidationError(
-                    f"{self.name}.fit: filtering on events={self.events} needs an 'event' column"
-                )
+                raise DataValidationError(f"{self.name}.fit: filtering on events={self.events} needs an 'event' column")
             train = train.filter(pl.col("event").is_in(self.events))
         idx = _item_indices(train, catalogue, self.name)
         idx = idx[idx >= 0]  # events on items outside the catalogue cannot be scored
@@ -93,7 +91,7 @@ class ItemKNNScorer:
         self.name = name or f"item_knn_{mode}"
         self.sim: sp.csr_matrix | None = None
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "ItemKNNScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ItemKNNScorer:
         """Build the ``[N, N]`` cosine matrix from the distinct (unit, item) pairs of ``train``."""
         col = f"{self.unit}_id"
         if col not in train.columns:
@@ -154,7 +152,7 @@ class RandomScorer:
         self.n_items = 0
         self._rng = np.random.default_rng(seed)
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "RandomScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> RandomScorer:
         self.n_items = len(catalogue)
         self._rng = np.random.default_rng(self.seed)
         return self

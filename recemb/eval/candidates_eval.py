@@ -63,8 +63,7 @@ def target_ranks(candidates: pl.DataFrame, targets: pl.DataFrame) -> np.ndarray:
     )
     if hits.height != targets.height:
         raise DataValidationError(
-            "candidates list an item twice for one user; "
-            "regenerate them with `recemb candidates CONFIG`"
+            "candidates list an item twice for one user; regenerate them with `recemb candidates CONFIG`"
         )
     return hits["rank"].cast(pl.Float64).fill_null(np.inf).to_numpy()
 
@@ -106,7 +105,9 @@ def score_candidates(
 
 
 def evaluate_candidates(
-    cfg: Any, ks: Sequence[int] | None = None, out_dir: str | Path | None = None,
+    cfg: Any,
+    ks: Sequence[int] | None = None,
+    out_dir: str | Path | None = None,
     events: pl.DataFrame | None = None,
 ) -> dict | None:
     """Score ``<run>/candidates`` (or ``out_dir``) against its holdout; None without a finished run.

@@ -100,7 +100,7 @@ class ContentScorer:
         self._queries: _CatalogueMatrix | None = None
         self._keys: _CatalogueMatrix | None = None
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "ContentScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ContentScorer:
         from recemb.models.content.align import content_embeddings
         from recemb.models.item2vec import Item2Vec
 
@@ -171,7 +171,16 @@ def content_scorers(
         parts = VARIANTS[v]
         cfg = content.model_copy(update=parts) if parts else content
         out[v] = ContentScorer(
-            cfg, item2vec, items, root, unit, random=(v == "content-random"), query=query, last_n=last_n,
-            scoring=scoring, cache_dir=cache_dir, name=v,
+            cfg,
+            item2vec,
+            items,
+            root,
+            unit,
+            random=(v == "content-random"),
+            query=query,
+            last_n=last_n,
+            scoring=scoring,
+            cache_dir=cache_dir,
+            name=v,
         )
     return out

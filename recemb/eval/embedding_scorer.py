@@ -161,7 +161,7 @@ class EmbeddingScorer:
         """Share of catalogue items with a vector (after :meth:`fit`)."""
         return self._cat.coverage if self._cat else float("nan")
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "EmbeddingScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> EmbeddingScorer:
         """Align the set's rows to ``catalogue``; ``train`` is not used (the vectors are already trained)."""
         self._cat = _CatalogueMatrix(self.embeddings, catalogue, self.scoring, f"EmbeddingScorer {self.name!r}")
         return self
@@ -211,7 +211,7 @@ class UserEmbeddingScorer:
         self.unknown_users = 0
         self._cat: _CatalogueMatrix | None = None
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "UserEmbeddingScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> UserEmbeddingScorer:
         self._cat = _CatalogueMatrix(self.items, catalogue, self.scoring, f"UserEmbeddingScorer {self.name!r}")
         return self
 

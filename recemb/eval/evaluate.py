@@ -44,8 +44,8 @@ from recemb.data.sessions import sessionize
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, find_embedding_sets
 from recemb.errors import ConfigError
-from recemb.eval.candidates_eval import evaluate_candidates
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
+from recemb.eval.candidates_eval import evaluate_candidates
 from recemb.eval.embedding_scorer import EmbeddingScorer
 from recemb.eval.model_scorers import Item2VecScorer
 from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol
@@ -63,8 +63,9 @@ class ProtocolNotSupported(Exception):
     """The dataset lacks what a protocol needs (reported under ``skipped``, not raised)."""
 
 
-def protocol_inputs(ds: Dataset, protocol: str, cfg: EvalConfig, gap_minutes: float = 30.0,
-                    fold: int = 0) -> tuple[Any, Vocab]:
+def protocol_inputs(
+    ds: Dataset, protocol: str, cfg: EvalConfig, gap_minutes: float = 30.0, fold: int = 0
+) -> tuple[Any, Vocab]:
     """Build ``(split, catalogue)`` of one protocol, or raise :class:`ProtocolNotSupported`.
 
     ml and cold need only events; sess needs session ids (events without
@@ -141,18 +142,31 @@ def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset | None = None)
 
         for name in towers:
             out[name] = TwoTowerScorer(
-                variant_config(cfg.two_tower, name), items=ds.items if ds else None,
-                users=ds.users if ds else None, name=name, root=ds.root if ds else None,
+                variant_config(cfg.two_tower, name),
+                items=ds.items if ds else None,
+                users=ds.users if ds else None,
+                name=name,
+                root=ds.root if ds else None,
                 cache_dir=cfg.content_cache_dir(cfg.two_tower.content),
             )
     variants = [m for m in e.models if m.startswith("content")]
     if variants and content_here:
         from recemb.eval.content_scorer import content_scorers
 
-        out.update(content_scorers(
-            cfg.content, cfg.item2vec, ds.items if ds else None, ds.root if ds else None, protocol, variants,
-            e.query, e.query_last_n, e.scoring, cache_dir=cfg.content_cache_dir(),
-        ))
+        out.update(
+            content_scorers(
+                cfg.content,
+                cfg.item2vec,
+                ds.items if ds else None,
+                ds.root if ds else None,
+                protocol,
+                variants,
+                e.query,
+                e.query_last_n,
+                e.scoring,
+                cache_dir=cfg.content_cache_dir(),
+            )
+        )
     return out
 
 
@@ -269,8 +283,9 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
         "skipped": {},
     }
     # Scorers are fitted by the runner on each split, so one set per protocol serves every fold.
-    scorers_of = {p: {**baseline_scorers(e.baselines, p, e.seed), **model_scorers(cfg, p, ds), **models}
-                  for p in e.protocols}
+    scorers_of = {
+        p: {**baseline_scorers(e.baselines, p, e.seed), **model_scorers(cfg, p, ds), **models} for p in e.protocols
+    }
     folds_of = {p: e.cold_folds if p == "cold" else 1 for p in e.protocols}
     progress = Progress("evaluate", sum(len(scorers_of[p]) * folds_of[p] for p in e.protocols), "model")
 
@@ -291,8 +306,19 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
                     break
                 if folds > 1:
                     progress.note(f"  {protocol} fold {fold + 1}/{folds}")
-                fold_rows.append(run_rows(protocol, split, catalogue, scorers, ks, e.batch_size, e.seed,
-                                          model_done, runner_options(protocol, e)))
+                fold_rows.append(
+                    run_rows(
+                        protocol,
+                        split,
+                        catalogue,
+                        scorers,
+                        ks,
+                        e.batch_size,
+                        e.seed,
+                        model_done,
+                        runner_options(protocol, e),
+                    )
+                )
                 for key, n in split_counts(split).items():
                     counts[key] = counts.get(key, 0) + n
                 counts["catalogue"] = len(catalogue)

@@ -110,8 +110,7 @@ def _relevant_csr(relevant: Relevant, n_queries: int) -> tuple[np.ndarray, np.nd
     if isinstance(relevant, tuple):
         if len(relevant) != 2:
             raise RecembError(
-                "relevant as a tuple means CSR (indptr, indices); pass a list of arrays "
-                "for one array per query"
+                "relevant as a tuple means CSR (indptr, indices); pass a list of arrays for one array per query"
             )
         indptr = np.asarray(relevant[0])
         indices = np.asarray(relevant[1])
@@ -129,15 +128,9 @@ def _relevant_csr(relevant: Relevant, n_queries: int) -> tuple[np.ndarray, np.nd
             )
         lengths = np.fromiter((len(r) for r in relevant), dtype=np.int64, count=n_queries)
         indptr = np.concatenate([[0], np.cumsum(lengths)])
-        indices = (
-            np.concatenate([np.asarray(r).ravel() for r in relevant])
-            if n_queries
-            else np.empty(0, np.int64)
-        )
+        indices = np.concatenate([np.asarray(r).ravel() for r in relevant]) if n_queries else np.empty(0, np.int64)
     if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(indices):
-        raise RecembError(
-            "relevant CSR indptr must start at 0, be non-decreasing and end at len(indices)"
-        )
+        raise RecembError("relevant CSR indptr must start at 0, be non-decreasing and end at len(indices)")
     if indices.size and not np.issubdtype(indices.dtype, np.integer):
         raise RecembError(f"relevant item indices must be integers, got dtype {indices.dtype}")
     indices = indices.astype(np.int64, copy=False)
@@ -146,9 +139,7 @@ def _relevant_csr(relevant: Relevant, n_queries: int) -> tuple[np.ndarray, np.nd
     return indptr, indices
 
 
-def _hits(
-    topk_ids: np.ndarray, relevant: Relevant, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _hits(topk_ids: np.ndarray, relevant: Relevant, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(hits [Q, k] bool, n_relevant [Q] int64)`` for the first k list entries.
 
     Membership of every ``(query, item)`` pair is one ``searchsorted`` on the
@@ -171,9 +162,7 @@ def _hits(
     srt = np.sort(ids, axis=1)
     dup = np.flatnonzero(((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(axis=1))
     if dup.size:
-        raise RecembError(
-            f"topk_ids row {int(dup[0])} repeats an item; a top-k list must hold distinct items"
-        )
+        raise RecembError(f"topk_ids row {int(dup[0])} repeats an item; a top-k list must hold distinct items")
     indptr, indices = _relevant_csr(relevant, q)
     n_per_row = np.diff(indptr)
     empty = np.flatnonzero(n_per_row == 0)
@@ -198,9 +187,7 @@ def _discounts(n: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, n + 2, dtype=np.float64))
 
 
-def recall_at_k_multi(
-    topk_ids: np.ndarray, relevant: Relevant, k: int, per_query: bool = False
-) -> float | np.ndarray:
+def recall_at_k_multi(topk_ids: np.ndarray, relevant: Relevant, k: int, per_query: bool = False) -> float | np.ndarray:
     """Recall@K = ``|top-k ∩ relevant| / |relevant|`` per query.
 
     Args:
@@ -222,9 +209,7 @@ def hit_rate_at_k_multi(
     return _reduce(hits.any(axis=1).astype(np.float64), per_query)
 
 
-def ndcg_at_k_multi(
-    topk_ids: np.ndarray, relevant: Relevant, k: int, per_query: bool = False
-) -> float | np.ndarray:
+def ndcg_at_k_multi(topk_ids: np.ndarray, relevant: Relevant, k: int, per_query: bool = False) -> float | np.ndarray:
     """NDCG@K with binary gains; ideal DCG over ``min(|relevant|, k)`` hits.
 
     ``DCG = sum_{j<k} hit_j / log2(j + 2)`` (0-based j). Arguments as
@@ -237,9 +222,7 @@ def ndcg_at_k_multi(
     return _reduce(dcg / ideal, per_query)
 
 
-def mrr_at_k_multi(
-    topk_ids: np.ndarray, relevant: Relevant, k: int, per_query: bool = False
-) -> float | np.ndarray:
+def mrr_at_k_multi(topk_ids: np.ndarray, relevant: Relevant, k: int, per_query: bool = False) -> float | np.ndarray:
     """MRR@K: ``1 / (1-based position of the first hit)`` in the top k, else 0."""
     hits, _ = _hits(topk_ids, relevant, k)
     any_hit = hits.any(axis=1)
@@ -250,9 +233,7 @@ def mrr_at_k_multi(
 # --------------------------------------------------------------------------- impressions
 
 
-def _impression_order(
-    group_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray
-) -> dict[str, np.ndarray]:
+def _impression_order(group_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
     """Sort shown items by (impression, score desc) and gather per-impression counts.
 
     Ties in score are ordered by descending row, which is what MIND's
@@ -276,9 +257,7 @@ def _impression_order(
         raise RecembError("no shown items: group_ids/labels/scores are empty")
     if labels.dtype != np.bool_:
         if not np.issubdtype(labels.dtype, np.number) or not np.isin(labels, (0, 1)).all():
-            raise RecembError(
-                f"labels must be bool (clicked) or 0/1, got dtype {labels.dtype} with other values"
-            )
+            raise RecembError(f"labels must be bool (clicked) or 0/1, got dtype {labels.dtype} with other values")
     if not np.issubdtype(scores.dtype, np.number):
         raise RecembError(f"scores must be numeric, got dtype {scores.dtype}")
     scores = scores.astype(np.float64, copy=False)
@@ -381,9 +360,7 @@ def impression_metrics(
     return out
 
 
-def ctr_at_k(
-    group_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int
-) -> float:
+def ctr_at_k(group_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int) -> float:
     """CTR@K: share of the top-k re-ranked shown items that were clicked.
 
     Per impression: clicks among its ``min(k, size)`` best-scored items divided

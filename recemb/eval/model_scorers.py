@@ -42,7 +42,7 @@ class Item2VecScorer:
         self.model = None
         self._inner: EmbeddingScorer | None = None
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "Item2VecScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> Item2VecScorer:
         from recemb.models.item2vec import Item2Vec
 
         events = train.with_columns(session_id=pl.col("user_id")) if self.unit == "user" else train

@@ -199,7 +199,15 @@ def run_cold(
 ) -> dict:
     """P-COLD: P-ML on a cold-item split; ``catalogue`` must include the cold items (module doc)."""
     return _run_leave_last_out(
-        split.train, split.validation, split.test, scorer, catalogue, ks, batch_size, seed, "run_cold",
+        split.train,
+        split.validation,
+        split.test,
+        scorer,
+        catalogue,
+        ks,
+        batch_size,
+        seed,
+        "run_cold",
         cold_items=catalogue.lookup(split.cold_items),
     )
 
@@ -234,9 +242,7 @@ def run_sess(
 # --------------------------------------------------------------------------- P-IMP
 
 
-def impression_fit_events(
-    split: ImpressionSplit, fit_on: str = "both", before: object | None = None
-) -> pl.DataFrame:
+def impression_fit_events(split: ImpressionSplit, fit_on: str = "both", before: object | None = None) -> pl.DataFrame:
     """Canonical events a scorer is fitted on in P-IMP (``fit_on``: module doc).
 
     Clicks come from the train impressions, plus, when ``before`` (a
@@ -344,9 +350,7 @@ _RUNNERS = {
 }
 
 
-def run_protocol(
-    name: str, split, scorer: Scorer, catalogue: Vocab, ks: Sequence[int] | None = None, **kw
-) -> dict:
+def run_protocol(name: str, split, scorer: Scorer, catalogue: Vocab, ks: Sequence[int] | None = None, **kw) -> dict:
     """Run protocol ``name`` (``"ml"``, ``"sess"``, ``"imp"``, ``"cold"``) with its runner's defaults."""
     if name not in _RUNNERS:
         raise ConfigError(f"unknown evaluation protocol {name!r}; expected one of {sorted(_RUNNERS)}")

@@ -65,9 +65,7 @@ class QuerySet:
         uids = None if self.user_ids is None else self.user_ids[start:stop]
         return QueryBatch(items=items.astype(np.int64, copy=False), offsets=offsets, user_ids=uids)
 
-    def batches(
-        self, batch_size: int, first: int = 0, end: int | None = None
-    ) -> Iterator[tuple[int, int, QueryBatch]]:
+    def batches(self, batch_size: int, first: int = 0, end: int | None = None) -> Iterator[tuple[int, int, QueryBatch]]:
         """Yield ``(start, stop, batch)`` over queries ``first..end-1`` in batches of at most ``batch_size``."""
         if batch_size < 1:
             raise DataValidationError(f"batch_size must be >= 1, got {batch_size}")
@@ -109,8 +107,7 @@ def user_histories(
         ``-1`` for unknown items) and one window per requested user.
     """
     _require_columns(events, ["user_id", "item_id", *order], "user_histories")
-    users = pl.Series("user_id", list(user_ids) if not isinstance(user_ids, pl.Series) else user_ids,
-                      dtype=pl.String)
+    users = pl.Series("user_id", list(user_ids) if not isinstance(user_ids, pl.Series) else user_ids, dtype=pl.String)
     hist = events.select("user_id", "item_id", *[c for c in order if c not in ("user_id", "item_id")])
     hist = hist.filter(pl.col("user_id").is_in(users.unique().implode()))
     hist = hist.sort([pl.col("user_id"), *sort_keys(hist, order)], maintain_order=True)

@@ -39,9 +39,7 @@ def _row_blocks(n_rows: int, n_cols: int) -> tuple[range, int]:
 def _check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
     scores = np.asarray(scores)
     if scores.ndim != 2:
-        raise RecembError(
-            f"{name} must be a 2-D [B, N] array (queries x items), got shape {scores.shape}"
-        )
+        raise RecembError(f"{name} must be a 2-D [B, N] array (queries x items), got shape {scores.shape}")
     if not np.issubdtype(scores.dtype, np.floating):
         raise RecembError(
             f"{name} must be a float array (float32 recommended), got dtype {scores.dtype}; "
@@ -71,9 +69,7 @@ def apply_mask(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
     rows = np.asarray(rows)
     cols = np.asarray(cols)
     if rows.shape != cols.shape or rows.ndim != 1:
-        raise RecembError(
-            f"rows and cols must be 1-D arrays of equal length, got {rows.shape} and {cols.shape}"
-        )
+        raise RecembError(f"rows and cols must be 1-D arrays of equal length, got {rows.shape} and {cols.shape}")
     if rows.size == 0:
         return
     if not (np.issubdtype(rows.dtype, np.integer) and np.issubdtype(cols.dtype, np.integer)):
@@ -145,9 +141,7 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, rng: np.random.Generat
     return ranks
 
 
-def topk(
-    scores: np.ndarray, k: int, rng: np.random.Generator | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def topk(scores: np.ndarray, k: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items per row, sorted by descending score.
 
     Args:
@@ -203,9 +197,7 @@ def _largest_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(block, idx, axis=1), idx
 
 
-def _topk_block(
-    block: np.ndarray, k: int, rng: np.random.Generator | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _topk_block(block: np.ndarray, k: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`topk` on one block of rows ``[b, N]``."""
     block = np.ascontiguousarray(block)
     b, n = block.shape

@@ -63,7 +63,7 @@ class Scorer(Protocol):
 
     name: str
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "Scorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> Scorer:
         """Learn from canonical train events; ``catalogue`` fixes the item index space."""
         ...
 

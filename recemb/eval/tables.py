@@ -37,9 +37,7 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def format_table(
-    title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
-) -> str:
+def format_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """One aligned table: a title line, a header, one line per row.
 
     Columns are ``model``, then every other key in first-seen order (only
@@ -48,19 +46,14 @@ def format_table(
     """
     keys: list[str] = []
     for row in rows:
-        keys += [
-            k for k in row
-            if k != "model" and k not in TRAILING and k not in keys and _shown(k, columns)
-        ]
+        keys += [k for k in row if k != "model" and k not in TRAILING and k not in keys and _shown(k, columns)]
     keys = ["model", *keys, *[k for k in TRAILING if any(k in r for r in rows)]]
     cells = [keys] + [[_cell(k, r[k]) if k in r else "-" for k in keys] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
 
     def line(values: list[str]) -> str:
         # Model names left-aligned, numbers right-aligned.
-        return "  ".join(
-            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))
-        ).rstrip()
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
 
     rule = "-" * len(line(cells[0]))
     return "\n".join([title, rule, line(cells[0]), rule, *(line(c) for c in cells[1:]), rule])

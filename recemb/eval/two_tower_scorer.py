@@ -51,20 +51,32 @@ class TwoTowerScorer:
             image / sentence features are cached (content parts only).
     """
 
-    def __init__(self, config: TwoTowerConfig, items: pl.DataFrame | None = None,
-                 users: pl.DataFrame | None = None, validation: pl.DataFrame | None = None,
-                 name: str = "two_tower", root=None, cache_dir=None):
+    def __init__(
+        self,
+        config: TwoTowerConfig,
+        items: pl.DataFrame | None = None,
+        users: pl.DataFrame | None = None,
+        validation: pl.DataFrame | None = None,
+        name: str = "two_tower",
+        root=None,
+        cache_dir=None,
+    ):
         self.config, self.items, self.users, self.validation = config, items, users, validation
         self.name, self.root, self.cache_dir = name, root, cache_dir
         self.model = None
         self._item_vectors: np.ndarray | None = None
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> "TwoTowerScorer":
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> TwoTowerScorer:
         from recemb.models.two_tower.model import TwoTower
 
         self.model = TwoTower(self.config).fit(
-            train, items=self.items, users=self.users, catalogue=catalogue, validation=self.validation,
-            root=self.root, cache_dir=self.cache_dir,
+            train,
+            items=self.items,
+            users=self.users,
+            catalogue=catalogue,
+            validation=self.validation,
+            root=self.root,
+            cache_dir=self.cache_dir,
         )
         self._item_vectors = self.model.item_embeddings().vectors  # [N, D], rows = catalogue indices
         return self

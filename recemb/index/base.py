@@ -61,18 +61,14 @@ class Index(abc.ABC):
     def dim(self) -> int:
         """Vector dimension D; raises if the index is not built yet."""
         if self._dim is None:
-            raise RecembIndexError(
-                f"{type(self).__name__} is empty: call build(vectors) or load it first"
-            )
+            raise RecembIndexError(f"{type(self).__name__} is empty: call build(vectors) or load it first")
         return self._dim
 
     def __len__(self) -> int:
         return self._count
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(metric={self.metric!r}, count={self._count}, dim={self._dim})"
-        )
+        return f"{type(self).__name__}(metric={self.metric!r}, count={self._count}, dim={self._dim})"
 
     # ---------------------------------------------------------------- public
     @abc.abstractmethod
@@ -136,9 +132,7 @@ def check_vectors(vectors: np.ndarray, where: str) -> np.ndarray:
     return vectors
 
 
-def to_similarity(
-    metric: str, q: np.ndarray, x: np.ndarray, x_inv_norm: np.ndarray | None
-) -> np.ndarray:
+def to_similarity(metric: str, q: np.ndarray, x: np.ndarray, x_inv_norm: np.ndarray | None) -> np.ndarray:
     """Scores ``[B, M]`` of unit-or-raw queries ``q [B, D]`` against a block ``x [M, D]``.
 
     For cosine ``q`` must already be unit-norm and ``x_inv_norm [M]`` holds

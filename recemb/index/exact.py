@@ -37,9 +37,7 @@ class ExactIndex(Index):
         self._count, self._dim = int(x.shape[0]), int(x.shape[1])
         if self.metric == "cosine":
             norms = np.linalg.norm(x, axis=1)
-            self._inv_norm = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(
-                np.float32
-            )
+            self._inv_norm = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
         return self
 
     def _search(self, queries: np.ndarray, k: int, rows: np.ndarray, scores: np.ndarray) -> None:
@@ -58,15 +56,9 @@ class ExactIndex(Index):
                 s = to_similarity(self.metric, qb, xb, inv)
                 # Top-k of the block first (no [Bq, Bi] row array), then merge [Bq, 2k].
                 kb = min(k, s.shape[1])
-                part = (
-                    np.argpartition(-s, kb - 1, axis=1)[:, :kb]
-                    if s.shape[1] > kb
-                    else np.argsort(-s, axis=1)
-                )
+                part = np.argpartition(-s, kb - 1, axis=1)[:, :kb] if s.shape[1] > kb else np.argsort(-s, axis=1)
                 s_top = np.take_along_axis(s, part, axis=1)
-                best_s, best_r = _merge_topk(
-                    np.hstack([best_s, s_top]), np.hstack([best_r, part + xs]), k
-                )
+                best_s, best_r = _merge_topk(np.hstack([best_s, s_top]), np.hstack([best_r, part + xs]), k)
             rows[qs : qs + bq, :k] = best_r
             scores[qs : qs + bq, :k] = best_s
 

@@ -92,17 +92,13 @@ def export_index(
 
     with atomic_dir(out_dir) as tmp:
         ann_path = tmp / INDEX_FILE
-        index = AnnoyIndex(
-            metric=metric, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs, seed=seed
-        )
+        index = AnnoyIndex(metric=metric, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs, seed=seed)
         t0 = time.perf_counter()
         index.build(emb.vectors, on_disk=ann_path if on_disk else None)
         if not on_disk:
             index.save(ann_path)
         build_seconds = time.perf_counter() - t0
-        recall = (
-            measure_recall(index, emb.vectors, sample=sample, k=10, seed=seed) if sample else None
-        )
+        recall = measure_recall(index, emb.vectors, sample=sample, k=10, seed=seed) if sample else None
         index.unload()
         try:
             rel = os.path.relpath(embset_dir.resolve(), out_dir.resolve())
@@ -140,9 +136,7 @@ def export_index(
     return manifest
 
 
-def measure_recall(
-    index, vectors: np.ndarray, sample: int = 1000, k: int = 10, seed: int = 0
-) -> float:
+def measure_recall(index, vectors: np.ndarray, sample: int = 1000, k: int = 10, seed: int = 0) -> float:
     """Mean recall@k of ``index`` against exact search, on ``sample`` rows of ``vectors [N, D]`` as queries.
 
     recall@k = |approx top-k ∩ exact top-k| / k (rows, not scores, so ties
@@ -178,9 +172,7 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
     if not Path(index_dir).is_dir():
         raise RecembIndexError(f"{index_dir}: no such index directory; {_FIX}")
     if not path.is_file():
-        raise RecembIndexError(
-            f"{path}: missing (an index directory holds {INDEX_FILE} and {MANIFEST_FILE}); {_FIX}"
-        )
+        raise RecembIndexError(f"{path}: missing (an index directory holds {INDEX_FILE} and {MANIFEST_FILE}); {_FIX}")
     m = read_json_object(path, RecembIndexError, _FIX)
     version = m.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -188,9 +180,7 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
             f"{path}: missing or unknown schema_version {version!r} (an old or foreign export); {_FIX}"
         )
     if version < SCHEMA_VERSION:
-        raise RecembIndexError(
-            f"{path}: schema_version {version} is older than {SCHEMA_VERSION}; {_FIX}"
-        )
+        raise RecembIndexError(f"{path}: schema_version {version} is older than {SCHEMA_VERSION}; {_FIX}")
     if version > SCHEMA_VERSION:
         raise RecembIndexError(
             f"{path}: schema_version {version} was written by a newer recemb (this one reads {SCHEMA_VERSION}); "
@@ -199,9 +189,7 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
     for key, typ in _REQUIRED.items():
         v = m.get(key)
         if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-            raise RecembIndexError(
-                f"{path}: key {key!r} is missing or not a {typ.__name__} (got {v!r}); {_FIX}"
-            )
+            raise RecembIndexError(f"{path}: key {key!r} is missing or not a {typ.__name__} (got {v!r}); {_FIX}")
     if m["kind"] != "annoy":
         raise RecembIndexError(f"{path}: kind {m['kind']!r} is not 'annoy'; {_FIX}")
     if m["metric"] not in METRICS:
@@ -216,9 +204,7 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
     return m
 
 
-def check_annoy_file(
-    path: str | os.PathLike, dim: int, count: int, metric: str, n_trees: int
-) -> None:
+def check_annoy_file(path: str | os.PathLike, dim: int, count: int, metric: str, n_trees: int) -> None:
     """Check that ``path`` is an Annoy forest of ``count`` items of ``dim`` and ``metric`` without loading it.
 
     Annoy's file is an array of fixed-size nodes: items ``0..count-1`` first
@@ -241,15 +227,11 @@ def check_annoy_file(
         )
     n_nodes = size // nb
     if n_nodes < count + 1:
-        raise RecembIndexError(
-            f"{where}: only {n_nodes} nodes, fewer than the items plus a root; {_FIX}"
-        )
+        raise RecembIndexError(f"{where}: only {n_nodes} nodes, fewer than the items plus a root; {_FIX}")
     nodes = np.memmap(path, dtype=np.int32, mode="r", shape=(n_nodes, nb // 4))
     try:
         probe = np.unique(
-            np.concatenate(
-                [np.arange(min(count, 1024)), np.linspace(0, count - 1, 1024).astype(np.int64)]
-            )
+            np.concatenate([np.arange(min(count, 1024)), np.linspace(0, count - 1, 1024).astype(np.int64)])
         )
         if not (nodes[probe, 0] == 1).all():
             bad = int(probe[np.flatnonzero(nodes[probe, 0] != 1)[0]])
@@ -327,9 +309,7 @@ def load_index(
     )
 
 
-def check_embeddings_match(
-    manifest: dict[str, Any], embeddings: EmbeddingSet | str | os.PathLike, where: str
-) -> None:
+def check_embeddings_match(manifest: dict[str, Any], embeddings: EmbeddingSet | str | os.PathLike, where: str) -> None:
     """Raise unless ``embeddings`` is the EmbeddingSet the index was exported from (row i = item i)."""
     if isinstance(embeddings, EmbeddingSet):
         count, dim, sha = len(embeddings), embeddings.dim, None
@@ -338,9 +318,7 @@ def check_embeddings_match(
         try:
             em = json.loads((emb_dir / EMB_MANIFEST).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise RecembIndexError(
-                f"{emb_dir}: cannot read the EmbeddingSet manifest ({e})"
-            ) from None
+            raise RecembIndexError(f"{emb_dir}: cannot read the EmbeddingSet manifest ({e})") from None
         count, dim, sha = em.get("count"), em.get("dim"), em.get("sha256", {}).get("ids.parquet")
     if count != manifest["count"] or dim != manifest["dim"]:
         raise RecembIndexError(
@@ -376,7 +354,5 @@ def export_all(
     """
     out = {}
     for name, emb_dir in embeddings.items():
-        out[name] = export_index(
-            emb_dir, Path(run_dir) / "index" / name, n_trees=n_trees, metric=metric, **kwargs
-        )
+        out[name] = export_index(emb_dir, Path(run_dir) / "index" / name, n_trees=n_trees, metric=metric, **kwargs)
     return out

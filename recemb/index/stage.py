@@ -27,6 +27,10 @@ def export_run(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
         )
     e = cfg.export
     return export_all(
-        {m: found[m] for m in wanted}, cfg.run_dir,
-        n_trees=e.n_trees, metric=e.metric, search_k=e.search_k, sample=e.sample,
+        {m: found[m] for m in wanted},
+        cfg.run_dir,
+        n_trees=e.n_trees,
+        metric=e.metric,
+        search_k=e.search_k,
+        sample=e.sample,
     )

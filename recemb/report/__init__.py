@@ -4,11 +4,10 @@
 for every EmbeddingSet and then the self-contained HTML report.
 """
 
-from recemb.report.config import ReportConfig
-
 # html/plots pull in matplotlib and polars: load them on first use, so that
 # reading a config (which imports ReportConfig from here) stays fast.
 from recemb.lazy import lazy_exports  # noqa: E402
+from recemb.report.config import ReportConfig
 
 _LAZY = {"build_report": "html", "run_report": "html", "export_projector": "projector"}
 

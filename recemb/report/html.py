@@ -92,8 +92,11 @@ class _Run:
         if not path.exists():
             return None
         return (
-            pl.scan_parquet(path).group_by("item_id").agg(pl.len().alias("n"))
-            .sort(["n", "item_id"], descending=[True, False]).collect()
+            pl.scan_parquet(path)
+            .group_by("item_id")
+            .agg(pl.len().alias("n"))
+            .sort(["n", "item_id"], descending=[True, False])
+            .collect()
         )
 
     @cached_property
@@ -168,8 +171,10 @@ def header_section(run: _Run) -> str:
         ]
         total = sum(float(s.get("seconds") or 0) for s in stages.values())
         rows.append(["<b>total</b>", f"<b>{total:.2f}</b>", ""])
-        parts.append(f'<h3>Stage timings <span class="sub">({esc(source)})</span></h3>'
-                     + _table(["stage", "seconds", ""], rows, "timings"))
+        parts.append(
+            f'<h3>Stage timings <span class="sub">({esc(source)})</span></h3>'
+            + _table(["stage", "seconds", ""], rows, "timings")
+        )
     else:
         parts.append(_note("No stage timings: pipeline.json is written by `recemb pipeline`."))
 
@@ -191,8 +196,7 @@ def _column_key(key: str) -> tuple[int, int, str]:
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     # The columns of the printed tables (recemb.eval.tables): bookkeeping hidden, timings last;
     # quality metrics first, then the rest (popularity bias, candidate-list stats).
-    keys = {k for row in rows for k in row
-            if k != "model" and k not in TRAILING and not k.startswith(HIDDEN_PREFIXES)}
+    keys = {k for row in rows for k in row if k != "model" and k not in TRAILING and not k.startswith(HIDDEN_PREFIXES)}
     return [*sorted(keys, key=_column_key), *[k for k in TRAILING if any(k in r for r in rows)]]
 
 
@@ -236,8 +240,9 @@ def evaluation_section(run: _Run) -> str:
     dataset = res.get("dataset", "?")
     parts, charts = [], []
     order = list(TITLES)  # ml, sess, imp, cold as in DESIGN.md §7; metrics.json keys are sorted
-    protocols = sorted(res.get("protocols", {}).items(),
-                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    protocols = sorted(
+        res.get("protocols", {}).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)
+    )
     for protocol, part in protocols:
         rows = part.get("rows", [])
         split = part.get("split", {})
@@ -273,8 +278,9 @@ def _series(epochs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Which per-epoch keys to plot: losses (up to 3), validation metrics (up to 2), one throughput."""
     numeric: list[str] = []
     for e in epochs:
-        numeric += [k for k, v in e.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and k not in numeric]
+        numeric += [
+            k for k, v in e.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in numeric
+        ]
     losses = [k for k in numeric if "loss" in k][:3]
     quality = [k for k in numeric if k.startswith(("val", "recall", "ndcg", "auc")) and k not in losses][:2]
     speed = [k for k in ("events_per_s", "examples_per_s", "samples_per_s") if k in numeric]
@@ -343,16 +349,40 @@ def ann_section(run: _Run) -> str:
             except (ImportError, RecembError, OSError) as e:
                 notes.append(_note(f"{path.parent.name}: latency not measured ({e})"))
         sample = f" (n={m['recall_sample']})" if m.get("recall_sample") else ""
-        rows.append([
-            esc(path.parent.name), _fmt("count", m.get("count")), _fmt("dim", m.get("dim")), esc(m.get("metric", "?")),
-            _fmt("n_trees", m.get("n_trees")), _fmt("recall", m.get("recall_at_10")) + esc(sample),
-            f"{m.get('file_bytes', 0) / 2**20:.2f}", _fmt("build_seconds", m.get("build_seconds")),
-            _ms(lat, "annoy"), _ms(lat, "exact"),
-        ])
-    header = ["model", "items", "dim", "metric", "n_trees", "recall@10 vs exact", "file MiB", "build s",
-              "annoy ms/query p50 / p99", "exact ms/query p50 / p99"]
-    lead = (f"<p>Latency: {run.opts.latency_queries} single-item top-10 queries each, one thread, "
-            "measured while this report was built.</p>") if run.opts.latency_queries else ""
+        rows.append(
+            [
+                esc(path.parent.name),
+                _fmt("count", m.get("count")),
+                _fmt("dim", m.get("dim")),
+                esc(m.get("metric", "?")),
+                _fmt("n_trees", m.get("n_trees")),
+                _fmt("recall", m.get("recall_at_10")) + esc(sample),
+                f"{m.get('file_bytes', 0) / 2**20:.2f}",
+                _fmt("build_seconds", m.get("build_seconds")),
+                _ms(lat, "annoy"),
+                _ms(lat, "exact"),
+            ]
+        )
+    header = [
+        "model",
+        "items",
+        "dim",
+        "metric",
+        "n_trees",
+        "recall@10 vs exact",
+        "file MiB",
+        "build s",
+        "annoy ms/query p50 / p99",
+        "exact ms/query p50 / p99",
+    ]
+    lead = (
+        (
+            f"<p>Latency: {run.opts.latency_queries} single-item top-10 queries each, one thread, "
+            "measured while this report was built.</p>"
+        )
+        if run.opts.latency_queries
+        else ""
+    )
     return lead + _table(header, rows, "ann") + "".join(notes)
 
 
@@ -417,8 +447,10 @@ def _item_cell(run: _Run, item_id: str, info: Mapping[str, dict[str, Any]], scor
     title = row.get("title") or ""
     label = f" · {row['label']}" if row.get("label") is not None else ""
     score_html = f'<span class="score">{score:.3f}</span>' if score is not None else ""
-    return (f'<div class="item">{thumb}<div><span class="title">{esc(title)}</span>'
-            f'<span class="id">{esc(item_id + label)}</span>{score_html}</div></div>')
+    return (
+        f'<div class="item">{thumb}<div><span class="title">{esc(title)}</span>'
+        f'<span class="id">{esc(item_id + label)}</span>{score_html}</div></div>'
+    )
 
 
 def neighbours_section(run: _Run) -> str:
@@ -468,9 +500,11 @@ def projector_section(run: _Run) -> str:
     if not run.projector:
         return _note("No projector export (report.projector is off, or the run has no EmbeddingSet).")
     rows = [[esc(name), f"<code>{esc(path)}</code>"] for name, path in run.projector.items()]
-    return ("<p>Vectors and metadata TSVs for the TensorBoard embedding projector: "
-            "<code>tensorboard --logdir DIR</code> (Projector tab), or load both TSVs into the "
-            "standalone projector.</p>" + _table(["model", "directory"], rows, "projector"))
+    return (
+        "<p>Vectors and metadata TSVs for the TensorBoard embedding projector: "
+        "<code>tensorboard --logdir DIR</code> (Projector tab), or load both TSVs into the "
+        "standalone projector.</p>" + _table(["model", "directory"], rows, "projector")
+    )
 
 
 SECTIONS: list[tuple[str, str, Callable[[_Run], str]]] = [
@@ -523,7 +557,8 @@ def render(run: _Run) -> tuple[str, dict[str, str]]:
         f"<title>recemb report: {esc(run.cfg.run.name)}</title><style>{_CSS}</style></head><body>"
         f"<h1>recemb run report: {esc(run.cfg.run.name)}</h1>"
         f'<p class="sub">{esc(run.dir)} · generated {now} · recemb {esc(__version__)}</p>'
-        + "".join(body) + "</body></html>\n"
+        + "".join(body)
+        + "</body></html>\n"
     )
     return page, status
 

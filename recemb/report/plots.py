@@ -127,8 +127,12 @@ def project_2d(
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
     # One thread: deterministic, and on a shared machine extra threads only contend.
     tsne = TSNE(
-        n_components=2, init="pca", perplexity=perplexity, random_state=seed,
-        max_iter=TSNE_ITERATIONS, n_jobs=1,
+        n_components=2,
+        init="pca",
+        perplexity=perplexity,
+        random_state=seed,
+        max_iter=TSNE_ITERATIONS,
+        n_jobs=1,
     )
     return tsne.fit_transform(reduced).astype(np.float32), "t-SNE"
 

@@ -109,9 +109,7 @@ def candidate_queries(
     if holdout not in HOLDOUTS:
         raise ConfigError(f"candidates.holdout must be one of {HOLDOUTS}, got {holdout!r}")
     if events.height == 0:
-        raise DataValidationError(
-            "candidate generation: the events table is empty; prepare data first"
-        )
+        raise DataValidationError("candidate generation: the events table is empty; prepare data first")
     empty = pl.lit([], dtype=pl.List(pl.String))
     if holdout == "none":
         q = _histories(events).with_columns(exclude=empty, target=pl.lit(None, pl.String))
@@ -240,9 +238,7 @@ class PartitionWriter:
         stats = [self.write_partition(**row) for row in batch.to_pylist()]
         return pa.Table.from_pylist(stats)
 
-    def candidates(
-        self, user_ids: list[str], histories: list[list[str]], excludes: list[list[str]]
-    ) -> pa.Table:
+    def candidates(self, user_ids: list[str], histories: list[list[str]], excludes: list[list[str]]) -> pa.Table:
         """Top-k for these users, in ``batch_size`` chunks, as a :data:`CANDIDATES_SCHEMA` table."""
         sp, frames = self.spec, []
         for lo in range(0, len(user_ids), sp.batch_size):
@@ -260,9 +256,7 @@ class PartitionWriter:
             return CANDIDATES_SCHEMA.empty_table()
         return pl.concat(frames).to_arrow().select(CANDIDATES_SCHEMA.names).cast(CANDIDATES_SCHEMA)
 
-    def write_partition(
-        self, part: int, user_id: list, history: list, exclude: list
-    ) -> dict[str, Any]:
+    def write_partition(self, part: int, user_id: list, history: list, exclude: list) -> dict[str, Any]:
         """Write one partition's part file atomically; return its stats."""
         t0 = time.perf_counter()
         table = self.candidates(user_id, history, exclude)
@@ -289,9 +283,7 @@ def resolve_sources(run_dir: Path, c: CandidatesConfig) -> list[SourceSpec]:
     found = sorted(p.parent.name for p in root.glob("*/manifest.json"))
     wanted = c.sources or found
     if not wanted:
-        raise ConfigError(
-            f"candidates: no exported index under {root}; run `recemb export CONFIG` first"
-        )
+        raise ConfigError(f"candidates: no exported index under {root}; run `recemb export CONFIG` first")
     missing = [s for s in wanted if s not in found]
     if missing:
         raise ConfigError(
@@ -315,9 +307,7 @@ def resolve_sources(run_dir: Path, c: CandidatesConfig) -> list[SourceSpec]:
     return specs
 
 
-def _fingerprint(
-    c: CandidatesConfig, sources: list[SourceSpec], events_sha: str, n_keys: int
-) -> str:
+def _fingerprint(c: CandidatesConfig, sources: list[SourceSpec], events_sha: str, n_keys: int) -> str:
     """What the parts are made of: if any of it changes, old parts are stale."""
     import hashlib
 
@@ -372,17 +362,19 @@ def _partition_table(queries: pl.DataFrame, parts: np.ndarray, todo: list[int]) 
     missing = sorted(set(todo) - set(grouped["part"].to_list()))
     if missing:
         empty = pl.DataFrame(
-            {"part": missing, "user_id": [[]] * len(missing), "history": [[]] * len(missing),
-             "exclude": [[]] * len(missing)},
+            {
+                "part": missing,
+                "user_id": [[]] * len(missing),
+                "history": [[]] * len(missing),
+                "exclude": [[]] * len(missing),
+            },
             schema=grouped.schema,
         )
         grouped = pl.concat([grouped, empty]).sort("part")
     return grouped.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
-def _run_partitions(
-    table: pa.Table, spec: WorkerSpec, c: CandidatesConfig, on_done: Callable[[dict], None]
-) -> None:
+def _run_partitions(table: pa.Table, spec: WorkerSpec, c: CandidatesConfig, on_done: Callable[[dict], None]) -> None:
     if c.num_workers == 0:
         writer = PartitionWriter(spec)
         for i in range(table.num_rows):
@@ -435,8 +427,7 @@ def generate_candidates(
     events_path = Path(cfg.prepared_dir) / "events.parquet"
     if not events_path.is_file():
         raise DataValidationError(
-            f"{events_path}: missing; prepare the data first "
-            "(`recemb data prepare` or `recemb pipeline CONFIG`)"
+            f"{events_path}: missing; prepare the data first (`recemb data prepare` or `recemb pipeline CONFIG`)"
         )
     events = schema.read_table(events_path, "events")
     queries, fit = candidate_queries(events, c.holdout, cfg.data.sessionize.gap_minutes)
@@ -475,8 +466,7 @@ def generate_candidates(
         rate = progress["users"] / max(time.perf_counter() - t_run, 1e-9)
         bar.update(1, users=progress["users"], users_per_s=round(rate))
         (log_fn or bar.note)(
-            f"candidates: {progress['parts']}/{c.partitions} partitions, "
-            f"{progress['users']} users, {rate:,.0f} users/s"
+            f"candidates: {progress['parts']}/{c.partitions} partitions, {progress['users']} users, {rate:,.0f} users/s"
         )
 
     with bar:
@@ -484,27 +474,18 @@ def generate_candidates(
             _run_partitions(_partition_table(queries, parts, todo), spec, c, on_done)
         bar.summary = f"{progress['users']} users"
     run_seconds = time.perf_counter() - t_run
-    manifest = _manifest(
-        out, c, sources, queries.height, len(done), progress, t0, run_seconds, fingerprint
-    )
+    manifest = _manifest(out, c, sources, queries.height, len(done), progress, t0, run_seconds, fingerprint)
     write_json(out / MANIFEST_FILE, manifest)
     with atomic_path(out / SUCCESS_FILE) as tmp:
         tmp.write_text("")
-    say(
-        f"candidates: {manifest['rows']} rows for {manifest['users']} users "
-        f"in {manifest['seconds']}s -> {out}"
-    )
+    say(f"candidates: {manifest['rows']} rows for {manifest['users']} users in {manifest['seconds']}s -> {out}")
     return out
 
 
-def _manifest(
-    out, c, sources, n_users, resumed, progress, t0, run_seconds, fingerprint
-) -> dict[str, Any]:
+def _manifest(out, c, sources, n_users, resumed, progress, t0, run_seconds, fingerprint) -> dict[str, Any]:
     files = sorted(p for p in out.iterdir() if PART_RE.match(p.name))
     if len(files) != c.partitions:  # cannot happen unless someone deletes files mid-run
-        raise DataValidationError(
-            f"{out}: {len(files)} part files, expected {c.partitions}; rerun the job"
-        )
+        raise DataValidationError(f"{out}: {len(files)} part files, expected {c.partitions}; rerun the job")
     rows = sum(pq.read_metadata(p).num_rows for p in files)
     return {
         "schema_version": 1,

@@ -105,15 +105,11 @@ class Retriever:
         exclude_seen: bool = True,
     ):
         if not sources:
-            raise RecembError(
-                "Retriever needs at least one source, e.g. {'item2vec': (EmbeddingSet, Index)}"
-            )
+            raise RecembError("Retriever needs at least one source, e.g. {'item2vec': (EmbeddingSet, Index)}")
         self.sources: dict[str, Source] = {}
         for name, src in sources.items():
             if name == POPULARITY:
-                raise RecembError(
-                    f"source name {POPULARITY!r} is reserved for the fallback; rename the source"
-                )
+                raise RecembError(f"source name {POPULARITY!r} is reserved for the fallback; rename the source")
             self.sources[name] = src if isinstance(src, Source) else Source(*src)
         _check_query(query, last_n)
         self.query, self.last_n = query, int(last_n)
@@ -193,9 +189,7 @@ class Retriever:
             sorted by user then rank.
         """
         if user_ids is not None and len(user_ids) != len(histories):
-            raise RecembError(
-                f"user_ids has {len(user_ids)} entries but histories has {len(histories)}; one per user"
-            )
+            raise RecembError(f"user_ids has {len(user_ids)} entries but histories has {len(histories)}; one per user")
         df = self._frame(histories, k, exclude, blocked, quotas, user_ids, query, self.exclude_seen)
         if user_ids is None:
             return df
@@ -205,22 +199,16 @@ class Retriever:
         )
 
     # --------------------------------------------------------------- internals
-    def _frame(
-        self, histories, k, exclude, blocked, quotas, user_ids, query, exclude_seen
-    ) -> pl.DataFrame:
+    def _frame(self, histories, k, exclude, blocked, quotas, user_ids, query, exclude_seen) -> pl.DataFrame:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise RecembError(f"k must be a positive integer, got {k!r}")
         query = query or self.query
         _check_query(query, self.last_n)
         b = len(histories)
         if exclude is not None and len(exclude) != b:
-            raise RecembError(
-                f"exclude has {len(exclude)} lists but histories has {b}; one list per user"
-            )
+            raise RecembError(f"exclude has {len(exclude)} lists but histories has {b}; one list per user")
         hist = _long(histories, "history")
-        excl = (
-            hist.select("row", "item_id") if exclude_seen else hist.clear().select("row", "item_id")
-        )
+        excl = hist.select("row", "item_id") if exclude_seen else hist.clear().select("row", "item_id")
         if exclude is not None:
             excl = pl.concat([excl, _long(exclude, "exclude").select("row", "item_id")])
         excl = excl.unique()
@@ -275,9 +263,7 @@ class Retriever:
         own (Annoy's cost grows with k), so queries are grouped by
         ``2**ceil(log2(want))``. Returns ``[row, item_row, score]``, best first per row.
         """
-        bucket = np.minimum(
-            2 ** np.ceil(np.log2(np.maximum(want, 1))).astype(np.int64), index.count
-        )
+        bucket = np.minimum(2 ** np.ceil(np.log2(np.maximum(want, 1))).astype(np.int64), index.count)
         parts = []
         for kk in np.unique(bucket):
             sel = np.flatnonzero(bucket == kk)
@@ -304,20 +290,12 @@ class Retriever:
         out = {}
         for n in names:
             v = quotas.get(n, 0)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float, np.integer, np.floating))
-                or v < 0
-            ):
-                raise RecembError(
-                    f"quota for source {n!r} must be a count >= 0 or a fraction of k, got {v!r}"
-                )
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or v < 0:
+                raise RecembError(f"quota for source {n!r} must be a count >= 0 or a fraction of k, got {v!r}")
             out[n] = int(v) if isinstance(v, (int, np.integer)) else int(np.floor(float(v) * k))
         return out
 
-    def _queries(
-        self, src: Source, hist: pl.DataFrame, b: int, user_ids, mode: str
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _queries(self, src: Source, hist: pl.DataFrame, b: int, user_ids, mode: str) -> tuple[np.ndarray, np.ndarray]:
         """``(rows [M], queries [M, D])`` for the M users this source can serve."""
         d = src.items.dim
         have = np.zeros(b, dtype=bool)
@@ -328,8 +306,7 @@ class Retriever:
             q[have] = np.asarray(src.users.vectors[urow[have]], dtype=np.float32)
         if hist.height:
             h = hist.with_columns(pl.Series("item_row", src.items.lookup(hist["item_id"]))).filter(
-                (pl.col("item_row") >= 0)
-                & ~pl.col("row").is_in(pl.Series(np.flatnonzero(have)).implode())
+                (pl.col("item_row") >= 0) & ~pl.col("row").is_in(pl.Series(np.flatnonzero(have)).implode())
             )
             h = h.sort(["row", "pos"]).with_columns(
                 j=pl.int_range(pl.len()).reverse().over("row")  # 0 = most recent known item
@@ -352,7 +329,10 @@ class Retriever:
 
     @staticmethod
     def _blend(cands: list[pl.DataFrame], quota: dict[str, int], k: int) -> pl.DataFrame:
-        """Quota picks in priority order, then leftovers by (srank, order); columns row, item_id, score, source, order, phase, pick."""
+        """Quota picks in priority order, then leftovers by (srank, order).
+
+        Columns: row, item_id, score, source, order, phase, pick.
+        """
         cols = ["row", "item_id", "score", "source", "order", "phase", "pick"]
         empty = pl.DataFrame(
             schema={
@@ -373,9 +353,7 @@ class Retriever:
                 continue
             p = (
                 c.join(taken, on=["row", "item_id"], how="anti")
-                .with_columns(
-                    pl.int_range(pl.len()).over("row").alias("pick"), pl.lit(0).alias("phase")
-                )
+                .with_columns(pl.int_range(pl.len()).over("row").alias("pick"), pl.lit(0).alias("phase"))
                 .filter(pl.col("pick") < quota[name])
             )
             picked.append(p.select(cols))
@@ -388,17 +366,13 @@ class Retriever:
                 .sort(["row", "srank", "order"])
                 .unique(["row", "item_id"], keep="first", maintain_order=True)
                 .join(have, on="row", how="left")
-                .with_columns(
-                    pl.int_range(pl.len()).over("row").alias("pick"), pl.lit(1).alias("phase")
-                )
+                .with_columns(pl.int_range(pl.len()).over("row").alias("pick"), pl.lit(1).alias("phase"))
                 .filter(pl.col("pick") < k - pl.col("len").fill_null(0))
             )
             picked.append(rest.select(cols))
         return pl.concat(picked, how="vertical_relaxed")
 
-    def _top_up(
-        self, picked: pl.DataFrame, b: int, k: int, excl, blocked_s, margin: int
-    ) -> pl.DataFrame:
+    def _top_up(self, picked: pl.DataFrame, b: int, k: int, excl, blocked_s, margin: int) -> pl.DataFrame:
         """Fill each user's list to k with popular items not seen, excluded, blocked or already picked."""
         if self.popularity.height == 0:
             return picked
@@ -414,9 +388,7 @@ class Retriever:
         pop = self.popularity.head(k + margin)
         fill = (
             need.join(pop, how="cross")
-            .join(
-                excl.with_columns(pl.col("row").cast(pl.Int64)), on=["row", "item_id"], how="anti"
-            )
+            .join(excl.with_columns(pl.col("row").cast(pl.Int64)), on=["row", "item_id"], how="anti")
             .filter(~pl.col("item_id").is_in(blocked_s.implode()))
             .join(
                 picked.select(pl.col("row").cast(pl.Int64), "item_id"),
@@ -436,9 +408,7 @@ class Retriever:
                 "pick",
             )
         )
-        return pl.concat(
-            [picked.with_columns(pl.col("row").cast(pl.Int64)), fill], how="vertical_relaxed"
-        )
+        return pl.concat([picked.with_columns(pl.col("row").cast(pl.Int64)), fill], how="vertical_relaxed")
 
 
 def _long(lists: Sequence[Sequence[str]], what: str) -> pl.DataFrame:

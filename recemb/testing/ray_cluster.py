@@ -38,8 +38,16 @@ from recemb.errors import RecembError
 
 # Never shipped to the cluster: environments, run outputs, prepared data, caches.
 DEFAULT_EXCLUDES = (
-    ".venv", ".git", "runs", "datasets/*/", "**/__pycache__", ".pytest_cache", ".ruff_cache",
-    "*.egg-info", "build", "dist",
+    ".venv",
+    ".git",
+    "runs",
+    "datasets/*/",
+    "**/__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "build",
+    "dist",
 )
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -138,13 +146,15 @@ def cluster_env(base: dict[str, str] | None = None) -> dict[str, str]:
     and this interpreter's bin/ first on PATH so ``python`` in a job is this venv's."""
     env = dict(os.environ if base is None else base)
     env.pop("RAY_ADDRESS", None)  # the clients get the address explicitly
-    env.update({
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else Ray binds the external interface
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",  # token auth is on by default in 2.60; off for a private test cluster
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    })
+    env.update(
+        {
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else Ray binds the external interface
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "disabled",  # token auth is on by default in 2.60; off for a private test cluster
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+    )
     return env
 
 
@@ -158,7 +168,10 @@ def _ray_cli() -> str:
 
 @contextlib.contextmanager
 def local_ray_cluster(
-    tmp_dir: Path, num_cpus: int = 2, object_store_mb: int = 256, start_timeout_s: float = 90.0,
+    tmp_dir: Path,
+    num_cpus: int = 2,
+    object_store_mb: int = 256,
+    start_timeout_s: float = 90.0,
 ) -> Iterator[ClusterInfo]:
     """Start a Ray head on 127.0.0.1 with the job API, yield its :class:`ClusterInfo`, stop exactly it.
 
@@ -180,14 +193,26 @@ def local_ray_cluster(
     ray_tmp = Path(tempfile.mkdtemp(prefix="recemb-ray-"))
     (gcs, dash, client, agent_listen, agent_grpc, env_agent, metrics, node_mgr, obj_mgr) = _free_ports(9)
     cmd = [
-        _ray_cli(), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_listen}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={env_agent}",
-        f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}",
+        _ray_cli(),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent_listen}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={env_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_mgr}",
         f"--object-manager-port={obj_mgr}",
-        f"--temp-dir={ray_tmp}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        f"--temp-dir={ray_tmp}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
         f"--object-store-memory={object_store_mb * 1024**2}",
     ]
     env = cluster_env()
@@ -196,8 +221,11 @@ def local_ray_cluster(
         # A new session: a Ctrl-C in the test terminal must not reach the cluster half-way.
         head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     info = ClusterInfo(
-        address=f"http://127.0.0.1:{dash}", gcs_address=f"127.0.0.1:{gcs}", temp_dir=ray_tmp,
-        head_pid=head.pid, env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"},
+        address=f"http://127.0.0.1:{dash}",
+        gcs_address=f"127.0.0.1:{gcs}",
+        temp_dir=ray_tmp,
+        head_pid=head.pid,
+        env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"},
     )
     try:
         _wait_ready(info, head, log_path, start_timeout_s)
@@ -267,8 +295,13 @@ def _ray_job(info: ClusterInfo, *args: str, timeout_s: float = 120.0) -> subproc
 
 
 def submit_job(
-    info: ClusterInfo, entrypoint: Sequence[str], working_dir: Path, submission_id: str,
-    excludes: Sequence[str] = DEFAULT_EXCLUDES, env_vars: dict[str, str] | None = None, retries: int = 5,
+    info: ClusterInfo,
+    entrypoint: Sequence[str],
+    working_dir: Path,
+    submission_id: str,
+    excludes: Sequence[str] = DEFAULT_EXCLUDES,
+    env_vars: dict[str, str] | None = None,
+    retries: int = 5,
 ) -> str:
     """``ray job submit --no-wait --working-dir <dir> --runtime-env-json {excludes} -- <entrypoint>``.
 
@@ -279,9 +312,18 @@ def submit_job(
     if env_vars:
         runtime_env["env_vars"] = dict(env_vars)
     args = [
-        "submit", "--address", info.address, "--submission-id", submission_id, "--no-wait",
-        "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env),
-        "--", *entrypoint,
+        "submit",
+        "--address",
+        info.address,
+        "--submission-id",
+        submission_id,
+        "--no-wait",
+        "--working-dir",
+        str(working_dir),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        *entrypoint,
     ]
     out = None
     for _ in range(retries):
@@ -299,9 +341,7 @@ def job_status(info: ClusterInfo, submission_id: str) -> str:
     out = _ray_job(info, "status", "--address", info.address, "--log-color", "false", submission_id, timeout_s=60)
     text = out.stdout + out.stderr
     # Running jobs print "Status for job 'id': RUNNING"; finished ones "Job 'id' succeeded".
-    m = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(
-        r"Job '[^']+' (succeeded|failed|stopped)", text
-    )
+    m = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(r"Job '[^']+' (succeeded|failed|stopped)", text)
     if m is None:
         raise RecembError(f"cannot read the status of job {submission_id}:\n{text}")
     return m.group(1).upper()

@@ -67,8 +67,18 @@ SYNC_MODES = ("mean", "sum")
 # Settings that change what a checkpoint's vectors mean; a checkpoint trained
 # with other values is not resumed. (epochs may grow: that is how a run is extended.)
 _MODEL_KEYS = (
-    "mode", "dim", "window", "shrink_windows", "negatives", "ns_exponent", "shared_negatives",
-    "sample", "min_count", "alpha", "min_alpha", "seed",
+    "mode",
+    "dim",
+    "window",
+    "shrink_windows",
+    "negatives",
+    "ns_exponent",
+    "shared_negatives",
+    "sample",
+    "min_count",
+    "alpha",
+    "min_alpha",
+    "seed",
 )
 
 
@@ -289,8 +299,10 @@ def train_loop(config: dict[str, Any]) -> None:
     from recemb.models.item2vec.model import EpochRunner, lr_range
     from recemb.models.item2vec.sgns_cpu import shard_bounds
 
-    session = _RaySession() if _in_ray_train_worker() else _LocalSession(
-        Path(config["experiment_dir"]), config.get("keep_checkpoints", 2)
+    session = (
+        _RaySession()
+        if _in_ray_train_worker()
+        else _LocalSession(Path(config["experiment_dir"]), config.get("keep_checkpoints", 2))
     )
     rank, world = session.rank, session.world
     i2v = dict(config["item2vec"])
@@ -336,8 +348,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 if s1 > s0:  # an empty chunk still takes part in the sync below
                     e0 = int(shard.indptr[s0])
                     chunk_loss, chunk_pairs = runner.run(
-                        shard.indptr[s0 : s1 + 1] - e0, shard.indices[e0 : int(shard.indptr[s1])],
-                        a0 + (a1 - a0) * j / n_chunks, a0 + (a1 - a0) * (j + 1) / n_chunks,
+                        shard.indptr[s0 : s1 + 1] - e0,
+                        shard.indices[e0 : int(shard.indptr[s1])],
+                        a0 + (a1 - a0) * j / n_chunks,
+                        a0 + (a1 - a0) * (j + 1) / n_chunks,
                         shard_seed(cfg.seed, epoch, rank, j),
                     )
                     loss, pairs = loss + chunk_loss, pairs + chunk_pairs
@@ -347,21 +361,36 @@ def train_loop(config: dict[str, Any]) -> None:
             loss, pairs, sync_s = _allreduce_sums([loss, pairs, sync_s], world, device)
             secs = max(time.perf_counter() - t0, 1e-9)
             row = {
-                "epoch": epoch + 1, "loss": loss / max(pairs, 1), "pairs": int(pairs), "seconds": secs,
-                "pairs_per_s": pairs / secs, "events_per_s": shard.n_events_total / secs,
-                "sync_seconds": sync_s / world, "alpha": a1, "workers": world, "started_at_epoch": start,
+                "epoch": epoch + 1,
+                "loss": loss / max(pairs, 1),
+                "pairs": int(pairs),
+                "seconds": secs,
+                "pairs_per_s": pairs / secs,
+                "events_per_s": shard.n_events_total / secs,
+                "sync_seconds": sync_s / world,
+                "alpha": a1,
+                "workers": world,
+                "started_at_epoch": start,
             }
             history.append(row)
             if rank == 0:
                 eta = (time.perf_counter() - started) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
-                _progress(config, progress, (
-                    f"item2vec x{world} epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
-                    f"pairs/s {row['pairs_per_s']:,.0f} events/s {row['events_per_s']:,.0f} "
-                    f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s"
-                ))
+                _progress(
+                    config,
+                    progress,
+                    (
+                        f"item2vec x{world} epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
+                        f"pairs/s {row['pairs_per_s']:,.0f} events/s {row['events_per_s']:,.0f} "
+                        f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s"
+                    ),
+                )
             state = {
-                "epoch": epoch + 1, "config": cfg.model_dump(mode="json"), "corpus_sha256": shard.digest,
-                "history": history, "workers": world, "sync": config.get("sync", "mean"),
+                "epoch": epoch + 1,
+                "config": cfg.model_dump(mode="json"),
+                "corpus_sha256": shard.digest,
+                "history": history,
+                "workers": world,
+                "sync": config.get("sync", "mean"),
                 "syncs_per_epoch": n_chunks,
             }
 
@@ -393,7 +422,7 @@ class _FollowProgress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="item2vec-progress", daemon=True)
 
-    def __enter__(self) -> "_FollowProgress":
+    def __enter__(self) -> _FollowProgress:
         self.path.unlink(missing_ok=True)
         self._thread.start()
         return self
@@ -432,8 +461,12 @@ def _maybe_fail(config: dict[str, Any], epoch: int, rank: int, world: int) -> No
 
 # ----------------------------------------------------------------- the driver
 def train_item2vec_ray(
-    cfg, ray_cfg: RayTrainConfig | None = None, item2vec: Item2VecConfig | None = None,
-    sync: str = "mean", syncs_per_epoch: int = 1, fail_at_epoch: int | None = None,
+    cfg,
+    ray_cfg: RayTrainConfig | None = None,
+    item2vec: Item2VecConfig | None = None,
+    sync: str = "mean",
+    syncs_per_epoch: int = 1,
+    fail_at_epoch: int | None = None,
 ) -> Path:
     """Train item2vec on ``cfg.prepared_dir``'s events through :func:`train_loop`; return ``<run>/item2vec``.
 
@@ -452,27 +485,48 @@ def train_item2vec_ray(
     out = cfg.run_dir / "item2vec"
     corpus = build_corpus(load_dataset(cfg.prepared_dir).events, min_count=i2v.min_count)
     model, last = fit_corpus(
-        corpus, i2v, ray_cfg, ray_cfg.storage(cfg.run_dir), sync=sync, syncs_per_epoch=syncs_per_epoch,
+        corpus,
+        i2v,
+        ray_cfg,
+        ray_cfg.storage(cfg.run_dir),
+        sync=sync,
+        syncs_per_epoch=syncs_per_epoch,
         fail_at_epoch=fail_at_epoch,
     )
     emb = model.embeddings()
     emb.save(out / "embeddings")
     model.save_word2vec_format(out / "item2vec.w2v")
-    write_json(out / "metrics.json", {
-        "train_seconds": model.train_seconds, "epochs": model.history, "dropped": corpus.dropped,
-        "workers": ray_cfg.workers, "sync": sync, "syncs_per_epoch": syncs_per_epoch,
-        "checkpoint": str(last),
-    })
+    write_json(
+        out / "metrics.json",
+        {
+            "train_seconds": model.train_seconds,
+            "epochs": model.history,
+            "dropped": corpus.dropped,
+            "workers": ray_cfg.workers,
+            "sync": sync,
+            "syncs_per_epoch": syncs_per_epoch,
+            "checkpoint": str(last),
+        },
+    )
     log.info(
         "item2vec: %d items, dim %d, %.1fs, checkpoint %s -> %s",
-        len(emb), emb.dim, model.train_seconds, last.name, out,
+        len(emb),
+        emb.dim,
+        model.train_seconds,
+        last.name,
+        out,
     )
     return out
 
 
 def fit_corpus(
-    corpus, i2v: Item2VecConfig, ray_cfg: RayTrainConfig, storage: Path,
-    sync: str = "mean", syncs_per_epoch: int = 1, fail_at_epoch: int | None = None,
+    corpus,
+    i2v: Item2VecConfig,
+    ray_cfg: RayTrainConfig,
+    storage: Path,
+    sync: str = "mean",
+    syncs_per_epoch: int = 1,
+    fail_at_epoch: int | None = None,
 ):
     """Run :func:`train_loop` on a prebuilt Corpus (in-process or on Ray); return ``(Item2Vec, checkpoint)``.
 
@@ -497,12 +551,17 @@ def fit_corpus(
     _discard_stale(experiment, ray_cfg, i2v, digest)
 
     loop_config = {
-        "item2vec": i2v.model_dump(mode="json"), "corpus_dir": str(corpus_dir),
-        "experiment_dir": str(experiment), "keep_checkpoints": ray_cfg.keep_checkpoints,
-        "sync": sync, "syncs_per_epoch": syncs_per_epoch, "use_gpu": ray_cfg.use_gpu,
+        "item2vec": i2v.model_dump(mode="json"),
+        "corpus_dir": str(corpus_dir),
+        "experiment_dir": str(experiment),
+        "keep_checkpoints": ray_cfg.keep_checkpoints,
+        "sync": sync,
+        "syncs_per_epoch": syncs_per_epoch,
+        "use_gpu": ray_cfg.use_gpu,
         # In a worker, item2vec.threads = 0 ("all cores") would oversubscribe: use its CPU share.
         "threads": i2v.threads or (ray_cfg.threads() if ray_cfg.workers else 0),
-        "fail_at_epoch": fail_at_epoch, "fault_marker": str(experiment / ".fault_injected"),
+        "fail_at_epoch": fail_at_epoch,
+        "fault_marker": str(experiment / ".fault_injected"),
         "progress_file": str(storage / f"{name}.progress.log") if ray_cfg.workers else None,
     }
     t0 = time.perf_counter()
@@ -517,8 +576,12 @@ def fit_corpus(
         raise RecembError(f"item2vec: the run finished without a checkpoint in {experiment}")
     syn0, _, vocab, state = load_checkpoint(last)
     model = Item2Vec.from_state(
-        Item2VecConfig.model_validate(state["config"]), vocab, syn0,
-        history=state["history"], backend=f"ray x{state['workers']}", dropped=corpus.dropped,
+        Item2VecConfig.model_validate(state["config"]),
+        vocab,
+        syn0,
+        history=state["history"],
+        backend=f"ray x{state['workers']}",
+        dropped=corpus.dropped,
     )
     model.train_seconds = seconds
     return model, last

@@ -68,9 +68,7 @@ def _content_dir(content_dir: Path | None, required: bool) -> Path | None:
         return None
     content_dir = Path(content_dir)
     if not (content_dir / "items.csv").exists():
-        raise DataValidationError(
-            f"{content_dir}: no items.csv here; expected the ml-100k-content folder"
-        )
+        raise DataValidationError(f"{content_dir}: no items.csv here; expected the ml-100k-content folder")
     return content_dir
 
 
@@ -108,9 +106,7 @@ def prepare_source(
         return ds.validate(), {}
     card_name = ALIASES.get(name, name)
     if card_name not in _READERS:
-        raise DataValidationError(
-            f"unknown source {name!r}; expected one of {list(SOURCE_NAMES) + list(ALIASES)}"
-        )
+        raise DataValidationError(f"unknown source {name!r}; expected one of {list(SOURCE_NAMES) + list(ALIASES)}")
     folder = _source_dir(card_name, source_dir)
     if card_name == "movielens-100k":
         ds, extra = read_movielens(folder, _content_dir(content_dir, required=name in ALIASES))

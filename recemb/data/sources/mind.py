@@ -83,10 +83,7 @@ def _history_events(beh: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     )
     differing = int((per_user["_copies"] > 1).sum())
     hist = per_user.with_columns(
-        pl.col("history")
-        .fill_null("")
-        .str.split(" ")
-        .list.eval(pl.element().filter(pl.element() != ""))
+        pl.col("history").fill_null("").str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
     ).with_columns(pl.col("history").list.len().alias("n"))
     hist = hist.filter(pl.col("n") > 0).with_columns(pl.int_ranges(0, pl.col("n")).alias("pos"))
     ev = hist.explode(["history", "pos"]).select(
@@ -105,10 +102,7 @@ def _impressions(beh: pl.DataFrame, path: Path) -> pl.DataFrame:
     rows = (
         beh.with_row_index("_line")
         .with_columns(
-            pl.col("impressions")
-            .fill_null("")
-            .str.split(" ")
-            .list.eval(pl.element().filter(pl.element() != ""))
+            pl.col("impressions").fill_null("").str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
         )
         .with_columns(pl.int_ranges(0, pl.col("impressions").list.len()).alias("position"))
         .explode(["impressions", "position"])

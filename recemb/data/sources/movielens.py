@@ -140,9 +140,7 @@ def _recbole(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | N
     def read(suffix: str) -> pl.DataFrame:
         path = folder / f"ml-100k.{suffix}"
         return _strip_types(
-            read_delimited(
-                path, separator="\t", quote_char=None, schema_overrides=_recbole_header(path)
-            )
+            read_delimited(path, separator="\t", quote_char=None, schema_overrides=_recbole_header(path))
         )
 
     inter = read("inter").select(
@@ -163,9 +161,7 @@ def _recbole(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | N
     )
     users = None
     if (folder / "ml-100k.user").exists():
-        users = read("user").select(
-            "user_id", pl.col("age").cast(pl.Int16), "gender", "occupation", "zip_code"
-        )
+        users = read("user").select("user_id", pl.col("age").cast(pl.Int16), "gender", "occupation", "zip_code")
     return _ratings_to_events(inter), items, users
 
 
@@ -203,9 +199,7 @@ def read_content(content_dir: Path) -> tuple[pl.DataFrame, Path | None]:
     return content, (posters if have else None)
 
 
-def read_movielens(
-    folder: Path, content_dir: Path | None = None
-) -> tuple[Dataset, dict[str, Path]]:
+def read_movielens(folder: Path, content_dir: Path | None = None) -> tuple[Dataset, dict[str, Path]]:
     """Convert a raw ML-100K folder (GroupLens or RecBole layout) into a :class:`Dataset`.
 
     Returns the dataset and the extra files for ``write_dataset``
@@ -220,9 +214,7 @@ def read_movielens(
             f"{folder}: neither u.data (GroupLens ml-100k.zip) nor ml-100k.inter (RecBole) found; "
             f"point --source at the unpacked ml-100k folder or run `recemb data fetch movielens-100k`"
         )
-    events = schema.coerce(
-        events, "events", folder / ("u.data" if layout == "grouplens" else "ml-100k.inter")
-    )
+    events = schema.coerce(events, "events", folder / ("u.data" if layout == "grouplens" else "ml-100k.inter"))
     events = events.sort(["ts", "user_id"], maintain_order=True)
     extra: dict[str, Path] = {}
     meta: dict[str, object] = {"source": "movielens-100k", "layout": layout, "content": None}

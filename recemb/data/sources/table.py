@@ -49,9 +49,7 @@ def read_delimited(
     if not path.exists():
         raise DataValidationError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise DataValidationError(
-            f"{path}: the file is empty; give a file with a header and at least one row"
-        )
+        raise DataValidationError(f"{path}: the file is empty; give a file with a header and at least one row")
     source: Path | io.BytesIO = path
     if encoding.lower().replace("-", "") not in ("utf8",):
         source = io.BytesIO(path.read_bytes().decode(encoding).encode("utf-8"))
@@ -149,9 +147,7 @@ def read_table_source(cfg: TableSourceConfig, base: Path | None = None) -> Datas
     """
     bad = sorted(set(cfg.columns) - set(TABLE_KEYS))
     if bad:
-        raise ConfigError(
-            f"data.table.columns: unknown table(s) {bad}; expected some of {list(TABLE_KEYS)}"
-        )
+        raise ConfigError(f"data.table.columns: unknown table(s) {bad}; expected some of {list(TABLE_KEYS)}")
     paths = {t: _resolve(cfg, t, base) for t in TABLE_KEYS}
     tables = {t: _load_table(cfg, t, paths[t]) for t in TABLE_KEYS}
     events, items, impressions = tables["events"], tables["items"], tables["impressions"]
@@ -166,9 +162,7 @@ def read_table_source(cfg: TableSourceConfig, base: Path | None = None) -> Datas
             schema.check_references(items, impressions, "impressions", paths["impressions"])
     else:
         ids = [events["item_id"]] + ([impressions["item_id"]] if impressions is not None else [])
-        items = schema.coerce(
-            pl.DataFrame({"item_id": pl.concat(ids).unique(maintain_order=True)}), "items"
-        )
+        items = schema.coerce(pl.DataFrame({"item_id": pl.concat(ids).unique(maintain_order=True)}), "items")
         meta["items_table"] = "stub: ids named by events/impressions (no items file given)"
     events = events.sort(["ts", "user_id"], maintain_order=True)
     return Dataset(

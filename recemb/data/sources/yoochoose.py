@@ -81,9 +81,7 @@ def read_yoochoose(folder: Path) -> tuple[Dataset, dict[str, Path]]:
                 f"{folder}: {int(shared.sum())} session id(s) occur in both {SPLITS['train']} and "
                 f"{SPLITS['test']}; the split must be by session"
             )
-    items = schema.coerce(
-        pl.DataFrame({"item_id": events["item_id"].unique().sort()}), "items", folder
-    )
+    items = schema.coerce(pl.DataFrame({"item_id": events["item_id"].unique().sort()}), "items", folder)
     meta = {
         "source": "yoochoose",
         "raw_rows": raw_counts,

@@ -193,8 +193,13 @@ def content_embeddings(
     info["target"] = {"kind": target.kind, "count": len(target), "matched": int(len(rows))}
     vectors = encode_all(enc, feats)
     es = EmbeddingSet(
-        feats.item_ids, vectors, kind="content", metric="cosine", normalized=True,
-        config=config_to_dict(cfg), metrics=info,
+        feats.item_ids,
+        vectors,
+        kind="content",
+        metric="cosine",
+        normalized=True,
+        config=config_to_dict(cfg),
+        metrics=info,
     )
     return es, enc, info
 
@@ -226,6 +231,7 @@ def train_content(cfg: PipelineConfig, target: str | None = None, content: Conte
     with atomic_path(out / "encoder.pt") as tmp:
         torch.save({k: v.cpu() for k, v in enc.state_dict().items()}, tmp)
     write_json(out / "metrics.json", {**info, "config": config_to_dict(content), "source": str(src)})
-    log.info("content: %d items -> %s (held-out recall@10 %.3f)", len(es), out, info.get("heldout_recall@10", float("nan")))
+    log.info(
+        "content: %d items -> %s (held-out recall@10 %.3f)", len(es), out, info.get("heldout_recall@10", float("nan"))
+    )
     return out
-

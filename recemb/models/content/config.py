@@ -65,6 +65,7 @@ class ContentConfig(ContentParts):
     @property
     def enabled(self) -> bool:
         return super().enabled or self.category
+
     text_dim: int = Field(64, ge=1)
     text_backend: Literal["torch", "torchrec", "auto"] = "torch"  # auto: torchrec when it imports
     # ---- training

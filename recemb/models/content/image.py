@@ -115,7 +115,10 @@ def load_images(
         log.warning(
             "images: %d of %d items have no usable image (%d have no path, %d failed to load); "
             "they get the learned 'no image' vector",
-            missing, len(ds), len(ds) - given, missing - (len(ds) - given),
+            missing,
+            len(ds),
+            len(ds) - given,
+            missing - (len(ds) - given),
         )
     return out, ok
 
@@ -210,7 +213,15 @@ class MobileNetV2(nn.Module):
 
     imagenet_normalized = True
     # (expansion t, channels c, repeats n, first stride s), torchvision's table.
-    SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    SETTING = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
@@ -306,9 +317,7 @@ def cached_features(
     ``tag`` names the backbone and its weights (e.g. ``"mobilenet_v2-b0353104"``).
     """
     files = ImageFiles(paths, root, size)
-    keys = np.array(
-        [f"{iid}\0{file_digest(files.resolve(i))}" for i, iid in enumerate(item_ids)], dtype=object
-    )
+    keys = np.array([f"{iid}\0{file_digest(files.resolve(i))}" for i, iid in enumerate(item_ids)], dtype=object)
     cache = Path(cache_dir) / f"{tag}-{size}.npz"
     known: dict[str, int] = {}
     old_feats = old_ok = None

@@ -57,9 +57,7 @@ class Corpus:
         return len(self.indices)
 
 
-def build_corpus(
-    data: pl.DataFrame | list[list[str]], min_count: int = 1, gap_minutes: float = 30.0
-) -> Corpus:
+def build_corpus(data: pl.DataFrame | list[list[str]], min_count: int = 1, gap_minutes: float = 30.0) -> Corpus:
     """Canonical events (or lists of item ids) -> :class:`Corpus`.
 
     Args:
@@ -105,9 +103,7 @@ def _events_to_frame(events: pl.DataFrame, gap_minutes: float) -> pl.DataFrame:
             )
         events = sessionize(events, gap_minutes)
     ev = events.select("session_id", "item_id", "ts").with_row_index("_row")
-    ev = ev.with_columns(_start=pl.col("ts").min().over("session_id")).sort(
-        ["_start", "session_id", "ts", "_row"]
-    )
+    ev = ev.with_columns(_start=pl.col("ts").min().over("session_id")).sort(["_start", "session_id", "ts", "_row"])
     return ev.select(session=pl.col("session_id").rle_id(), item_id=pl.col("item_id").cast(pl.String))
 
 
@@ -161,7 +157,10 @@ def _frame_to_corpus(frame: pl.DataFrame, min_count: int, n_sessions_in: int) ->
         log.info(
             "item2vec corpus: %d of %d items get no vector (%d seen < min_count=%d times, "
             "%d only in sessions of length < 2)",
-            n_items_seen - len(vocab), n_items_seen, dropped["items_below_min_count"], min_count,
+            n_items_seen - len(vocab),
+            n_items_seen,
+            dropped["items_below_min_count"],
+            min_count,
             dropped["items_only_in_short_sessions"],
         )
     return Corpus(vocab=vocab, indptr=indptr, indices=indices, dropped=dropped)

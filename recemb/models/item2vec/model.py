@@ -72,7 +72,7 @@ class Item2Vec:
         self._seen: dict[str, int] = {}
 
     # ------------------------------------------------------------------ train
-    def fit(self, data: pl.DataFrame | list[list[str]] | Corpus) -> "Item2Vec":
+    def fit(self, data: pl.DataFrame | list[list[str]] | Corpus) -> Item2Vec:
         """Train on canonical events, lists of item-id sessions, or a prebuilt :class:`Corpus`.
 
         Empty sessions and sessions of one event are skipped (no context);
@@ -116,10 +116,14 @@ class Item2Vec:
 
     @classmethod
     def from_state(
-        cls, config: Item2VecConfig, vocab: Vocab, vectors: np.ndarray,
-        history: list[dict[str, float]] | None = None, backend: str | None = None,
+        cls,
+        config: Item2VecConfig,
+        vocab: Vocab,
+        vectors: np.ndarray,
+        history: list[dict[str, float]] | None = None,
+        backend: str | None = None,
         dropped: dict[str, int] | None = None,
-    ) -> "Item2Vec":
+    ) -> Item2Vec:
         """A fitted model from saved state (e.g. a training checkpoint), without training.
 
         ``vectors`` is ``[V, D]`` float32, row i belonging to ``vocab.ids[i]``.
@@ -155,8 +159,13 @@ class Item2Vec:
             "dropped": self.dropped,
         }
         return EmbeddingSet(
-            self.vocab.ids, self.vectors, kind="item2vec", metric="cosine", normalized=False,
-            config=self.config.model_dump(mode="json"), metrics=metrics,
+            self.vocab.ids,
+            self.vectors,
+            kind="item2vec",
+            metric="cosine",
+            normalized=False,
+            config=self.config.model_dump(mode="json"),
+            metrics=metrics,
         )
 
     def _row(self, item_id: str) -> int:
@@ -271,8 +280,11 @@ class EpochRunner:
     """
 
     def __init__(
-        self, config: Item2VecConfig, counts: np.ndarray,
-        syn0: np.ndarray | None = None, syn1: np.ndarray | None = None,
+        self,
+        config: Item2VecConfig,
+        counts: np.ndarray,
+        syn0: np.ndarray | None = None,
+        syn1: np.ndarray | None = None,
     ):
         self.config = cfg = config
         self.backend, self.device = resolve_backend(cfg)
@@ -307,9 +319,23 @@ class EpochRunner:
         threads = sgns_cpu.set_threads(cfg.threads)
         bounds = sgns_cpu.shard_bounds(indptr, threads)
         loss, pairs, _ = sgns_cpu.train_epoch(
-            self.syn0, self.syn1, indptr, indices, self._keep, self._table, self._sig, self._logsig, bounds,
-            cfg.window, cfg.negatives, int(cfg.mode == "cbow"), int(cfg.shrink_windows),
-            int(cfg.shared_negatives), alpha_start, alpha_end, seed,
+            self.syn0,
+            self.syn1,
+            indptr,
+            indices,
+            self._keep,
+            self._table,
+            self._sig,
+            self._logsig,
+            bounds,
+            cfg.window,
+            cfg.negatives,
+            int(cfg.mode == "cbow"),
+            int(cfg.shrink_windows),
+            int(cfg.shared_negatives),
+            alpha_start,
+            alpha_end,
+            seed,
         )
         return float(loss.sum()), int(pairs.sum())
 

@@ -68,8 +68,23 @@ def _logsig(f, log_table, scale):
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def train_epoch(
-    syn0, syn1, indptr, indices, keep_prob, neg_table, sig_table, log_table, bounds,
-    window, negatives, cbow, shrink, shared, alpha_start, alpha_end, seed,
+    syn0,
+    syn1,
+    indptr,
+    indices,
+    keep_prob,
+    neg_table,
+    sig_table,
+    log_table,
+    bounds,
+    window,
+    negatives,
+    cbow,
+    shrink,
+    shared,
+    alpha_start,
+    alpha_end,
+    seed,
 ):
     """Train one epoch in place. Returns ``(loss [T], pairs [T], words [T])`` per shard.
 

@@ -41,8 +41,13 @@ class TorchSGNS:
     """Holds ``syn0`` / ``syn1`` on a device and trains them one epoch at a time."""
 
     def __init__(
-        self, syn0: np.ndarray, syn1: np.ndarray, keep_prob: np.ndarray, neg_table: np.ndarray,
-        cfg: "Item2VecConfig", device: str,
+        self,
+        syn0: np.ndarray,
+        syn1: np.ndarray,
+        keep_prob: np.ndarray,
+        neg_table: np.ndarray,
+        cfg: Item2VecConfig,
+        device: str,
     ):
         self.cfg = cfg
         self.device = torch.device(device)

@@ -58,7 +58,9 @@ def item_content_features(
             "turn two_tower.content.text/image/pretrained_text off or prepare a source with items"
         )
     rows = pl.DataFrame({"item_id": pl.Series(items.ids.tolist(), dtype=pl.String)}).join(
-        items_table.unique("item_id", keep="first", maintain_order=True), on="item_id", how="left",
+        items_table.unique("item_id", keep="first", maintain_order=True),
+        on="item_id",
+        how="left",
         maintain_order="left",
     )
     return build_features(rows, root, cfg, cache_dir)
@@ -79,8 +81,14 @@ class ItemContent(nn.Module):
     rebuilt from the items table, so checkpoints stay small).
     """
 
-    def __init__(self, feats: ContentFeatures, cfg: ItemContentConfig, sparse_parts: dict[str, np.ndarray],
-                 dim: int, device: torch.device | None = None):
+    def __init__(
+        self,
+        feats: ContentFeatures,
+        cfg: ItemContentConfig,
+        sparse_parts: dict[str, np.ndarray],
+        dim: int,
+        device: torch.device | None = None,
+    ):
         super().__init__()
         n = len(feats)
         self.sparse_names = list(sparse_parts)
@@ -106,8 +114,12 @@ class ItemContent(nn.Module):
             dims["pretrained_text"] = dim
         self.static_names = list(static)
         self.register_buffer(
-            "presence", torch.from_numpy(np.stack([np.asarray(static[k], dtype=bool) for k in static], axis=1)
-                                         if static else np.zeros((n, 0), dtype=bool)),
+            "presence",
+            torch.from_numpy(
+                np.stack([np.asarray(static[k], dtype=bool) for k in static], axis=1)
+                if static
+                else np.zeros((n, 0), dtype=bool)
+            ),
             persistent=False,
         )
         self.fusion = ContentFusion(dims, dim, cfg.fusion, cfg.modality_dropout, cfg.hidden)
@@ -115,8 +127,9 @@ class ItemContent(nn.Module):
         if device is not None:
             self.to(device)
 
-    def forward(self, pooled: dict[str, torch.Tensor], item_idx: torch.Tensor,
-                drop: Collection[str] = ()) -> torch.Tensor:
+    def forward(
+        self, pooled: dict[str, torch.Tensor], item_idx: torch.Tensor, drop: Collection[str] = ()
+    ) -> torch.Tensor:
         """``pooled[k] [B, E]`` of the sparse parts, ``item_idx [B]`` -> fused ``[B, E]``.
 
         ``drop`` hides parts for every row (e.g. ``("item_id",)``: the

@@ -107,8 +107,15 @@ class Engine:
         rank, world_size: of the default process group (0, 1 without one).
     """
 
-    def __init__(self, build: Callable[[str, torch.device | None], nn.Module], backend: str, device: torch.device,
-                 lr: float, emb_lr: float, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        build: Callable[[str, torch.device | None], nn.Module],
+        backend: str,
+        device: torch.device,
+        lr: float,
+        emb_lr: float,
+        weight_decay: float = 0.0,
+    ):
         self.backend, self.device = backend, device
         self.created_group = False
         if backend == "torchrec":

@@ -53,7 +53,7 @@ class JaggedFeatures:
     lengths: torch.Tensor
     batch_size: int
 
-    def to(self, device: torch.device | str) -> "JaggedFeatures":
+    def to(self, device: torch.device | str) -> JaggedFeatures:
         return JaggedFeatures(self.keys, self.values.to(device), self.lengths.to(device), self.batch_size)
 
     def feature(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +162,7 @@ class FeatureSpace:
             missing = [c for c in self.user_columns if c not in users_table.columns]
             if missing:
                 raise DataValidationError(
-                    f"two_tower.user_features: users table lacks column(s) {missing}; it has "
-                    f"{users_table.columns}"
+                    f"two_tower.user_features: users table lacks column(s) {missing}; it has {users_table.columns}"
                 )
             ut = users_table.unique("user_id", keep="first", maintain_order=True)
             self.users = Vocab(ut["user_id"].cast(pl.String).to_numpy().astype(object))
@@ -318,9 +317,11 @@ class Collator:
             parts.append((_hash_rows(_gather_csr(seq, starts + lengths - r, r), self._item_rows), r))
         if self.space.user_columns:
             rows = np.full(b, -1, np.int64) if user_rows is None else np.asarray(user_rows, dtype=np.int64)
-            cats = np.where(rows[:, None] >= 0, self.space.user_cats[np.maximum(rows, 0)], -1) if len(
-                self.space.user_cats
-            ) else np.full((b, len(self.space.user_columns)), -1, np.int64)
+            cats = (
+                np.where(rows[:, None] >= 0, self.space.user_cats[np.maximum(rows, 0)], -1)
+                if len(self.space.user_cats)
+                else np.full((b, len(self.space.user_columns)), -1, np.int64)
+            )
             for f in range(cats.shape[1]):
                 present = cats[:, f] >= 0
                 parts.append((_hash_rows(cats[present, f], self._user_rows), present.astype(np.int64)))

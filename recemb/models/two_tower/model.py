@@ -44,8 +44,13 @@ ENCODE_BATCH = 4096
 
 
 @torch.no_grad()
-def encode_items(net: TwoTowerNet, collate: Collator, item_idx: np.ndarray,
-                 device: torch.device | str = "cpu", drop: tuple[str, ...] = ()) -> np.ndarray:
+def encode_items(
+    net: TwoTowerNet,
+    collate: Collator,
+    item_idx: np.ndarray,
+    device: torch.device | str = "cpu",
+    drop: tuple[str, ...] = (),
+) -> np.ndarray:
     """``[len(item_idx), D]`` float32 item-tower outputs (``drop``: parts hidden, see ItemTower)."""
     net.eval()
     out = []
@@ -57,8 +62,15 @@ def encode_items(net: TwoTowerNet, collate: Collator, item_idx: np.ndarray,
 
 
 @torch.no_grad()
-def encode_users(tower: UserTower, collate: Collator, seq: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                 user_rows: np.ndarray | None = None, device: torch.device | str = "cpu") -> np.ndarray:
+def encode_users(
+    tower: UserTower,
+    collate: Collator,
+    seq: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    user_rows: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
     """``[B, D]`` float32 user-tower outputs for history windows into ``seq`` (oldest first)."""
     tower.eval()
     out = []
@@ -85,10 +97,17 @@ class TwoTower:
         self.net: TwoTowerNet | None = None
         self.history: list[dict[str, Any]] = []
 
-    def fit(self, events: pl.DataFrame, items: pl.DataFrame | None = None, users: pl.DataFrame | None = None,
-            catalogue: Vocab | None = None, validation: pl.DataFrame | None = None,
-            checkpoint_dir: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-            cache_dir: str | os.PathLike | None = None) -> "TwoTower":
+    def fit(
+        self,
+        events: pl.DataFrame,
+        items: pl.DataFrame | None = None,
+        users: pl.DataFrame | None = None,
+        catalogue: Vocab | None = None,
+        validation: pl.DataFrame | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        root: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> TwoTower:
         """Train on canonical ``events`` (every interaction a target after its history).
 
         Args:
@@ -132,26 +151,40 @@ class TwoTower:
         """
         self._require_fit()
         vectors = encode_items(self.net, self.collate, np.arange(len(self.space.items)), drop=drop)
-        return EmbeddingSet(self.space.items.ids, vectors, kind="two_tower_items", metric="cosine",
-                            normalized=True, config=self.config.model_dump(mode="json"),
-                            metrics={"epochs": self.history})
+        return EmbeddingSet(
+            self.space.items.ids,
+            vectors,
+            kind="two_tower_items",
+            metric="cosine",
+            normalized=True,
+            config=self.config.model_dump(mode="json"),
+            metrics={"epochs": self.history},
+        )
 
-    def encode_histories(self, items: np.ndarray, offsets: np.ndarray,
-                         user_ids: np.ndarray | None = None) -> np.ndarray:
+    def encode_histories(
+        self, items: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         """``[B, D]`` user vectors from CSR histories of item indices (``offsets`` ``[B + 1]``)."""
         self._require_fit()
         offsets = np.asarray(offsets, dtype=np.int64)
         rows = self.space.user_rows(user_ids, len(offsets) - 1)
-        return encode_users(self.net.user_tower, self.collate, np.asarray(items, dtype=np.int64),
-                            offsets[:-1], np.diff(offsets), rows)
+        return encode_users(
+            self.net.user_tower, self.collate, np.asarray(items, dtype=np.int64), offsets[:-1], np.diff(offsets), rows
+        )
 
     def user_embeddings(self, events: pl.DataFrame) -> EmbeddingSet:
         """One ``[U, D]`` vector per user of ``events``, from their latest ``history_length`` items."""
         self._require_fit()
         seq, offsets, users = user_sequences(events, self.space)
         vectors = self.encode_histories(seq, offsets, users.to_numpy())
-        return EmbeddingSet(users.to_numpy().astype(object), vectors, kind="two_tower_users", metric="cosine",
-                            normalized=True, config=self.config.model_dump(mode="json"))
+        return EmbeddingSet(
+            users.to_numpy().astype(object),
+            vectors,
+            kind="two_tower_users",
+            metric="cosine",
+            normalized=True,
+            config=self.config.model_dump(mode="json"),
+        )
 
     def save_user_tower(self, out_dir: str | os.PathLike) -> Path:
         """Write ``state_dict.pt`` (plain tensors), ``config.json`` and the vocabularies, atomically."""
@@ -167,12 +200,15 @@ def save_user_tower(tower: UserTower, space: FeatureSpace, out_dir: str | os.Pat
         space.items.save(tmp / "items.parquet")
         for col, vocab in zip(space.user_columns, space.user_vocabs):
             vocab.save(tmp / f"user_{col}.parquet")
-        write_json(tmp / "config.json", {
-            "format": USER_TOWER_FORMAT,
-            "two_tower": space.config.model_dump(mode="json"),
-            "table_sizes": space.table_sizes(),
-            "user_keys": space.user_keys(),
-        })
+        write_json(
+            tmp / "config.json",
+            {
+                "format": USER_TOWER_FORMAT,
+                "two_tower": space.config.model_dump(mode="json"),
+                "table_sizes": space.table_sizes(),
+                "user_keys": space.user_keys(),
+            },
+        )
     return out_dir
 
 
@@ -230,8 +266,10 @@ def load_user_tower(path: str | os.PathLike) -> UserTowerModel:
             f"first: {e.errors()[0]['msg']}); re-export the user tower (`recemb train two-tower CONFIG`)"
         ) from None
     # The user tower reads item ids only: no item categories or content to load.
-    space = FeatureSpace(Vocab.load(path / "items.parquet"),
-                         config.model_copy(update={"item_categories": False, "content": ItemContentConfig()}))
+    space = FeatureSpace(
+        Vocab.load(path / "items.parquet"),
+        config.model_copy(update={"item_categories": False, "content": ItemContentConfig()}),
+    )
     space.config = config
     space.user_columns = list(config.user_features)
     space.user_vocabs = [Vocab.load(path / f"user_{c}.parquet") for c in config.user_features]
@@ -242,8 +280,9 @@ def load_user_tower(path: str | os.PathLike) -> UserTowerModel:
     return UserTowerModel(tower, space)
 
 
-def build_plain_net(space: FeatureSpace, config: TwoTowerConfig, state: dict[str, torch.Tensor],
-                    device: torch.device | str = "cpu") -> TwoTowerNet:
+def build_plain_net(
+    space: FeatureSpace, config: TwoTowerConfig, state: dict[str, torch.Tensor], device: torch.device | str = "cpu"
+) -> TwoTowerNet:
     """A plain-torch TwoTowerNet holding a gathered (unsharded) model state."""
     net = build_net(space, config, "torch", torch.device(device))
     net.load_state_dict(state)

@@ -74,9 +74,16 @@ class RetrievalTask(nn.Module):
             samples them with :meth:`sample_negatives` and embeds them).
     """
 
-    def __init__(self, num_items: int, temperature: float = 0.05, logq: bool = True,
-                 remove_accidental_hits: bool = True, mixed_negatives: int = 0,
-                 estimator_buckets: int = 1 << 16, estimator_alpha: float = 0.01):
+    def __init__(
+        self,
+        num_items: int,
+        temperature: float = 0.05,
+        logq: bool = True,
+        remove_accidental_hits: bool = True,
+        mixed_negatives: int = 0,
+        estimator_buckets: int = 1 << 16,
+        estimator_alpha: float = 0.01,
+    ):
         super().__init__()
         self.num_items = int(num_items)
         self.temperature = float(temperature)
@@ -98,9 +105,15 @@ class RetrievalTask(nn.Module):
             q = q + len(neg_ids) / self.num_items
         return torch.log(q)
 
-    def forward(self, user: torch.Tensor, pos: torch.Tensor, pos_ids: torch.Tensor,
-                neg: torch.Tensor | None = None, neg_ids: torch.Tensor | None = None,
-                log_q: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user: torch.Tensor,
+        pos: torch.Tensor,
+        pos_ids: torch.Tensor,
+        neg: torch.Tensor | None = None,
+        neg_ids: torch.Tensor | None = None,
+        log_q: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scalar loss.
 
         Args:

@@ -40,9 +40,9 @@ class TableSpec:
     features: tuple[str, ...]
 
 
-def tower_tables(sizes: dict[str, int], user_keys: list[str], item_keys: list[str], dim: int) -> tuple[
-    list[TableSpec], list[TableSpec]
-]:
+def tower_tables(
+    sizes: dict[str, int], user_keys: list[str], item_keys: list[str], dim: int
+) -> tuple[list[TableSpec], list[TableSpec]]:
     """Table specs of the user and item towers from ``FeatureSpace.table_sizes()``.
 
     The user tower's "history" and "recent" features share one table (the
@@ -148,8 +148,16 @@ class UserTower(nn.Module):
         mlp: hidden sizes; the last layer maps to ``dim``.
     """
 
-    def __init__(self, tables: list[TableSpec], keys: list[str], mlp: list[int], dim: int, dropout: float = 0.0,
-                 backend: str = "torch", device: torch.device | None = None):
+    def __init__(
+        self,
+        tables: list[TableSpec],
+        keys: list[str],
+        mlp: list[int],
+        dim: int,
+        dropout: float = 0.0,
+        backend: str = "torch",
+        device: torch.device | None = None,
+    ):
         super().__init__()
         self.keys = list(keys)
         self.sparse = make_sparse(tables, backend, device)
@@ -173,8 +181,17 @@ class ItemTower(nn.Module):
     lacks its trained id) still gets a vector from the rest.
     """
 
-    def __init__(self, tables: list[TableSpec], keys: list[str], mlp: list[int], dim: int, dropout: float = 0.0,
-                 backend: str = "torch", device: torch.device | None = None, content: ItemContent | None = None):
+    def __init__(
+        self,
+        tables: list[TableSpec],
+        keys: list[str],
+        mlp: list[int],
+        dim: int,
+        dropout: float = 0.0,
+        backend: str = "torch",
+        device: torch.device | None = None,
+        content: ItemContent | None = None,
+    ):
         super().__init__()
         self.keys = list(keys)
         self.sparse = make_sparse(tables, backend, device)
@@ -183,8 +200,9 @@ class ItemTower(nn.Module):
         in_dim = content.out_dim if content is not None else sum(width[k] for k in self.keys)
         self.mlp = _mlp([in_dim, *mlp, dim], dropout).to(device)
 
-    def forward(self, feats: JaggedFeatures, item_idx: torch.Tensor | None = None,
-                drop: Collection[str] = ()) -> torch.Tensor:
+    def forward(
+        self, feats: JaggedFeatures, item_idx: torch.Tensor | None = None, drop: Collection[str] = ()
+    ) -> torch.Tensor:
         """``[B, D]`` unit-norm item embeddings.
 
         ``item_idx [B]`` (the rows of ``feats``' items) is needed with
@@ -208,14 +226,16 @@ class TwoTowerNet(nn.Module):
         self.user_tower = user
         self.item_tower = item
 
-    def forward(self, user_feats: JaggedFeatures, item_feats: JaggedFeatures,
-                item_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, user_feats: JaggedFeatures, item_feats: JaggedFeatures, item_idx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``([B, D] users, [M, D] items)``."""
         return self.user_tower(user_feats), self.item_tower(item_feats, item_idx)
 
 
-def build_net(space, config, backend: str = "torch", device: torch.device | None = None,
-              id_trained: np.ndarray | None = None) -> TwoTowerNet:
+def build_net(
+    space, config, backend: str = "torch", device: torch.device | None = None, id_trained: np.ndarray | None = None
+) -> TwoTowerNet:
     """Both towers for a ``FeatureSpace`` and ``TwoTowerConfig``.
 
     ``id_trained [N]`` marks the items whose id row is trained (targets of
@@ -227,9 +247,11 @@ def build_net(space, config, backend: str = "torch", device: torch.device | None
     )
     content = None
     if space.content is not None:
-        content = ItemContent(space.content, config.content, sparse_presence(space, id_trained),
-                              config.embedding_dim, device)
+        content = ItemContent(
+            space.content, config.content, sparse_presence(space, id_trained), config.embedding_dim, device
+        )
     user = UserTower(user_tables, space.user_keys(), list(config.mlp), config.dim, config.dropout, backend, device)
-    item = ItemTower(item_tables, space.item_keys(), list(config.mlp), config.dim, config.dropout, backend, device,
-                     content=content)
+    item = ItemTower(
+        item_tables, space.item_keys(), list(config.mlp), config.dim, config.dropout, backend, device, content=content
+    )
     return TwoTowerNet(user, item)

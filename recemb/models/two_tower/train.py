@@ -64,16 +64,26 @@ class Validation:
     targets: np.ndarray
 
     @classmethod
-    def build(cls, train: pl.DataFrame, validation: pl.DataFrame, space: FeatureSpace) -> "Validation":
+    def build(cls, train: pl.DataFrame, validation: pl.DataFrame, space: FeatureSpace) -> Validation:
         seq, offsets, users = user_sequences(train, space)
         val = pl.DataFrame({"user_id": users}).join(
-            validation.select("user_id", "item_id").unique("user_id", keep="last"), on="user_id", how="inner",
+            validation.select("user_id", "item_id").unique("user_id", keep="last"),
+            on="user_id",
+            how="inner",
             maintain_order="left",
         )
-        pos = pl.DataFrame({"user_id": users, "_u": np.arange(users.len())}).join(
-            val.select("user_id"), on="user_id", how="semi", maintain_order="left")["_u"].to_numpy()
-        return cls(seq, offsets[pos], np.diff(offsets)[pos], space.user_rows(val["user_id"].to_numpy(), val.height),
-                   space.items.lookup(val["item_id"]))
+        pos = (
+            pl.DataFrame({"user_id": users, "_u": np.arange(users.len())})
+            .join(val.select("user_id"), on="user_id", how="semi", maintain_order="left")["_u"]
+            .to_numpy()
+        )
+        return cls(
+            seq,
+            offsets[pos],
+            np.diff(offsets)[pos],
+            space.user_rows(val["user_id"].to_numpy(), val.height),
+            space.items.lookup(val["item_id"]),
+        )
 
     def recall(self, net: TwoTowerNet, collate: Collator, k: int) -> float:
         """Recall@k with the user's train items masked (ties count against the target)."""
@@ -151,9 +161,14 @@ def _resumable(config: TwoTowerConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude={"epochs"})
 
 
-def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
-             validation: Validation | None = None, checkpoints=None,
-             ) -> tuple[TwoTowerNet | None, list[dict[str, Any]]]:
+def fit_loop(
+    space: FeatureSpace,
+    examples: Examples,
+    config: TwoTowerConfig,
+    *,
+    validation: Validation | None = None,
+    checkpoints=None,
+) -> tuple[TwoTowerNet | None, list[dict[str, Any]]]:
     """Train; return (a plain-torch copy of the trained towers on rank 0 / None elsewhere, per-epoch metrics)."""
     device = resolve_device(config.device)
     backend = resolve_backend(config.backend)
@@ -161,10 +176,23 @@ def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
     # Only targets train an item's id row; with content, other items are placed by their content.
     id_trained = np.zeros(len(space.items), dtype=bool)
     id_trained[examples.target] = True
-    engine = Engine(lambda b, d: build_net(space, config, b, d, id_trained), backend, device,
-                    config.lr, config.emb_lr, config.weight_decay)
-    task = RetrievalTask(len(space.items), config.temperature, config.logq, config.remove_accidental_hits,
-                         config.mixed_negatives, config.estimator_buckets, config.estimator_alpha).to(device)
+    engine = Engine(
+        lambda b, d: build_net(space, config, b, d, id_trained),
+        backend,
+        device,
+        config.lr,
+        config.emb_lr,
+        config.weight_decay,
+    )
+    task = RetrievalTask(
+        len(space.items),
+        config.temperature,
+        config.logq,
+        config.remove_accidental_hits,
+        config.mixed_negatives,
+        config.estimator_buckets,
+        config.estimator_alpha,
+    ).to(device)
     collate = Collator(space)
     history: list[dict[str, Any]] = []
     start = 0
@@ -183,8 +211,9 @@ def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
     per_rank, steps = _steps(len(examples), world, config.batch_size)
     batch = min(config.batch_size, per_rank)
     plain: TwoTowerNet | None = None
-    progress = Progress(f"two_tower x{world}" if world > 1 else "two_tower", steps * (config.epochs - start),
-                        "step", enabled=rank == 0)
+    progress = Progress(
+        f"two_tower x{world}" if world > 1 else "two_tower", steps * (config.epochs - start), "step", enabled=rank == 0
+    )
     try:
         for epoch in range(start, config.epochs):
             engine.train()
@@ -204,27 +233,41 @@ def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
                 idx_t = torch.from_numpy(item_idx).to(device)
                 u, v = engine.net(user_feats.to(device), collate.items(item_idx).to(device), idx_t)
                 b = len(targets)
-                loss = task(u, v[:b], idx_t[:b], v[b:] if neg is not None else None,
-                            idx_t[b:] if neg is not None else None)
+                loss = task(
+                    u, v[:b], idx_t[:b], v[b:] if neg is not None else None, idx_t[b:] if neg is not None else None
+                )
                 engine.step(loss)
                 total += float(loss.detach())
                 progress.update(1, epoch=epoch + 1, loss=total / (s + 1))
             seconds = time.perf_counter() - t0
-            metrics = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds,
-                       "samples_per_s": steps * batch * world / max(seconds, 1e-9)}
+            metrics = {
+                "epoch": epoch + 1,
+                "loss": total / max(steps, 1),
+                "seconds": seconds,
+                "samples_per_s": steps * batch * world / max(seconds, 1e-9),
+            }
             full = engine.full_state()  # collective: every rank takes part
             if rank == 0:
                 plain = build_plain_net(space, config, full["model"])
                 if validation is not None:
                     metrics[f"val_recall@{config.eval_k}"] = validation.recall(plain, collate, config.eval_k)
-                progress.note(f"two_tower epoch {epoch + 1}/{config.epochs}: " + ", ".join(
-                    f"{k} {fmt_number(v)}" for k, v in metrics.items() if k != "epoch"))
+                progress.note(
+                    f"two_tower epoch {epoch + 1}/{config.epochs}: "
+                    + ", ".join(f"{k} {fmt_number(v)}" for k, v in metrics.items() if k != "epoch")
+                )
             history.append(metrics)
             if checkpoints is not None:
-                state = None if full is None else {
-                    "engine": full, "task": {k: v.cpu() for k, v in task.state_dict().items()},
-                    "epoch": epoch + 1, "history": history, "config": _resumable(config),
-                }
+                state = (
+                    None
+                    if full is None
+                    else {
+                        "engine": full,
+                        "task": {k: v.cpu() for k, v in task.state_dict().items()},
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "config": _resumable(config),
+                    }
+                )
                 checkpoints.save(state, metrics)
         if start >= config.epochs:  # resumed after the last epoch: nothing left to train
             full = engine.full_state()  # collective: every rank takes part
@@ -232,7 +275,8 @@ def fit_loop(space: FeatureSpace, examples: Examples, config: TwoTowerConfig, *,
                 plain = build_plain_net(space, config, full["model"])
         last = history[-1] if history else {}
         progress.summary = f"{len(history)} epochs" + "".join(
-            f", {k} {v:.4f}" for k, v in last.items() if k.startswith(("loss", "val_")))
+            f", {k} {v:.4f}" for k, v in last.items() if k.startswith(("loss", "val_"))
+        )
     except BaseException:
         progress.close(failed=True)
         raise
@@ -267,8 +311,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     ds = load_dataset(config["data_dir"])
     split = leave_last_out(ds.events)
     model = TwoTower(section)
-    model.space = FeatureSpace(item_vocab(ds.events, ds.items), section, ds.items, ds.users, ds.root,
-                               config.get("cache_dir"))
+    model.space = FeatureSpace(
+        item_vocab(ds.events, ds.items), section, ds.items, ds.users, ds.root, config.get("cache_dir")
+    )
     model.collate = Collator(model.space)
     examples = build_examples(split.train, model.space)
     validation = Validation.build(split.train, split.validation, model.space)
@@ -279,8 +324,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     else:
         checkpoints = None
     t0 = time.perf_counter()
-    model.net, model.history = fit_loop(model.space, examples, section, validation=validation,
-                                        checkpoints=checkpoints)
+    model.net, model.history = fit_loop(model.space, examples, section, validation=validation, checkpoints=checkpoints)
     if model.net is None:
         return None
     out = Path(config["out_dir"])
@@ -351,12 +395,16 @@ def run_two_tower(cfg, section: TwoTowerConfig | None = None, ray=None) -> Path:
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={**loop_cfg, "ray": True},
-            scaling_config=ScalingConfig(num_workers=ray.workers, use_gpu=ray.use_gpu,
-                                         resources_per_worker={"CPU": ray.cpus_per_worker}),
+            scaling_config=ScalingConfig(
+                num_workers=ray.workers, use_gpu=ray.use_gpu, resources_per_worker={"CPU": ray.cpus_per_worker}
+            ),
             torch_config=TorchConfig(backend="nccl" if ray.use_gpu else "gloo"),
-            run_config=RunConfig(name=name, storage_path=str(storage),
-                                 failure_config=FailureConfig(max_failures=ray.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=ray.keep_checkpoints)),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=ray.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=ray.keep_checkpoints),
+            ),
         )
         result = trainer.fit()
     if result.error:
