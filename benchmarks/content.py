@@ -135,8 +135,8 @@ def tower_throughput(cfg) -> list[tuple[str, float]]:
 
 
 def pcold_table(cfg, folds: int) -> str:
-    from recemb.eval.evaluate import evaluate
     from recemb.eval.tables import format_tables
+    from recemb.stages.evaluate import evaluate_run as evaluate
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"cold_folds": folds})})
     columns = ["recall@20", "ndcg@20", "cold_recall@10", "cold_recall@20", "cold_ndcg@20"]

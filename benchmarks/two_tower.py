@@ -31,10 +31,11 @@ from recemb.data.sources import prepare_source
 from recemb.data.splits import leave_last_out
 from recemb.data.vocab import Vocab
 from recemb.eval.evaluate import baseline_scorers
+from recemb.eval.model_scorer import ModelScorer
 from recemb.eval.protocols import run_ml
-from recemb.eval.two_tower_scorer import TwoTowerScorer
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.features import FeatureSpace, build_examples, item_vocab
+from recemb.models.two_tower.model import TwoTower
 from recemb.models.two_tower.train import fit_loop
 
 REFERENCE = {"gensim item2vec tuned (DESIGN §7)": 0.175, "implicit ALS/BPR tuned (DESIGN §7)": 0.165}
@@ -59,7 +60,7 @@ def quality(ds, rows: list[str], seed: int) -> list[tuple[str, dict]]:
         out.append((name, run_ml(split, scorer, catalogue, ks=(10, 20), seed=seed)))
     for name in rows:
         cfg = TwoTowerConfig(seed=seed, **ABLATIONS[name])
-        scorer = TwoTowerScorer(cfg, items=ds.items, users=ds.users)
+        scorer = ModelScorer(lambda cfg=cfg: TwoTower(cfg), name, side={"items": ds.items, "users": ds.users})
         res = run_ml(split, scorer, catalogue, ks=(10, 20), seed=seed)
         out.append((name, res))
         print(f"  {name.strip()}: recall@20 {res['recall@20']:.4f} ({res['fit_s']:.0f} s)", file=sys.stderr)

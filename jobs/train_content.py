@@ -3,24 +3,17 @@
     python -m jobs.train_content --config configs/ml-100k.yaml [--set content.image=true]
     ray job submit --working-dir . -- python -m jobs.train_content --config configs/ml-100k.yaml
 
-The alignment trains in the driver process (one small model; the GPU when
-``content.device`` finds one); Ray is joined or started by ``run_job`` so the
-job runs unchanged on a cluster. Needs ``<run>/<content.target>/embeddings``
-(``recemb train item2vec`` first).
+The same as ``python -m jobs.train --model content``; the alignment runs
+through the training runner (``ray.workers``: 0 = in this process, N = Ray
+Train workers). Needs ``<run>/<content.target>/embeddings`` (``recemb train
+item2vec`` first).
 """
 
 from __future__ import annotations
 
 import sys
 
-from jobs.common import run_job
-
-
-def main(argv: list[str] | None = None) -> int:
-    from recemb.models.content.align import train_content
-
-    return run_job("Align item content (text, categories, images) to item2vec vectors", train_content, argv)
-
+from jobs.train import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(model="content"))

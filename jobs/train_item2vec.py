@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.common import run_job
-from recemb.train.item2vec import train_item2vec
+from jobs.train import main
 
 if __name__ == "__main__":
-    sys.exit(run_job("Train item2vec on Ray Train (data-parallel, checkpointed)", train_item2vec))
+    sys.exit(main(model="item2vec"))

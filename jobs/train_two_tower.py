@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.common import run_job
-from recemb.models.two_tower.train import run_two_tower
+from jobs.train import main
 
 if __name__ == "__main__":
-    sys.exit(run_job("Train the two-tower model on Ray Train (DMP-sharded, checkpointed)", run_two_tower))
+    sys.exit(main(model="two_tower"))

@@ -102,61 +102,39 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from recemb.eval.evaluate import evaluate
-    from recemb.eval.tables import format_tables
+    from recemb.stages.evaluate import run_evaluate
 
-    cfg = _load(args)
-    print(format_tables(evaluate(cfg)))
-    print(f"wrote {cfg.run_dir / 'eval' / 'metrics.json'}")
+    run_evaluate(_load(args))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from recemb.stages.registry import model_spec
+
     cfg = _load(args)
-    if args.model == "item2vec":
-        from recemb.train.item2vec import train_item2vec
-
-        out = train_item2vec(cfg)
-    elif args.model == "two-tower":
-        from recemb.models.two_tower.train import run_two_tower
-
-        out = run_two_tower(cfg)
-    else:
-        from recemb.models.content.align import train_content
-
-        out = train_content(cfg)
+    out = model_spec(args.model).train(cfg)
     print(f"trained {args.model} -> {out}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from recemb.index.stage import export_run
+    from recemb.stages.export import run_export
 
-    cfg = _load(args)
-    for name, m in export_run(cfg).items():
-        recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
-        print(
-            f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
-            f"{m['n_trees']} trees, recall@10 vs exact {recall} -> {cfg.run_dir / 'index' / name}"
-        )
+    run_export(_load(args))
     return 0
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
-    from recemb.retrieval.candidates import generate_candidates
+    from recemb.stages.candidates import run_candidates
 
-    out = generate_candidates(_load(args), force=args.force)
-    print(f"candidates -> {out}")
+    run_candidates(_load(args), force=args.force)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from recemb.report import run_report
+    from recemb.stages.report import run_report_stage
 
-    out = run_report(_load(args))
-    print(f"report -> {out['report']}")
-    for model, path in out["projector"].items():
-        print(f"projector ({model}) -> {path}")
+    run_report_stage(_load(args))
     return 0
 
 
@@ -224,11 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a model on the prepared data of a config")
+    from recemb.stages.registry import MODELS
+
+    p = sub.add_parser("train", help="train a registered model on the prepared data of a config")
     p.add_argument(
         "model",
-        choices=["item2vec", "two-tower", "content"],
-        help="item2vec, two-tower, or content (align text/category/image encoders to the run's item2vec)",
+        choices=[spec.cli for spec in MODELS.values()],
+        help="; ".join(f"{spec.cli}: {spec.summary}" for spec in MODELS.values()),
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_train)

@@ -22,3 +22,7 @@ class ConfigError(RecembError):
 
 class DatasetFetchError(RecembError):
     """A dataset could not be downloaded or failed its checksum."""
+
+
+class NotFittedError(RecembError):
+    """A model method that needs a trained model was called before ``fit`` (or ``load``)."""

@@ -1,7 +1,8 @@
 """`recemb pipeline`: run every stage the config enables, in order, skipping what is up to date.
 
-A stage is a function ``(cfg, force) -> summary dict`` plus the config
-sections it reads. After a stage succeeds, ``<run>/stages/<stage>.json``
+The stages themselves live in recemb.stages (one module each, training
+stages from the model registry); this module only orders them and keeps
+their fingerprints. After a stage succeeds, ``<run>/stages/<stage>.json``
 records its fingerprint: a hash of its sections and of the fingerprints of
 the stages before it in this pipeline (so a change upstream reruns
 everything downstream). A rerun skips every stage whose fingerprint matches
@@ -15,92 +16,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from recemb.config import PipelineConfig, config_to_dict
 from recemb.errors import ConfigError
 from recemb.io import write_json
+from recemb.stages import STAGES
 
 log = logging.getLogger(__name__)
-
-
-def stage_data(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.data.describe import describe, format_description
-    from recemb.data.prepare import prepare_dataset
-
-    out = prepare_dataset(cfg.data, cfg.prepared_dir, force=force)
-    d = describe(out)
-    print(format_description(d))
-    return {"dir": str(out), "counts": d.get("counts", {})}
-
-
-def stage_item2vec(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.train.item2vec import train_item2vec
-
-    return {"dir": str(train_item2vec(cfg))}
-
-
-def stage_two_tower(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.models.two_tower.train import run_two_tower
-
-    return {"dir": str(run_two_tower(cfg))}
-
-
-def stage_content(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.models.content.align import train_content
-
-    return {"dir": str(train_content(cfg))}
-
-
-def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.index.stage import export_run
-
-    manifests = export_run(cfg)
-    for name, m in manifests.items():
-        print(f"  {name}: {m['count']} items, recall@10 vs exact {m.get('recall_at_10')}")
-    return {"indexes": {name: str(cfg.run_dir / "index" / name) for name in manifests}}
-
-
-def stage_candidates(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.retrieval.candidates import generate_candidates
-
-    return {"dir": str(generate_candidates(cfg, force=force))}
-
-
-def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.eval.evaluate import evaluate
-    from recemb.eval.tables import format_tables
-
-    print(format_tables(evaluate(cfg)))
-    return {"metrics": str(cfg.run_dir / "eval" / "metrics.json")}
-
-
-def stage_report(cfg: PipelineConfig, force: bool, timings: dict[str, Any] | None = None) -> dict[str, Any]:
-    from recemb.report import run_report
-
-    out = run_report(cfg, timings=timings)
-    print(f"  report: {out['report']}")
-    return {"report": str(out["report"]), "sections": out["sections"]}
-
-
-@dataclass(frozen=True)
-class Stage:
-    run: Callable[[PipelineConfig, bool], dict[str, Any]]
-    sections: tuple[str, ...]  # the config sections whose values decide its output
-
-
-STAGES: dict[str, Stage] = {
-    "data": Stage(stage_data, ("data",)),
-    "item2vec": Stage(stage_item2vec, ("item2vec", "ray")),
-    "two_tower": Stage(stage_two_tower, ("two_tower", "ray")),
-    "content": Stage(stage_content, ("content",)),
-    "export": Stage(stage_export, ("export",)),
-    "candidates": Stage(stage_candidates, ("candidates",)),
-    "evaluate": Stage(stage_evaluate, ("eval", "item2vec", "two_tower", "content")),
-    "report": Stage(stage_report, ("report",)),
-}
 
 
 def fingerprint(cfg: PipelineConfig, name: str, upstream: str) -> str:

@@ -285,17 +285,20 @@ def test_train_content_writes_vectors_for_every_item(small_synth, tmp_path):
 
 def test_content_scorer_beats_popularity_on_cold_items(small_synth):
     from recemb.eval.baselines import PopularityScorer, RandomScorer
-    from recemb.eval.content_scorer import content_scorers
     from recemb.eval.evaluate import protocol_inputs, run_rows
+    from recemb.eval.model_scorer import ModelScorer
+    from recemb.models.content.model import ContentModel
     from recemb.models.item2vec.config import Item2VecConfig
 
     ds = load_dataset(small_synth)
     split, cat = protocol_inputs(ds, "cold", EvalConfig(cold_fraction=0.2))
     content = ContentConfig(epochs=10, batch_size=64, buckets=1 << 12, text_dim=32)
     scorers = {"popularity": PopularityScorer(), "random": RandomScorer(0)}
-    scorers |= content_scorers(
-        content, Item2VecConfig(epochs=5, window=0), ds.items, ds.root, "cold", ["content-text", "content-random"]
-    )
+    i2v = Item2VecConfig(epochs=5, window=0)
+    side = {"items": ds.items, "root": ds.root}
+    for name, control in (("content-text", False), ("content-random", True)):
+        build = lambda control=control: ContentModel(content, i2v, random_control=control)  # noqa: E731
+        scorers[name] = ModelScorer(build, name, "user", side=side)
     rows = {r["model"]: r for r in run_rows("cold", split, cat, scorers, [20])}
     assert rows["popularity"]["recall@20"] < 0.05  # cold items have no train events
     assert rows["content-text"]["recall@20"] > 2 * max(rows["random"]["recall@20"], rows["content-random"]["recall@20"])

@@ -12,8 +12,9 @@ from recemb.config import SynthConfig, build_config
 from recemb.data import synth
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError
-from recemb.eval.evaluate import baseline_scorers, evaluate
+from recemb.eval.evaluate import baseline_scorers
 from recemb.eval.tables import format_table, format_tables
+from recemb.stages.evaluate import evaluate_run as evaluate
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +139,8 @@ def test_item2vec_is_fitted_on_the_train_split_only(tmp_path):
     from recemb.data.dataset import load_dataset
     from recemb.data.synth import generate
     from recemb.data.vocab import Vocab
-    from recemb.eval.evaluate import model_scorers
     from recemb.eval.protocols import run_protocol
+    from recemb.stages.evaluate import model_scorers
 
     cfg = build_config(
         {
@@ -152,7 +153,7 @@ def test_item2vec_is_fitted_on_the_train_split_only(tmp_path):
     generate(cfg.data.synth, cfg.prepared_dir)
     ev = load_dataset(cfg.prepared_dir).events
     split = splits.leave_last_out(ev)
-    scorer = model_scorers(cfg, "ml")["item2vec"]
+    scorer = model_scorers(cfg, "ml", load_dataset(cfg.prepared_dir))["item2vec"]
     res = run_protocol("ml", split, scorer, Vocab.from_ids(ev["item_id"]), [10])
     assert res["queries"] == split.test.height
     trained = set(scorer.model.vocab.ids.tolist())

@@ -186,7 +186,7 @@ def test_min_count_excludes_rare_items_and_says_so(sessions, caplog):
     rare = [["rare", "g0_1"], ["g0_2", "g0_3"]]
     with caplog.at_level(logging.INFO, logger="recemb.item2vec"):
         model = Item2Vec(Item2VecConfig(**FAST | {"min_count": 2})).fit(sessions + rare)
-    assert "rare" not in model.embeddings().ids.tolist()
+    assert "rare" not in model.item_embeddings().ids.tolist()
     assert model.dropped["items_below_min_count"] == 1
     assert any("below" in r.getMessage() or "< min_count" in r.getMessage() for r in caplog.records)
     with pytest.raises(KeyError, match="seen 1 times, below min_count=2"):
@@ -214,7 +214,7 @@ def test_config_rejects_unknown_keys_and_bad_values():
 # ------------------------------------------------------------------ output
 def test_embeddings_are_an_item2vec_embedding_set(sessions, tmp_path):
     model = Item2Vec(Item2VecConfig(**FAST)).fit(sessions)
-    emb = model.embeddings()
+    emb = model.item_embeddings()
     assert emb.kind == "item2vec" and emb.metric == "cosine" and emb.dim == 16
     assert emb.config["window"] == 5 and len(emb.metrics["loss_per_epoch"]) == 5
     from recemb.embeddings import EmbeddingSet
@@ -256,5 +256,5 @@ def test_yoochoose_beats_popularity_clearly(shared_data):
     split = session_split(dataset.events)
     model = Item2Vec(Item2VecConfig(epochs=5, threads=1, seed=0)).fit(split.train)
     catalogue = Vocab.from_ids(split.train["item_id"])
-    out = run_protocol("sess", split, EmbeddingScorer(model.embeddings(), query="last"), catalogue, ks=(20,))
+    out = run_protocol("sess", split, EmbeddingScorer(model.item_embeddings(), query="last"), catalogue, ks=(20,))
     assert out["recall@20"] > 0.4, out  # gensim item2vec with defaults: 0.571

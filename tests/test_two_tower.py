@@ -16,8 +16,8 @@ from recemb.data.dataset import load_dataset
 from recemb.data.splits import leave_last_out
 from recemb.data.vocab import Vocab
 from recemb.eval.baselines import PopularityScorer
+from recemb.eval.model_scorer import ModelScorer
 from recemb.eval.protocols import run_ml
-from recemb.eval.two_tower_scorer import TwoTowerScorer
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.features import Collator, FeatureSpace, build_examples
 from recemb.models.two_tower.model import TwoTower, load_user_tower
@@ -200,7 +200,12 @@ def test_training_beats_popularity_on_synth(small_synth):
     catalogue = Vocab.from_ids(small_synth.events["item_id"])
     pop = run_ml(split, PopularityScorer(), catalogue, ks=(20,))
     # backend auto: the fused torchrec path where installed (the plain one is ~20x slower on CPU)
-    tt = run_ml(split, TwoTowerScorer(TwoTowerConfig(**FAST), items=small_synth.items), catalogue, ks=(20,))
+    tt = run_ml(
+        split,
+        ModelScorer(lambda: TwoTower(TwoTowerConfig(**FAST)), "two_tower", side={"items": small_synth.items}),
+        catalogue,
+        ks=(20,),
+    )
     assert tt["recall@20"] > pop["recall@20"] * 1.2, (tt["recall@20"], pop["recall@20"])
 
 

@@ -15,7 +15,7 @@ from recemb.data import synth
 from recemb.data.dataset import load_dataset
 from recemb.eval.baselines import PopularityScorer, RandomScorer
 from recemb.eval.evaluate import protocol_inputs, run_rows
-from recemb.eval.two_tower_scorer import TwoTowerScorer
+from recemb.eval.model_scorer import ModelScorer
 from recemb.models.content.text import HashedTokenizer
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.features import Collator, FeatureSpace, item_vocab
@@ -108,8 +108,8 @@ def test_text_places_cold_items_on_synth(ds):
     scorers = {
         "random": RandomScorer(0),
         "popularity": PopularityScorer(),
-        "id-only": TwoTowerScorer(TwoTowerConfig(**base)),
-        "text": TwoTowerScorer(TwoTowerConfig(content=TEXT, **base), items=ds.items),
+        "id-only": ModelScorer(lambda: TwoTower(TwoTowerConfig(**base)), "id-only"),
+        "text": ModelScorer(lambda: TwoTower(TwoTowerConfig(content=TEXT, **base)), "text", side={"items": ds.items}),
     }
     rows = {r["model"]: r for r in run_rows("cold", split, cat, scorers, [10])}
     # Among the 80 cold items (chance: 10/80), and among all 400.
@@ -162,7 +162,9 @@ def test_ml100k_cold_items_from_overviews_and_genres_beat_popularity(shared_data
         scorers = {
             "popularity": PopularityScorer(),
             "random": RandomScorer(0),
-            "two_tower-text": TwoTowerScorer(TwoTowerConfig(content={"text": True}), items=ds.items),
+            "two_tower-text": ModelScorer(
+                lambda: TwoTower(TwoTowerConfig(content={"text": True})), "two_tower-text", side={"items": ds.items}
+            ),
         }
         folds.append(run_rows("cold", split, cat, scorers, [20]))
     rows = {r["model"]: r for r in pool_folds(folds)}

@@ -30,7 +30,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recemb.data.vocab import Vocab
-from recemb.errors import ConfigError, DataValidationError
+from recemb.errors import ConfigError, DataValidationError, NotFittedError
 from recemb.eval.scorers import QueryBatch
 
 
@@ -66,7 +66,7 @@ class PopularityScorer:
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """``[B, N]`` float32: the count row repeated (a writable copy; runners mask in place)."""
         if self.counts is None:
-            raise DataValidationError(f"{self.name}: call fit() before score_queries()")
+            raise NotFittedError(f"{self.name}: call fit() before score_queries()")
         return np.tile(self.counts, (len(queries), 1))
 
 
@@ -140,7 +140,7 @@ class ItemKNNScorer:
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """``[B, N]`` float32: query weights (``[B, N]`` sparse) times the cosine matrix."""
         if self.sim is None:
-            raise DataValidationError(f"{self.name}: call fit() before score_queries()")
+            raise NotFittedError(f"{self.name}: call fit() before score_queries()")
         return np.asarray((self.query_weights(queries) @ self.sim).toarray(), dtype=np.float32)
 
 

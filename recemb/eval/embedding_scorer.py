@@ -21,10 +21,9 @@ import polars as pl
 
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, l2_normalize
-from recemb.errors import ConfigError, RecembError
+from recemb.errors import ConfigError, NotFittedError, RecembError
 from recemb.eval.scorers import QueryBatch
-from recemb.retrieval.query import QUERY_MODES
-from recemb.retrieval.query import query_weights as shared_query_weights
+from recemb.pooling import QUERY_MODES, csr_weights, weighted_mean
 
 MISSING_SCORE = np.float32(-1e30)
 SCORINGS = ("cosine", "dot")
@@ -77,27 +76,22 @@ def query_weights(queries: QueryBatch, known: np.ndarray, mode: str, last_n: int
     """
     if mode not in QUERY_MODES:
         raise ConfigError(f"query must be one of {QUERY_MODES}, got {mode!r} (eval.query)")
+    if mode != "recency":
+        # The same recency index j as the retrieval layer's, so last / mean / mean_last_n
+        # weigh items exactly as served.
+        return csr_weights(queries.items, queries.offsets, known, mode, last_n)
     offsets = queries.offsets.astype(np.int64)
     lengths = np.diff(offsets)
     T = int(offsets[-1] - offsets[0])
     if T == 0:
         return np.zeros(0, dtype=np.float32)
     items = queries.items[offsets[0] : offsets[-1]]
-    k = known[items]
     starts = np.repeat(offsets[:-1] - offsets[0], lengths)
     length_at = np.repeat(lengths, lengths)
     pos = np.arange(T) - starts
-    if mode == "recency":
-        # Distance to the target over all positions (DESIGN.md §7's w = 1/(i - p)),
-        # not over known items as the serving query does.
-        return (k / (length_at - pos)).astype(np.float32)
-    # Number of known items after each position within its query: the same
-    # recency index j as the retrieval layer's, so last / mean / mean_last_n
-    # weigh items exactly as served.
-    c0 = np.concatenate([[0], np.cumsum(k)])
-    seg_end = np.repeat(offsets[1:] - offsets[0], lengths)
-    known_after = c0[seg_end] - c0[np.arange(T) + 1]
-    return np.where(k, shared_query_weights(known_after, mode, last_n), 0).astype(np.float32)
+    # Distance to the target over all positions (DESIGN.md §7's w = 1/(i - p)),
+    # not over known items as the serving query does.
+    return (known[items] / (length_at - pos)).astype(np.float32)
 
 
 def query_vectors(matrix: np.ndarray, queries: QueryBatch, weights: np.ndarray) -> np.ndarray:
@@ -105,22 +99,7 @@ def query_vectors(matrix: np.ndarray, queries: QueryBatch, weights: np.ndarray) 
 
     A query with no weighted item gets a zero vector (every item then ties).
     """
-    B, D = len(queries), matrix.shape[1]
-    out = np.zeros((B, D), dtype=np.float32)
-    offsets = queries.offsets.astype(np.int64)
-    lengths = np.diff(offsets)
-    if weights.size == 0:
-        return out
-    items = queries.items[offsets[0] : offsets[-1]]
-    weighted = matrix[items] * weights[:, None]
-    nonempty = lengths > 0
-    # Empty queries have zero length, so the starts of non-empty ones delimit
-    # exactly their own segments for reduceat.
-    starts = offsets[:-1][nonempty] - offsets[0]
-    out[nonempty] = np.add.reduceat(weighted, starts, axis=0)
-    totals = np.zeros(B, dtype=np.float32)
-    totals[nonempty] = np.add.reduceat(weights, starts)
-    return out / np.where(totals > 0, totals, 1.0)[:, None]
+    return weighted_mean(matrix, queries.items, queries.offsets, weights)
 
 
 class EmbeddingScorer:
@@ -169,7 +148,7 @@ class EmbeddingScorer:
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """``[B, N]`` float32 scores of every catalogue item for each query."""
         if self._cat is None:
-            raise RecembError(f"EmbeddingScorer {self.name!r}: call fit(train, catalogue) before score_queries")
+            raise NotFittedError(f"EmbeddingScorer {self.name!r}: call fit(train, catalogue) before score_queries")
         w = query_weights(queries, self._cat.known, self.query, self.last_n)
         q = query_vectors(self._cat.matrix, queries, w)
         if self.scoring == "cosine":
@@ -218,7 +197,7 @@ class UserEmbeddingScorer:
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """``[B, N]`` float32 scores; needs ``queries.user_ids``."""
         if self._cat is None:
-            raise RecembError(f"UserEmbeddingScorer {self.name!r}: call fit(train, catalogue) before score_queries")
+            raise NotFittedError(f"UserEmbeddingScorer {self.name!r}: call fit(train, catalogue) before score_queries")
         if queries.user_ids is None:
             raise RecembError(
                 f"UserEmbeddingScorer {self.name!r}: the query batch carries no user_ids; "

@@ -1,10 +1,10 @@
 """`recemb evaluate`: every protocol the dataset supports, baselines beside models.
 
-:func:`evaluate` loads the prepared dataset, builds the split of each
-protocol in ``cfg.eval.protocols`` (DESIGN.md §7) that the data supports,
-runs every baseline in ``cfg.eval.baselines`` and every EmbeddingSet in
-``cfg.eval.embeddings`` through the protocol runner on the same split, and
-writes ``<run>/eval/metrics.json``::
+:func:`evaluate` builds the split of each protocol in ``eval.protocols``
+(DESIGN.md §7) that the data supports, runs every baseline in
+``eval.baselines`` and every model scorer it is given (the registered models
+of ``eval.models``, EmbeddingSets on disk: recemb.stages.evaluate) through
+the protocol runner on the same split, and writes ``<run>/eval/metrics.json``::
 
     {"dataset": str, "config": {...}, "recemb_version": str,
      "protocols": {"ml": {"split": {counts}, "rows": [
@@ -29,7 +29,7 @@ cold     every item with an event, cold items included
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,13 @@ import numpy as np
 import polars as pl
 
 from recemb import __version__
-from recemb.config import EvalConfig, PipelineConfig, config_to_dict
+from recemb.config import EvalConfig
 from recemb.data import splits
-from recemb.data.dataset import Dataset, load_dataset
+from recemb.data.dataset import Dataset
 from recemb.data.sessions import sessionize
 from recemb.data.vocab import Vocab
-from recemb.embeddings import EmbeddingSet, find_embedding_sets
 from recemb.errors import ConfigError
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
-from recemb.eval.candidates_eval import evaluate_candidates
-from recemb.eval.embedding_scorer import EmbeddingScorer
-from recemb.eval.model_scorers import Item2VecScorer
 from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol
 from recemb.eval.scorers import Scorer
 from recemb.eval.tables import format_tables
@@ -117,77 +113,6 @@ def baseline_scorers(names: Iterable[str], protocol: str, seed: int = 0) -> dict
             out[name] = RandomScorer(seed, name=name)
         else:
             raise ConfigError(f"eval.baselines: unknown baseline {name!r}; choose from {BASELINES}")
-    return out
-
-
-def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset | None = None) -> dict[str, Scorer]:
-    """The recemb models of ``cfg.eval.models``, each fitted by the runner on the split's train part.
-
-    Item2vec trains on sessions under sess, on whole user histories elsewhere;
-    the content scorers (``content*``) and the two-tower's content variants
-    (``two_tower-text`` / ``-image`` / ``-both``) run on ``eval.content_protocols``
-    and also read ``ds``'s items table.
-    """
-    e = cfg.eval
-    out: dict[str, Scorer] = {}
-    content_here = protocol in e.content_protocols
-    unit = "session" if protocol == "sess" else "user"
-    if "item2vec" in e.models:
-        out["item2vec"] = Item2VecScorer(
-            cfg.item2vec, unit, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name="item2vec"
-        )
-    towers = [m for m in e.models if m == "two_tower" or (m.startswith("two_tower-") and content_here)]
-    if towers:
-        from recemb.eval.two_tower_scorer import TwoTowerScorer, variant_config
-
-        for name in towers:
-            out[name] = TwoTowerScorer(
-                variant_config(cfg.two_tower, name),
-                items=ds.items if ds else None,
-                users=ds.users if ds else None,
-                name=name,
-                root=ds.root if ds else None,
-                cache_dir=cfg.content_cache_dir(cfg.two_tower.content),
-            )
-    variants = [m for m in e.models if m.startswith("content")]
-    if variants and content_here:
-        from recemb.eval.content_scorer import content_scorers
-
-        out.update(
-            content_scorers(
-                cfg.content,
-                cfg.item2vec,
-                ds.items if ds else None,
-                ds.root if ds else None,
-                protocol,
-                variants,
-                e.query,
-                e.query_last_n,
-                e.scoring,
-                cache_dir=cfg.content_cache_dir(),
-            )
-        )
-    return out
-
-
-def embedding_scorers(cfg: PipelineConfig) -> dict[str, Scorer]:
-    """An :class:`EmbeddingScorer` per ``cfg.eval.embeddings`` entry (name -> directory).
-
-    A relative directory is looked up from the working directory first, then
-    under the run directory (so ``item2vec/embeddings`` works in a config).
-    With ``eval.run_embeddings`` the run's own trained sets join them, named
-    by model (``item2vec``, ``two_tower``).
-    """
-    e = cfg.eval
-    out: dict[str, Scorer] = {}
-    sets: dict[str, Any] = dict(find_embedding_sets(cfg.run_dir)) if e.run_embeddings else {}
-    sets.update(e.embeddings)
-    for name, where in sets.items():
-        path = Path(where)
-        if not path.is_absolute() and not path.exists() and (cfg.run_dir / path).exists():
-            path = cfg.run_dir / path
-        es = EmbeddingSet.load(path)
-        out[name] = EmbeddingScorer(es, query=e.query, last_n=e.query_last_n, scoring=e.scoring, name=name)
     return out
 
 
@@ -265,26 +190,43 @@ def split_counts(split: Any) -> dict[str, int]:
     return out
 
 
-def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the configured evaluation; write and return ``<run>/eval/metrics.json``'s content.
+def evaluate(
+    ds: Dataset,
+    e: EvalConfig,
+    out_dir: str | Path,
+    scorers_for: Callable[[str], Mapping[str, Scorer]] | None = None,
+    gap_minutes: float = 30.0,
+    record: Mapping[str, Any] | None = None,
+    candidates: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation ``e`` on ``ds``; write and return ``<out_dir>/metrics.json``'s content.
+
+    Args:
+        ds: the prepared dataset.
+        e: the ``eval:`` section (protocols, cut-offs, baselines).
+        out_dir: where ``metrics.json`` and ``tables.txt`` go (``<run>/eval``).
+        scorers_for: ``protocol -> {name: scorer}`` of the models and EmbeddingSets
+            to run beside the baselines (recemb.stages.evaluate builds them from
+            the model registry); each is fitted on every split of that protocol.
+        gap_minutes: the sessionization gap for sources without session ids.
+        record: the configuration to store with the results.
+        candidates: a scored candidates row (recemb.eval.candidates_eval), added
+            to its protocol's table.
 
     Protocols the dataset cannot support are listed under ``skipped`` with the
     reason. Progress: a bar over the (protocol, fold, model) runs on a
     terminal, a line per finished model in logs (recemb.progress).
     """
-    e = cfg.eval
-    ds = load_dataset(cfg.prepared_dir)
-    models = embedding_scorers(cfg)  # load (and verify) artifacts before any long run
     results: dict[str, Any] = {
         "dataset": ds.name,
-        "config": config_to_dict(cfg),
+        "config": dict(record or {}),
         "recemb_version": __version__,
         "protocols": {},
         "skipped": {},
     }
     # Scorers are fitted by the runner on each split, so one set per protocol serves every fold.
     scorers_of = {
-        p: {**baseline_scorers(e.baselines, p, e.seed), **model_scorers(cfg, p, ds), **models} for p in e.protocols
+        p: {**baseline_scorers(e.baselines, p, e.seed), **(scorers_for(p) if scorers_for else {})} for p in e.protocols
     }
     folds_of = {p: e.cold_folds if p == "cold" else 1 for p in e.protocols}
     progress = Progress("evaluate", sum(len(scorers_of[p]) * folds_of[p] for p in e.protocols), "model")
@@ -300,7 +242,7 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
             fold_rows, counts = [], {}
             for fold in range(folds):
                 try:
-                    split, catalogue = protocol_inputs(ds, protocol, e, cfg.data.sessionize.gap_minutes, fold)
+                    split, catalogue = protocol_inputs(ds, protocol, e, gap_minutes, fold)
                 except ProtocolNotSupported as why:
                     results["skipped"][protocol] = str(why)
                     break
@@ -329,15 +271,13 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
                 "rows": pool_folds(fold_rows) if folds > 1 else fold_rows[0],
             }
         progress.summary = f"{len(results['protocols'])} protocol(s)"
-    # Written candidate lists (recemb candidates), scored against their own holdout.
-    scored = evaluate_candidates(cfg, events=ds.events)
-    if scored is not None:
-        part = results["protocols"].get(scored["protocol"])
+    if candidates is not None:  # written candidate lists, scored against their own holdout
+        part = results["protocols"].get(candidates["protocol"])
         if part is not None:
-            part["rows"].append(scored["row"])
+            part["rows"].append(candidates["row"])
         else:
-            results["candidates"] = scored
-    out = cfg.run_dir / "eval"
+            results["candidates"] = dict(candidates)
+    out = Path(out_dir)
     write_json(out / "metrics.json", results)
     with atomic_path(out / "tables.txt") as tmp:
         tmp.write_text(format_tables(results) + "\n")

@@ -21,22 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from recemb.index.base import unit_rows
+from recemb.pooling import QUERY_MODES, query_weights
 
-QUERY_MODES = ("last", "mean", "mean_last_n", "recency")
-
-
-def query_weights(j: np.ndarray, mode: str, last_n: int) -> np.ndarray:
-    """Weights ``[M]`` float32 of items at recency positions ``j [M]`` (0 = most recent known item)."""
-    j = np.asarray(j)
-    if mode == "last":
-        return (j == 0).astype(np.float32)
-    if mode == "mean":
-        return np.ones(j.shape, dtype=np.float32)
-    if mode == "mean_last_n":
-        return (j < last_n).astype(np.float32)
-    if mode == "recency":
-        return (1.0 / (j + 1)).astype(np.float32)
-    raise ValueError(f"query mode must be one of {QUERY_MODES}, got {mode!r}")
+__all__ = ["QUERY_MODES", "history_query", "query_weights"]
 
 
 def history_query(vectors: np.ndarray, mode: str, last_n: int, cosine: bool) -> np.ndarray | None:

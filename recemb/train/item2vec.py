@@ -4,7 +4,7 @@ Writes ``embeddings/`` (an EmbeddingSet), ``item2vec.w2v`` (word2vec text
 format, readable by gensim's ``KeyedVectors.load_word2vec_format``) and
 ``metrics.json`` (per-epoch loss and throughput). These vectors are trained
 on all events, for export and serving; the evaluation tables fit item2vec
-on each protocol's train split instead (recemb.eval.model_scorers).
+on each protocol's train split instead (recemb.eval.model_scorer).
 
 Training always goes through the checkpointed loop of
 :mod:`recemb.train.item2vec_ray`, driven by the ``ray:`` section

@@ -493,7 +493,7 @@ def train_item2vec_ray(
         syncs_per_epoch=syncs_per_epoch,
         fail_at_epoch=fail_at_epoch,
     )
-    emb = model.embeddings()
+    emb = model.item_embeddings()
     emb.save(out / "embeddings")
     model.save_word2vec_format(out / "item2vec.w2v")
     write_json(

@@ -3,7 +3,7 @@
 Usage::
 
     model = Item2Vec(Item2VecConfig(epochs=20, window=0)).fit(events)
-    emb = model.embeddings()            # EmbeddingSet, kind "item2vec", cosine
+    emb = model.item_embeddings()            # EmbeddingSet, kind "item2vec", cosine
     ids, scores = model.similar("item_42", k=10)
     model.save_word2vec_format("items.w2v")   # gensim KeyedVectors.load_word2vec_format
 
@@ -17,6 +17,7 @@ input vectors (``syn0``), as in gensim's ``wv``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import time
@@ -30,21 +31,22 @@ import pydantic
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, l2_normalize
 from recemb.errors import ConfigError, RecembError
-from recemb.io import atomic_path
+from recemb.io import atomic_dir, atomic_path
 from recemb.models.item2vec import sgns_cpu
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.item2vec.corpus import Corpus, build_corpus, keep_probabilities, negative_table
+from recemb.models.protocol import EmbeddingModel
 from recemb.progress import Progress
 
 log = logging.getLogger("recemb.item2vec")
 
 
-class NotFittedError(RecembError):
-    """A model method that needs trained vectors was called before ``fit``."""
+class Item2Vec(EmbeddingModel):
+    """Skip-gram / CBOW with negative sampling over sessions (the ``item2vec`` registry model).
 
-
-class Item2Vec:
-    """Skip-gram / CBOW with negative sampling over sessions.
+    Contract (recemb.models.protocol): items seen fewer than ``min_count``
+    times, or only in one-event sessions, get no vector (``covers_unseen_items``
+    is False); a query pools the item vectors (``pooled_query``).
 
     Attributes (after :meth:`fit`):
         vocab: the items that got a vector; row i of ``vectors`` is ``vocab.ids[i]``.
@@ -54,6 +56,8 @@ class Item2Vec:
         seen_counts: event count of every item id in the training data,
             including those left out, to explain a missing vector.
     """
+
+    name = "item2vec"
 
     def __init__(self, config: Item2VecConfig | None = None, **overrides: Any):
         base = config or Item2VecConfig()
@@ -72,8 +76,11 @@ class Item2Vec:
         self._seen: dict[str, int] = {}
 
     # ------------------------------------------------------------------ train
-    def fit(self, data: pl.DataFrame | list[list[str]] | Corpus) -> Item2Vec:
+    def fit(self, data: pl.DataFrame | list[list[str]] | Corpus, **side: Any) -> Item2Vec:  # type: ignore[override]
         """Train on canonical events, lists of item-id sessions, or a prebuilt :class:`Corpus`.
+
+        Side tables (``items``, ``users``, ``catalogue``, ...: the model contract's
+        keywords) are accepted and ignored: item2vec learns from sessions alone.
 
         Empty sessions and sessions of one event are skipped (no context);
         items seen fewer than ``min_count`` times get no vector. Both are
@@ -142,13 +149,13 @@ class Item2Vec:
         return model
 
     # ------------------------------------------------------------------ output
-    def _require_fitted(self) -> None:
-        if self.vectors is None or self.vocab is None:
-            raise NotFittedError("Item2Vec: call fit(events) before asking for vectors")
+    @property
+    def is_fitted(self) -> bool:
+        return self.vectors is not None and self.vocab is not None
 
-    def embeddings(self) -> EmbeddingSet:
+    def item_embeddings(self) -> EmbeddingSet:
         """The input vectors as an EmbeddingSet (kind "item2vec", metric cosine, not normalised)."""
-        self._require_fitted()
+        self.require_fitted()
         last = self.history[-1] if self.history else {}
         metrics = {
             "backend": self.backend,
@@ -186,7 +193,7 @@ class Item2Vec:
         Returns ``(ids [k] object, scores [k] float32)``, best first.
         ``KeyError`` explains why an item has no vector.
         """
-        self._require_fitted()
+        self.require_fitted()
         if k < 1:
             raise ConfigError(f"similar: k must be >= 1, got {k}")
         row = self._row(item_id)
@@ -204,7 +211,7 @@ class Item2Vec:
         Readable by ``gensim.models.KeyedVectors.load_word2vec_format(path)``.
         Ids must not contain whitespace (the format splits on it).
         """
-        self._require_fitted()
+        self.require_fitted()
         ids = pl.Series("id", self.vocab.ids.tolist(), dtype=pl.String)
         bad = ids.str.contains(r"\s")
         if bad.any():
@@ -224,6 +231,32 @@ class Item2Vec:
                 f.write("\n".join(lines))
                 f.write("\n")
         return path
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``embeddings/`` (the EmbeddingSet) and ``model.json`` (config, history) atomically."""
+        self.require_fitted()
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            self.item_embeddings().save(tmp / "embeddings")
+            meta = self.model_meta(history=self.history, dropped=self.dropped, backend=self.backend)
+            (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Item2Vec:
+        """An Item2Vec from :meth:`save`'s directory (vectors only: it can answer, not resume training)."""
+        meta = cls.read_meta(directory)
+        try:
+            config = Item2VecConfig.model_validate(meta["config"])
+        except pydantic.ValidationError as e:
+            raise RecembError(
+                f"{directory}: its item2vec settings do not fit this recemb ({e}); save it again"
+            ) from None
+        es = EmbeddingSet.load(Path(directory) / "embeddings")
+        return cls.from_state(
+            config, es.to_vocab(), np.asarray(es.vectors), meta.get("history"), meta.get("backend"), meta.get("dropped")
+        )
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

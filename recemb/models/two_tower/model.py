@@ -29,6 +29,7 @@ from recemb.embeddings import EmbeddingSet
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import atomic_dir, write_json
 from recemb.models.content.config import ItemContentConfig
+from recemb.models.protocol import EmbeddingModel
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.features import (
     Collator,
@@ -82,13 +83,23 @@ def encode_users(
     return np.concatenate(out) if out else np.zeros((0, tower.mlp[-1].out_features), np.float32)
 
 
-class TwoTower:
-    """The two-tower retrieval model (towers + RetrievalTask), trained in-process.
+class TwoTower(EmbeddingModel):
+    """The two-tower retrieval model (towers + RetrievalTask), the ``two_tower`` registry model.
+
+    Contract (recemb.models.protocol): every catalogue item gets a vector
+    (items never a training target from their categories and content,
+    ``covers_unseen_items``); queries come from the user tower, not from
+    pooling item vectors (``pooled_query`` is False). A loaded model holds
+    the item vectors and the user tower: it answers, it does not resume training.
 
     Args:
         config: the ``two_tower:`` section (``config.content`` turns on the
             item tower's text / image parts, read from ``fit``'s items table).
     """
+
+    name = "two_tower"
+    pooled_query = False
+    covers_unseen_items = True
 
     def __init__(self, config: TwoTowerConfig | None = None):
         self.config = config or TwoTowerConfig()
@@ -96,6 +107,7 @@ class TwoTower:
         self.collate: Collator | None = None
         self.net: TwoTowerNet | None = None
         self.history: list[dict[str, Any]] = []
+        self._loaded: tuple[EmbeddingSet, UserTower] | None = None  # (items, user tower) of load()
 
     def fit(
         self,
@@ -138,9 +150,9 @@ class TwoTower:
         self.net, self.history = fit_loop(self.space, examples, self.config, validation=val, checkpoints=ckpt)
         return self
 
-    def _require_fit(self) -> None:
-        if self.net is None:
-            raise RecembError("TwoTower: call fit() first")
+    @property
+    def is_fitted(self) -> bool:
+        return self.net is not None or self._loaded is not None
 
     # ---------------------------------------------------------------- export
     def item_embeddings(self, drop: tuple[str, ...] = ()) -> EmbeddingSet:
@@ -149,7 +161,11 @@ class TwoTower:
         Items that were never a training target get theirs from their other
         parts (content, categories); ``drop=("item_id",)`` does that for all.
         """
-        self._require_fit()
+        self.require_fitted()
+        if self._loaded is not None:
+            if drop:
+                raise RecembError("TwoTower.item_embeddings(drop=...): a loaded model holds final vectors only")
+            return self._loaded[0]
         vectors = encode_items(self.net, self.collate, np.arange(len(self.space.items)), drop=drop)
         return EmbeddingSet(
             self.space.items.ids,
@@ -162,19 +178,32 @@ class TwoTower:
         )
 
     def encode_histories(
-        self, items: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray | None = None
+        self,
+        items: np.ndarray,
+        offsets: np.ndarray,
+        user_ids: np.ndarray | None = None,
+        **pooling: Any,
     ) -> np.ndarray:
-        """``[B, D]`` user vectors from CSR histories of item indices (``offsets`` ``[B + 1]``)."""
-        self._require_fit()
+        """``[B, D]`` user-tower vectors from CSR histories of item rows (``offsets`` ``[B + 1]``).
+
+        Rows of -1 (items without a vector) are skipped; ``user_ids`` feed the
+        user features; the pooling keywords of the contract do not apply.
+        """
+        self.require_fitted()
+        items = np.asarray(items, dtype=np.int64)
         offsets = np.asarray(offsets, dtype=np.int64)
+        if len(items) and items.min() < 0:
+            owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+            keep = items >= 0
+            lengths = np.bincount(owner[keep], minlength=len(offsets) - 1)
+            items, offsets = items[keep], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         rows = self.space.user_rows(user_ids, len(offsets) - 1)
-        return encode_users(
-            self.net.user_tower, self.collate, np.asarray(items, dtype=np.int64), offsets[:-1], np.diff(offsets), rows
-        )
+        tower = self._loaded[1] if self._loaded is not None else self.net.user_tower
+        return encode_users(tower, self.collate, items, offsets[:-1], np.diff(offsets), rows)
 
     def user_embeddings(self, events: pl.DataFrame) -> EmbeddingSet:
         """One ``[U, D]`` vector per user of ``events``, from their latest ``history_length`` items."""
-        self._require_fit()
+        self.require_fitted()
         seq, offsets, users = user_sequences(events, self.space)
         vectors = self.encode_histories(seq, offsets, users.to_numpy())
         return EmbeddingSet(
@@ -188,8 +217,30 @@ class TwoTower:
 
     def save_user_tower(self, out_dir: str | os.PathLike) -> Path:
         """Write ``state_dict.pt`` (plain tensors), ``config.json`` and the vocabularies, atomically."""
-        self._require_fit()
+        self.require_fitted()
         return save_user_tower(self.net.user_tower, self.space, out_dir)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``embeddings/`` (every catalogue item), ``user_tower/`` and ``model.json``, atomically."""
+        self.require_fitted()
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            self.item_embeddings().save(tmp / "embeddings")
+            tower = self._loaded[1] if self._loaded is not None else self.net.user_tower
+            save_user_tower(tower, self.space, tmp / "user_tower")
+            write_json(tmp / "model.json", self.model_meta(history=self.history))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> TwoTower:
+        """A TwoTower from :meth:`save`'s directory: item vectors and user tower (plain torch)."""
+        meta = cls.read_meta(directory)
+        tower = load_user_tower(Path(directory) / "user_tower")
+        items = EmbeddingSet.load(Path(directory) / "embeddings")
+        model = cls(tower.config)
+        model.space, model.collate, model.history = tower.space, tower.collate, list(meta.get("history") or [])
+        model._loaded = (items, tower.tower)
+        return model
 
 
 def save_user_tower(tower: UserTower, space: FeatureSpace, out_dir: str | os.PathLike) -> Path:

@@ -1,0 +1,81 @@
+"""Any registered model as an evaluation Scorer, fitted on the protocol's train split.
+
+Evaluation must never see test events, so a model is evaluated by fitting it
+inside the protocol runner (``fit(train, catalogue)``), exactly like the
+baselines. The EmbeddingSets that ``recemb train`` writes are trained on all
+events (for serving) and are therefore not what the evaluation tables report.
+
+Queries go through the model contract (recemb.models.protocol): a model
+whose query pools its own item vectors (``pooled_query``) is scored as an
+item EmbeddingSet (:class:`EmbeddingScorer`, with ``eval.query``); any other
+model encodes each query's history with ``encode_histories`` (e.g. the
+two-tower's user tower) and scores the catalogue by ``eval.scoring``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from recemb.data.vocab import Vocab
+from recemb.embeddings import l2_normalize
+from recemb.errors import NotFittedError
+from recemb.eval.embedding_scorer import EmbeddingScorer, _CatalogueMatrix
+from recemb.eval.scorers import QueryBatch
+from recemb.models.protocol import EmbeddingModel
+
+
+class ModelScorer:
+    """A model built by ``build()``, fitted on the train events, scored through its contract.
+
+    Args:
+        build: returns a fresh, unfitted model (one per ``fit``).
+        name: the row label in the tables.
+        unit: what a training sequence is: ``"session"`` (session ids) or
+            ``"user"`` (each user's whole train history, e.g. MovieLens).
+        query, last_n, scoring: as :class:`EmbeddingScorer` (``eval.query``, ``eval.scoring``).
+        side: side inputs of ``fit`` (``items``, ``users``, ``root``, ``cache_dir``).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], EmbeddingModel],
+        name: str,
+        unit: Literal["session", "user"] = "session",
+        query: str = "mean_last_n",
+        last_n: int = 5,
+        scoring: Literal["cosine", "dot"] = "cosine",
+        side: dict[str, Any] | None = None,
+    ):
+        self.build, self.name, self.unit = build, name, unit
+        self.query, self.last_n, self.scoring = query, last_n, scoring
+        self.side = dict(side or {})
+        self.model: EmbeddingModel | None = None
+        self._pooled: EmbeddingScorer | None = None
+        self._items: _CatalogueMatrix | None = None
+        self._rows: np.ndarray | None = None  # [N] model item row of each catalogue item (-1: none)
+
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ModelScorer:
+        events = train.with_columns(session_id=pl.col("user_id")) if self.unit == "user" else train
+        self.model = self.build().fit(events, catalogue=catalogue, **self.side)
+        items = self.model.item_embeddings()
+        if self.model.pooled_query:
+            self._pooled = EmbeddingScorer(
+                items, query=self.query, last_n=self.last_n, scoring=self.scoring, name=self.name
+            ).fit(train, catalogue)
+        else:
+            self._items = _CatalogueMatrix(items, catalogue, self.scoring, f"ModelScorer {self.name!r}")
+            self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
+        return self
+
+    def score_queries(self, queries: QueryBatch) -> np.ndarray:
+        """``[B, N]`` float32 scores of every catalogue item for each query."""
+        if self._pooled is not None:
+            return self._pooled.score_queries(queries)
+        if self.model is None or self._items is None or self._rows is None:
+            raise NotFittedError(f"ModelScorer {self.name!r}: call fit(train, catalogue) before score_queries")
+        users = self.model.encode_histories(self._rows[queries.items], queries.offsets, queries.user_ids)
+        return self._items.score(l2_normalize(users) if self.scoring == "cosine" else users)

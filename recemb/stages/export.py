@@ -1,0 +1,24 @@
+"""The ``export`` stage: every EmbeddingSet of the run -> a checked Annoy index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recemb.config import PipelineConfig
+from recemb.stages.base import Stage
+
+
+def run_export(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
+    from recemb.index.stage import export_run
+
+    manifests = export_run(cfg)
+    for name, m in manifests.items():
+        recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
+        print(
+            f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
+            f"{m['n_trees']} trees, recall@10 vs exact {recall} -> {cfg.run_dir / 'index' / name}"
+        )
+    return {"indexes": {name: str(cfg.run_dir / "index" / name) for name in manifests}}
+
+
+STAGE = Stage("export", run_export, ("export",), "export the run's EmbeddingSets to Annoy indexes")
