@@ -8,12 +8,13 @@ CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup run test test-fast clean help
+.PHONY: setup run test test-fast lint clean help
 
 help:
 	@echo "make run   [CONFIG=configs/quickstart.yaml]  set up .venv and run the pipeline"
 	@echo "make test  [PYTEST_ARGS=...]                 set up .venv and run every test that needs no GPU"
 	@echo "make test-fast                                the quick subset (no slow multi-worker/cluster tests)"
+	@echo "make lint                                     ruff (check + format --check) and mypy"
 
 setup: $(STAMP)
 
@@ -42,3 +43,9 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Lint: ruff (E, F, I, B, UP; pyproject.toml), the formatter's check and mypy over the package.
+lint: $(STAMP)
+	$(BIN)/ruff check recemb serving jobs tests benchmarks
+	$(BIN)/ruff format --check recemb serving jobs tests benchmarks
+	$(BIN)/mypy
