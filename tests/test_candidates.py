@@ -21,8 +21,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from recemb.config import SynthConfig, build_config
+from recemb.config import build_config
 from recemb.data import schema, splits, synth
+from recemb.data.config import SynthConfig
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError, DataValidationError

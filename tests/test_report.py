@@ -14,8 +14,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recemb.config import SynthConfig, build_config
+from recemb.config import build_config
 from recemb.data import schema, synth
+from recemb.data.config import SynthConfig
 from recemb.embeddings import EmbeddingSet
 from recemb.io import write_json
 from recemb.report import ReportConfig, build_report, export_projector, plots, run_report

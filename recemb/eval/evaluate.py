@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from recemb import __version__
-from recemb.config import EvalConfig, PipelineConfig, config_to_dict
+from recemb.config import PipelineConfig, config_to_dict
 from recemb.data import splits
 from recemb.data.dataset import Dataset, load_dataset
 from recemb.data.sessions import sessionize
@@ -46,6 +46,7 @@ from recemb.embeddings import EmbeddingSet, find_embedding_sets
 from recemb.errors import ConfigError
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
 from recemb.eval.candidates_eval import evaluate_candidates
+from recemb.eval.config import EvalConfig
 from recemb.eval.embedding_scorer import EmbeddingScorer
 from recemb.eval.model_scorers import Item2VecScorer
 from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol

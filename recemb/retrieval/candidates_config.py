@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from recemb.section import Section
 
 
-class CandidatesConfig(BaseModel):
+class CandidatesConfig(Section):
     """The ``candidates:`` section: batch top-k for every user."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     k: int = Field(100, ge=1)  # candidates per user
     sources: list[str] = Field(default_factory=list)  # index names under <run>/index/; empty = all

@@ -20,17 +20,16 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from recemb.errors import ConfigError
+from recemb.section import Section
 
 ADMIN_TOKEN_ENV = "RECEMB_ADMIN_TOKEN"
 
 
-class UserTowerServeConfig(BaseModel):
+class UserTowerServeConfig(Section):
     """Batching of user-tower queries (when ``<run>/two_tower/user_tower/`` exists)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     max_batch_size: int = Field(32, ge=1, le=4096)
@@ -38,10 +37,8 @@ class UserTowerServeConfig(BaseModel):
     source: str = "two_tower"  # the index its query vectors search
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(Section):
     """Online retrieval service (serving/): HTTP bind, bounds, fallback, Ray Serve scaling."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)  # 0 = any free port
