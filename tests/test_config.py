@@ -60,7 +60,8 @@ def test_shipped_configs_load(name):
 def test_eval_models_are_names_checked_later_but_never_empty():
     # eval.models is a list of registry names (checked where scorers are built);
     # the section itself only rejects an empty name.
-    assert build_config({"eval": {"models": ["item2vec", "two_tower-text"]}}).eval.models == ["item2vec", "two_tower-text"]
+    names = ["item2vec", "two_tower-text"]
+    assert build_config({"eval": {"models": names}}).eval.models == names
     with pytest.raises(ConfigError, match="empty name"):
         build_config({"eval": {"models": ["item2vec", " "]}})
 
