@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recemb.index import ExactIndex
 from recemb.index.annoy_index import AnnoyIndex
 from recemb.index.base import unit_rows
+from recemb.index.exact import ExactIndex
 
 K = 10
 

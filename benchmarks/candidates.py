@@ -1,7 +1,7 @@
 """Batch candidate generation: users/s of the Ray Data job on 1 and 2 workers (issue #5, item 4).
 
 Question: what does the batch job cost or gain over the obvious peer, a
-plain single-process loop over the same :class:`~recemb.retrieval.Retriever`
+plain single-process loop over the same :class:`~recemb.retrieval.retriever.Retriever`
 (``recommend_batch`` over all users in batches, results kept in memory, no
 Ray, no files)? The job adds partitioning, Parquet writes and, with Ray,
 actor start-up and scheduling; its workers run in parallel.
@@ -38,14 +38,14 @@ import polars as pl
 from recemb.config import build_config
 from recemb.data import schema
 from recemb.embeddings import EmbeddingSet
-from recemb.index import export_all, load_index
-from recemb.retrieval import Retriever
+from recemb.index.export import export_all, load_index
 from recemb.retrieval.candidates import (
     CandidatesConfig,
     candidate_queries,
     generate_candidates,
     popularity,
 )
+from recemb.retrieval.retriever import Retriever
 
 
 def make_run(root: Path, users: int, items: int, dim: int, seed: int = 0):

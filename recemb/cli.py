@@ -151,7 +151,7 @@ def cmd_candidates(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from recemb.report import run_report
+    from recemb.report.html import run_report
 
     out = run_report(_load(args))
     print(f"report -> {out['report']}")

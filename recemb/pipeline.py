@@ -78,7 +78,7 @@ def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
 
 
 def stage_report(cfg: PipelineConfig, force: bool, timings: dict[str, Any] | None = None) -> dict[str, Any]:
-    from recemb.report import run_report
+    from recemb.report.html import run_report
 
     out = run_report(cfg, timings=timings)
     print(f"  report: {out['report']}")

@@ -1,6 +1,6 @@
 """One request's candidates with numpy and plain Python only (no polars per request).
 
-:class:`recemb.retrieval.Retriever` answers batches through polars frames,
+:class:`recemb.retrieval.retriever.Retriever` answers batches through polars frames,
 which costs ~16 ms per call however small the batch; the service answers one
 user at a time within a few milliseconds. :class:`OnlineRetriever` wraps the
 SAME Retriever object (its sources, indexes, popularity, query mode, quotas)

@@ -30,7 +30,7 @@ from recemb.errors import ConfigError, DataValidationError
 from recemb.eval.candidates_eval import evaluate_candidates, score_candidates, target_ranks
 from recemb.eval.embedding_scorer import EmbeddingScorer
 from recemb.eval.protocols import run_protocol
-from recemb.index import export_all
+from recemb.index.export import export_all
 from recemb.retrieval.candidates import (
     CANDIDATES_SCHEMA,
     CandidatesConfig,

@@ -19,8 +19,11 @@ from recemb.data import schema, synth
 from recemb.data.config import SynthConfig
 from recemb.embeddings import EmbeddingSet
 from recemb.io import write_json
-from recemb.report import ReportConfig, build_report, export_projector, plots, run_report
 from recemb.report import html as report_html
+from recemb.report import plots
+from recemb.report.config import ReportConfig
+from recemb.report.html import build_report, run_report
+from recemb.report.projector import export_projector
 
 INJECTION = '<script>alert("x")</script><img src="http://evil.example/x.png">'
 CHINESE = "中文标题：推荐系统"

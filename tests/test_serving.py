@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recemb.embeddings import EmbeddingSet  # noqa: E402
 from recemb.errors import RecembError  # noqa: E402
-from recemb.index import ExactIndex  # noqa: E402
 from recemb.index.annoy_index import AnnoyIndex  # noqa: E402
+from recemb.index.exact import ExactIndex  # noqa: E402
 from recemb.index.export import export_all  # noqa: E402
-from recemb.retrieval import Retriever, Source  # noqa: E402
 from recemb.retrieval.query import history_query, query_weights  # noqa: E402
+from recemb.retrieval.retriever import Retriever, Source  # noqa: E402
 from recemb.retrieval.serve_config import ServeConfig  # noqa: E402
 from serving.query import OnlineRetriever  # noqa: E402
 from serving.state import ServingState, load_snapshot  # noqa: E402

@@ -102,7 +102,7 @@ class ContentScorer:
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ContentScorer:
         from recemb.models.content.align import content_embeddings
-        from recemb.models.item2vec import Item2Vec
+        from recemb.models.item2vec.model import Item2Vec
 
         events = train.with_columns(session_id=pl.col("user_id")) if self.unit == "user" else train
         behaviour = Item2Vec(self.item2vec).fit(events).embeddings()

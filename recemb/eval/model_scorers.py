@@ -43,7 +43,7 @@ class Item2VecScorer:
         self._inner: EmbeddingScorer | None = None
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> Item2VecScorer:
-        from recemb.models.item2vec import Item2Vec
+        from recemb.models.item2vec.model import Item2Vec
 
         events = train.with_columns(session_id=pl.col("user_id")) if self.unit == "user" else train
         self.model = Item2Vec(self.config).fit(events)

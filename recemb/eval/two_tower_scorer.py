@@ -1,6 +1,6 @@
 """The two-tower model as an evaluation Scorer (``eval.models: [two_tower]``).
 
-``fit`` trains :class:`~recemb.models.two_tower.TwoTower` on the protocol's
+``fit`` trains :class:`~recemb.models.two_tower.model.TwoTower` on the protocol's
 train events with the catalogue as its item index space; ``score_queries``
 runs the user tower on each query's items (oldest first, the latest
 ``history_length`` of them) and scores every catalogue item by cosine, the

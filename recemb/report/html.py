@@ -318,7 +318,7 @@ def _latency_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> tup
 
 
 def _measure_latency(index_dir: Path, n: int, seed: int) -> dict[str, float]:
-    from recemb.index import ExactIndex
+    from recemb.index.exact import ExactIndex
     from recemb.index.export import embeddings_dir, load_index
 
     emb = EmbeddingSet.load(embeddings_dir(index_dir))

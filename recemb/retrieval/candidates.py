@@ -22,7 +22,7 @@ crash it finishes the job, without duplicates. A rerun whose inputs differ
 Ray Data runs the partitions (one row = one whole partition, so a batch
 never splits one) through :class:`PartitionWriter`, a callable class whose
 ``__init__`` opens the indexes (Annoy mmap, shared between workers by the
-OS page cache) and builds the :class:`~recemb.retrieval.Retriever` once per
+OS page cache) and builds the :class:`~recemb.retrieval.retriever.Retriever` once per
 worker. ``num_workers=0`` runs the same class in this process, without Ray.
 
 ``holdout`` builds the queries of an offline evaluation instead of the
