@@ -133,7 +133,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from recemb.index.stage import export_run
 
     cfg = _load(args)
-    for name, m in export_run(cfg).items():
+    for name, m in export_run(cfg.run_dir, cfg.export).items():
         recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
         print(
             f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
@@ -143,17 +143,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
+    from recemb.eval.holdout_queries import query_builder
     from recemb.retrieval.candidates import generate_candidates
 
-    out = generate_candidates(_load(args), force=args.force)
+    cfg = _load(args)
+    out = generate_candidates(
+        cfg.run_dir,
+        cfg.prepared_dir / "events.parquet",
+        cfg.candidates,
+        queries=query_builder(cfg.candidates.holdout, cfg.data.sessionize.gap_minutes),
+        force=args.force,
+    )
     print(f"candidates -> {out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from recemb.config import config_to_dict
     from recemb.report.html import run_report
 
-    out = run_report(_load(args))
+    cfg = _load(args)
+    out = run_report(cfg.run_dir, cfg.prepared_dir, cfg.report, config=config_to_dict(cfg))
     print(f"report -> {out['report']}")
     for model, path in out["projector"].items():
         print(f"projector ({model}) -> {path}")

@@ -57,16 +57,24 @@ def stage_content(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
 def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.index.stage import export_run
 
-    manifests = export_run(cfg)
+    manifests = export_run(cfg.run_dir, cfg.export)
     for name, m in manifests.items():
         print(f"  {name}: {m['count']} items, recall@10 vs exact {m.get('recall_at_10')}")
     return {"indexes": {name: str(cfg.run_dir / "index" / name) for name in manifests}}
 
 
 def stage_candidates(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
+    from recemb.eval.holdout_queries import query_builder
     from recemb.retrieval.candidates import generate_candidates
 
-    return {"dir": str(generate_candidates(cfg, force=force))}
+    out = generate_candidates(
+        cfg.run_dir,
+        cfg.prepared_dir / "events.parquet",
+        cfg.candidates,
+        queries=query_builder(cfg.candidates.holdout, cfg.data.sessionize.gap_minutes),
+        force=force,
+    )
+    return {"dir": str(out)}
 
 
 def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
@@ -80,7 +88,7 @@ def stage_evaluate(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
 def stage_report(cfg: PipelineConfig, force: bool, timings: dict[str, Any] | None = None) -> dict[str, Any]:
     from recemb.report.html import run_report
 
-    out = run_report(cfg, timings=timings)
+    out = run_report(cfg.run_dir, cfg.prepared_dir, cfg.report, config=config_to_dict(cfg), timings=timings)
     print(f"  report: {out['report']}")
     return {"report": str(out["report"]), "sections": out["sections"]}
 

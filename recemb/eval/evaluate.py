@@ -331,7 +331,7 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
             }
         progress.summary = f"{len(results['protocols'])} protocol(s)"
     # Written candidate lists (recemb candidates), scored against their own holdout.
-    scored = evaluate_candidates(cfg, events=ds.events)
+    scored = evaluate_candidates(cfg.run_dir / "candidates", ds.events, cfg.eval.k, cfg.data.sessionize.gap_minutes)
     if scored is not None:
         part = results["protocols"].get(scored["protocol"])
         if part is not None:

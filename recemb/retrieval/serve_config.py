@@ -78,7 +78,9 @@ class ServeConfig(Section):
     @property
     def run_path(self) -> Path:
         if self.run_dir is None:
-            raise ConfigError("serve.run_dir is not set; build the settings with serve_settings(cfg)")
+            raise ConfigError(
+                "serve.run_dir is not set; resolve the settings with serve_settings(serve, run_dir, prepared_dir)"
+            )
         return Path(self.run_dir)
 
     @property
@@ -90,12 +92,12 @@ class ServeConfig(Section):
         return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
 
 
-def serve_settings(cfg, serve: ServeConfig | None = None) -> ServeConfig:
-    """The ``serve`` section of a PipelineConfig (or ``serve``), with run_dir/prepared_dir resolved."""
-    serve = serve or getattr(cfg, "serve", None) or ServeConfig()
+def serve_settings(serve: ServeConfig | None, run_dir: str | Path, prepared_dir: str | Path) -> ServeConfig:
+    """``serve`` (default ``ServeConfig()``) with its unset run_dir / prepared_dir filled in from the run's."""
+    serve = serve or ServeConfig()
     update = {}
     if serve.run_dir is None:
-        update["run_dir"] = str(cfg.run_dir)
+        update["run_dir"] = str(run_dir)
     if serve.prepared_dir is None:
-        update["prepared_dir"] = str(cfg.prepared_dir)
+        update["prepared_dir"] = str(prepared_dir)
     return serve.model_copy(update=update) if update else serve
