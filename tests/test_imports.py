@@ -164,3 +164,23 @@ def test_no_import_cycles():
 
 def test_section_is_a_leaf():
     assert import_graph()["recemb.section"] == set()
+
+
+def requirement_lines(path: Path) -> set[str]:
+    """The requirement specifiers of a requirements file, comments and blanks dropped."""
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return {line.replace(" ", "") for line in lines if line}
+
+
+def test_pyproject_declares_what_make_setup_installs():
+    import tomllib
+
+    root = PACKAGE_DIR.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {d.replace(" ", "") for d in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        declared |= {d.replace(" ", "") for d in extra}
+    # torchrec is installed with --no-deps (requirements/torchrec.txt), never declared.
+    for name in ("runtime", "pretrained", "dev", "peers"):
+        missing = requirement_lines(root / "requirements" / f"{name}.txt") - declared
+        assert not missing, f"requirements/{name}.txt has {sorted(missing)}, not declared in pyproject.toml"
