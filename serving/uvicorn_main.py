@@ -65,7 +65,7 @@ class BackgroundServer:
 
     def __init__(self, settings: ServeConfig, state: ServingState | None = None):
         if settings.port == 0:
-            settings = settings.model_copy(update={"port": _free_port(settings.host)})
+            settings = settings.model_copy(update={"port": free_port(settings.host)})
         self.settings = settings
         self.server = build_server(settings, state)
         self.app = self.server.config.app
@@ -86,7 +86,8 @@ class BackgroundServer:
         self._thread.join(timeout=10)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that is free now (the OS picks it; racy, fine for tests and benchmarks)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

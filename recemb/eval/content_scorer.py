@@ -39,7 +39,7 @@ import polars as pl
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, l2_normalize
 from recemb.errors import ConfigError, DataValidationError, RecembError
-from recemb.eval.embedding_scorer import _CatalogueMatrix, query_vectors, query_weights
+from recemb.eval.embedding_scorer import CatalogueMatrix, query_vectors, query_weights
 from recemb.eval.scorers import QueryBatch
 from recemb.models.content.config import ContentConfig
 from recemb.models.item2vec.config import Item2VecConfig
@@ -97,8 +97,8 @@ class ContentScorer:
         self.query, self.last_n, self.scoring, self.name = query, last_n, scoring, name
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.info: dict = {}
-        self._queries: _CatalogueMatrix | None = None
-        self._keys: _CatalogueMatrix | None = None
+        self._queries: CatalogueMatrix | None = None
+        self._keys: CatalogueMatrix | None = None
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ContentScorer:
         from recemb.models.content.align import content_embeddings
@@ -122,8 +122,8 @@ class ContentScorer:
             key_side = content
             query_side = behaviour if self.items_space == "aligned" else content
         where = f"ContentScorer {self.name!r}"
-        self._queries = _CatalogueMatrix(query_side, catalogue, self.scoring, where)
-        self._keys = _CatalogueMatrix(key_side, catalogue, self.scoring, where)
+        self._queries = CatalogueMatrix(query_side, catalogue, self.scoring, where)
+        self._keys = CatalogueMatrix(key_side, catalogue, self.scoring, where)
         return self
 
     @staticmethod
