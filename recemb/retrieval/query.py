@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recemb.index.base import unit_rows
+from recemb.vectors import l2_normalize
 
 QUERY_MODES = ("last", "mean", "mean_last_n", "recency")
 
@@ -51,7 +51,7 @@ def history_query(vectors: np.ndarray, mode: str, last_n: int, cosine: bool) -> 
     keep = w > 0
     v = np.asarray(vectors[keep], dtype=np.float32)
     if cosine:
-        v = unit_rows(v)
+        v = l2_normalize(v)
     w = w[keep]
     # Row-by-row sum, as np.add.reduceat does in the batch path: same rounding, same neighbours.
     return (v * w[:, None]).sum(axis=0) / w.sum()

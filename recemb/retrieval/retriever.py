@@ -42,8 +42,9 @@ import polars as pl
 
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
-from recemb.index.base import Index, unit_rows
+from recemb.index.base import Index
 from recemb.retrieval.query import QUERY_MODES, query_weights
+from recemb.vectors import l2_normalize
 
 POPULARITY = "popularity"
 _OUT_SCHEMA = {
@@ -319,7 +320,7 @@ class Retriever:
             if h.height:
                 v = np.asarray(src.items.vectors[h["item_row"].to_numpy()], dtype=np.float32)
                 if src.index.metric == "cosine":
-                    v = unit_rows(v)
+                    v = l2_normalize(v)
                 w = h["w"].to_numpy().astype(np.float32)
                 r = h["row"].to_numpy()
                 starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
