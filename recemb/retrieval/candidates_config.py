@@ -25,7 +25,7 @@ class CandidatesConfig(Section):
     exclude_seen: bool = True  # never return an item of the user's history (forced off for sess)
     blocked: list[str] = Field(default_factory=list)  # item ids never returned to anyone
     user_vectors: bool = True  # use <run>/<model>/user_embeddings as the query of known users
-    holdout: Literal["none", "ml", "sess"] = "none"  # see recemb.retrieval.candidates
+    holdout: Literal["none", "ml", "sess"] = "none"  # see recemb.eval.holdout_queries
     search_k: int | None = None  # Annoy search_k; None = the index manifest's
     partitions: int = Field(16, ge=1)  # fixed output partitions (part files)
     batch_size: int = Field(1024, ge=1)  # users per Retriever call inside a partition
