@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recemb.index import ExactIndex
 from recemb.index.annoy_index import AnnoyIndex
-from recemb.index.base import unit_rows
+from recemb.index.exact import ExactIndex
+from recemb.vectors import l2_normalize
 
 K = 10
 
@@ -113,7 +113,7 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
                 )
             ann.unload()
 
-    xu, qu = unit_rows(x), unit_rows(q)
+    xu, qu = l2_normalize(x), l2_normalize(q)
     if args.no_peers:
         return rows
     if importlib.util.find_spec("hnswlib"):

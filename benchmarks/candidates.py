@@ -1,7 +1,7 @@
 """Batch candidate generation: users/s of the Ray Data job on 1 and 2 workers (issue #5, item 4).
 
 Question: what does the batch job cost or gain over the obvious peer, a
-plain single-process loop over the same :class:`~recemb.retrieval.Retriever`
+plain single-process loop over the same :class:`~recemb.retrieval.retriever.Retriever`
 (``recommend_batch`` over all users in batches, results kept in memory, no
 Ray, no files)? The job adds partitioning, Parquet writes and, with Ray,
 actor start-up and scheduling; its workers run in parallel.
@@ -38,14 +38,14 @@ import polars as pl
 from recemb.config import build_config
 from recemb.data import schema
 from recemb.embeddings import EmbeddingSet
-from recemb.index import export_all, load_index
-from recemb.retrieval import Retriever
+from recemb.index.export import export_all, load_index
 from recemb.retrieval.candidates import (
     CandidatesConfig,
-    candidate_queries,
     generate_candidates,
     popularity,
+    production_queries,
 )
+from recemb.retrieval.retriever import Retriever
 
 
 def make_run(root: Path, users: int, items: int, dim: int, seed: int = 0):
@@ -88,7 +88,7 @@ def plain_loop(cfg, c: CandidatesConfig) -> float:
     """The peer: one process, one Retriever, recommend_batch over all users; wall seconds."""
     t0 = time.perf_counter()
     ev = schema.read_table(cfg.prepared_dir / "events.parquet", "events")
-    q, fit = candidate_queries(ev, "none")
+    q, fit = production_queries(ev)
     idx_dir = cfg.run_dir / "index" / "bench"
     emb = EmbeddingSet.load(cfg.run_dir / "bench" / "embeddings", verify=False)
     r = Retriever(
@@ -125,7 +125,7 @@ def main() -> None:
         def job(name: str, **kw) -> None:
             c = base.model_copy(update={"out": str(Path(tmp) / name.replace(" ", "_")), **kw})
             t = time.perf_counter()
-            generate_candidates(cfg, c, log_fn=lambda _: None)
+            generate_candidates(cfg.run_dir, cfg.prepared_dir / "events.parquet", c, log_fn=lambda _: None)
             results.append((name, time.perf_counter() - t))
 
         job("job in-process (num_workers=0)", num_workers=0)

@@ -52,7 +52,7 @@ def items_with_content(n: int):
         return texts, items["image_path"].to_list(), root, "ML-100K overviews + posters"
     except Exception as e:  # noqa: BLE001 - any missing piece: use synthetic content instead
         print(f"(ML-100K content unavailable: {e}; using synthetic items)")
-    from recemb.config import SynthConfig
+    from recemb.data.config import SynthConfig
     from recemb.data.dataset import load_dataset
     from recemb.data.synth import generate
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from recemb.config import SynthConfig
 from recemb.data import schema, synth
+from recemb.data.config import SynthConfig
 from recemb.data.sessions import sessionize
 from recemb.data.splits import leave_last_out, session_split
 from recemb.data.vocab import Vocab

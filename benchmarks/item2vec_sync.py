@@ -41,7 +41,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from item2vec_vs_gensim import PSess, synth, yoochoose  # noqa: E402  (same corpora and P-SESS harness)
 
-from recemb.models.item2vec import Item2VecConfig, build_corpus  # noqa: E402
+from recemb.models.item2vec.config import Item2VecConfig  # noqa: E402
+from recemb.models.item2vec.corpus import build_corpus  # noqa: E402
 from recemb.ray_runtime import ray_session  # noqa: E402
 from recemb.train.item2vec_ray import fit_corpus  # noqa: E402
 from recemb.train.ray_config import RayTrainConfig  # noqa: E402

@@ -32,7 +32,13 @@ import numpy as np
 import polars as pl
 
 from recemb.data.paths import data_dir
-from recemb.models.item2vec import Item2Vec, Item2VecConfig, build_corpus
+
+# ----------------------------------------------------------------- corpora
+from recemb.models.item2vec.config import Item2VecConfig
+
+# ----------------------------------------------------------------- corpora
+from recemb.models.item2vec.corpus import build_corpus
+from recemb.models.item2vec.model import Item2Vec
 
 
 # ----------------------------------------------------------------- corpora

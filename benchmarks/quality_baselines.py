@@ -40,11 +40,11 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recemb.config import EvalConfig
 from recemb.data.paths import data_dir
 from recemb.data.sources import prepare_source
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
+from recemb.eval.config import EvalConfig
 from recemb.eval.embedding_scorer import EmbeddingScorer
 from recemb.eval.evaluate import baseline_scorers, protocol_inputs, run_rows, runner_options, split_counts
 from recemb.eval.scorers import QueryBatch

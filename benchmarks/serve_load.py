@@ -153,14 +153,14 @@ def wait_ready(url: str, seconds: float = 60) -> None:
     raise RuntimeError(f"{url} not ready after {seconds}s")
 
 
-def free_port() -> int:
-    from serving.uvicorn_main import _free_port
+def local_port() -> int:
+    from serving.uvicorn_main import free_port
 
-    return _free_port("127.0.0.1")
+    return free_port("127.0.0.1")
 
 
 def bench_uvicorn(run: Path, args, reqs) -> list[tuple]:
-    port = free_port()
+    port = local_port()
     env = {**os.environ, "RECEMB_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.uvicorn_main", "--run-dir", str(run), "--port", str(port)],
@@ -200,7 +200,7 @@ def bench_serve(run: Path, args, reqs) -> list[tuple]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = ensure_ray(num_cpus=2)
     settings = ServeConfig(
-        run_dir=str(run), port=free_port(), replicas=args.replicas, num_cpus=0.5, app_name="recemb_bench"
+        run_dir=str(run), port=local_port(), replicas=args.replicas, num_cpus=0.5, app_name="recemb_bench"
     )
     rows = []
     try:

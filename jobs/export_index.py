@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from recemb.index.stage import export_run
 
     def body(cfg):
-        manifests = export_run(cfg)
+        manifests = export_run(cfg.run_dir, cfg.export)
         return {name: {"count": m["count"], "recall_at_10": m.get("recall_at_10")} for name, m in manifests.items()}
 
     return run_job("Export every EmbeddingSet of the run to <run>/index/<model>/.", body, argv)

@@ -12,14 +12,22 @@ that every node sees (workers write the parts themselves).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from jobs.common import run_job
+from recemb.config import PipelineConfig
 
 
 def main(argv: list[str] | None = None) -> int:
+    from recemb.eval.holdout_queries import query_builder
     from recemb.retrieval.candidates import generate_candidates
 
-    return run_job("Top-k candidates for every user, written to <run>/candidates.", generate_candidates, argv)
+    def body(cfg: PipelineConfig) -> Path:
+        c = cfg.candidates
+        queries = query_builder(c.holdout, cfg.data.sessionize.gap_minutes)
+        return generate_candidates(cfg.run_dir, cfg.prepared_dir / "events.parquet", c, queries=queries)
+
+    return run_job("Top-k candidates for every user, written to <run>/candidates.", body, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Typed pipeline configuration: one YAML file, one section per stage.
 
-A pipeline YAML looks like ``configs/quickstart.yaml``. Every section is a
-frozen pydantic model with ``extra="forbid"``, so a misspelt key is an error
-that names the file and the key, not a silently ignored setting. Values can be
+A pipeline YAML looks like ``configs/quickstart.yaml``. Each package owns its
+section (``recemb/data/config.py``, ``recemb/eval/config.py``, ...), a
+:class:`recemb.section.Section`: frozen, with ``extra="forbid"``, so a misspelt
+key is an error that names the file and the key, not a silently ignored
+setting. This module only assembles them into :class:`PipelineConfig`; library
+code takes its own section, so only stages, the CLI, jobs and serving import it. Values can be
 overridden from the command line with ``--set section.key=value`` (the value
 is parsed as YAML: ``--set data.synth.users=500``, ``--set eval.k=[10,20]``).
 The resolved config is stored in every artifact's manifest.
@@ -13,144 +16,38 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from recemb.data.config import DataConfig
 from recemb.errors import ConfigError
+from recemb.eval.config import EvalConfig
+from recemb.index.config import ExportConfig
 from recemb.models.content.config import ContentConfig, ContentParts
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.report.config import ReportConfig
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.serve_config import ServeConfig
+from recemb.section import Section, config_to_dict
 from recemb.train.ray_config import RayTrainConfig
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# config_to_dict is defined with Section (a leaf module) and re-exported for stage-level callers.
+__all__ = ["PipelineConfig", "RunConfig", "build_config", "config_to_dict", "load_config", "parse_overrides"]
 
 
 class RunConfig(Section):
+    """The ``run:`` section: where a run's artifacts live (``<dir>/<name>``)."""
+
     name: str = "quickstart"
     dir: str = "runs"  # the run directory is <dir>/<name>
 
     @property
     def path(self) -> Path:
         return Path(self.dir) / self.name
-
-
-class SynthConfig(Section):
-    """The synthetic generator (recemb.data.synth): the embedded default dataset."""
-
-    users: int = Field(2_000, ge=1)
-    items: int = Field(1_000, ge=2)
-    events: int = Field(200_000, ge=1)  # total behaviour events (approximate, +-1 session)
-    topics: int = Field(20, ge=1)
-    zipf_exponent: float = Field(1.0, ge=0)  # item popularity within a topic
-    mean_session_length: float = Field(6.0, gt=1)
-    topic_drift: float = Field(0.15, ge=0, le=1)  # chance that the next click changes topic
-    repeat_prob: float = Field(0.05, ge=0, le=1)  # chance that the next click repeats an earlier item
-    impressions: int = Field(2_000, ge=0)  # impression logs (each shows impression_size items)
-    impression_size: int = Field(10, ge=2)
-    images: bool = True  # write 64x64 PNGs per item
-    image_size: int = Field(64, ge=8)
-    chinese_fraction: float = Field(0.2, ge=0, le=1)  # share of items with Chinese titles/text
-    start: str = "2024-01-01T00:00:00Z"
-    days: int = Field(60, ge=1)
-    seed: int = 0
-    chunk_events: int = Field(1_000_000, ge=1_000)  # rows per Parquet write (bounds memory)
-
-
-class TableSourceConfig(Section):
-    """A generic CSV/Parquet source and its mapping onto canonical columns."""
-
-    events: str
-    items: str | None = None
-    users: str | None = None
-    impressions: str | None = None
-    # canonical column -> source column, per table, e.g. {events: {user_id: userId}}
-    columns: dict[str, dict[str, str]] = Field(default_factory=dict)
-    separator: str = ","
-
-
-class SessionizeConfig(Section):
-    gap_minutes: float = Field(30.0, gt=0)  # inactivity gap when the source has no session id
-
-
-class DataConfig(Section):
-    source: Literal["synth", "movielens-100k", "ml-100k-content", "yoochoose", "mind", "table"] = "synth"
-    path: str | None = None  # raw source directory; default: $RECEMB_DATA_DIR/<card's folder>
-    prepared: str | None = None  # where canonical tables land; default: <run>/data
-    synth: SynthConfig = SynthConfig()
-    table: TableSourceConfig | None = None
-    sessionize: SessionizeConfig = SessionizeConfig()
-    min_count: int = Field(1, ge=1)  # items seen fewer times are dropped from vocabularies
-
-
-class EvalConfig(Section):
-    """Evaluation (recemb.eval): protocols of DESIGN.md §7 and baselines."""
-
-    protocols: list[Literal["ml", "sess", "imp", "cold"]] = Field(default_factory=lambda: ["ml", "sess"])
-    k: list[int] = Field(default_factory=lambda: [10, 20])  # cut-offs of ml, sess and cold
-    imp_k: list[int] = Field(default_factory=lambda: [5, 10])  # nDCG@K / CTR@K of imp (MIND's)
-    baselines: list[str] = Field(default_factory=lambda: ["popularity", "knn"])
-    # recemb models fitted on each protocol's train split with their config section.
-    models: list[
-        Literal[
-            "item2vec",
-            "two_tower",
-            "two_tower-text",
-            "two_tower-image",
-            "two_tower-both",
-            "content",
-            "content-text",
-            "content-image",
-            "content-both",
-            "content-random",
-        ]
-    ] = Field(default_factory=list)
-    # Protocols the content* and two_tower-* models run on. Content exists for cold
-    # items, and each run fits item2vec plus the content alignment, the costly part.
-    content_protocols: list[Literal["ml", "sess", "imp", "cold"]] = Field(default_factory=lambda: ["cold"])
-    embeddings: dict[str, str] = Field(default_factory=dict)  # name -> EmbeddingSet directory to evaluate
-    # Also evaluate every <run>/<model>/embeddings. Off by default: `recemb train`
-    # fits on all events, test included, so those rows would be optimistic.
-    run_embeddings: bool = False
-    query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
-    query_last_n: int = Field(5, ge=1)
-    scoring: Literal["cosine", "dot"] = "cosine"
-    cold_fraction: float = Field(0.15, gt=0, lt=1)
-    # P-COLD on this many disjoint cold-item sets (one model fit each), pooled: more
-    # cold targets, less noise. ML-100K has ~70 cold test targets per 15% fold.
-    cold_folds: int = Field(1, ge=1)
-    # P-IMP: refit popularity on a rolling origin (a polars duration; null = fit once).
-    # News popularity lives for hours: frozen counts score AUC ~0.51 on MIND, hourly ~0.54.
-    imp_popularity_refit: str | None = "1h"
-    batch_size: int = Field(4096, ge=1)
-    seed: int = 0
-
-    @pydantic.model_validator(mode="after")
-    def _folds_fit(self) -> EvalConfig:
-        if self.cold_folds * self.cold_fraction > 1 + 1e-9:
-            raise ValueError(
-                f"eval.cold_folds x eval.cold_fraction = {self.cold_folds} x {self.cold_fraction} > 1: "
-                "the folds' cold items must be disjoint; lower one of them"
-            )
-        return self
-
-
-class ExportConfig(Section):
-    """Annoy export of the run's EmbeddingSets (recemb.index.export)."""
-
-    n_trees: int = Field(50, ge=1)
-    metric: Literal["cosine", "dot", "euclidean"] | None = None  # None: the EmbeddingSet's own
-    search_k: int = -1  # default search_k stored in the manifest (-1: annoy's n_trees * k)
-    sample: int = Field(1000, ge=0)  # items whose recall@10 against exact search is measured
-    # Which EmbeddingSets: names of <run>/<name>/embeddings; empty = every one in the run.
-    models: list[str] = Field(default_factory=list)
 
 
 class PipelineConfig(Section):
@@ -248,8 +145,3 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, data:, eval:)")
     return build_config(tree, overrides, str(path))
-
-
-def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
-    """JSON-ready dict of a config, for manifests."""
-    return cfg.model_dump(mode="json")

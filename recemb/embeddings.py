@@ -34,12 +34,12 @@ from recemb import __version__
 from recemb.data.vocab import Vocab
 from recemb.errors import RecembError
 from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
+from recemb.vectors import METRICS, l2_normalize
 
 SCHEMA_VERSION = 1
 IDS_FILE = "ids.parquet"
 VECTORS_FILE = "vectors.npy"
 MANIFEST_FILE = "manifest.json"
-METRICS = ("cosine", "dot", "euclidean")
 # Rows checked for NaN/inf at a time: bounds memory on large mmap'ed sets.
 _CHECK_ROWS = 1 << 16
 _REEXPORT = "re-export it with this recemb version (rerun the training stage, or EmbeddingSet(...).save(dir))"
@@ -251,12 +251,6 @@ def find_embedding_sets(run_dir: str | os.PathLike) -> dict[str, Path]:
     run_dir = Path(run_dir)
     found = sorted(run_dir.glob(f"*/embeddings/{MANIFEST_FILE}"))
     return {p.parent.parent.name: p.parent for p in found}
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` ``[N, D]`` scaled to unit L2 norm; all-zero rows stay zero."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
 
 
 def _check_ids(ids: np.ndarray, where: str) -> None:

@@ -1,6 +1,6 @@
 """One request's candidates with numpy and plain Python only (no polars per request).
 
-:class:`recemb.retrieval.Retriever` answers batches through polars frames,
+:class:`recemb.retrieval.retriever.Retriever` answers batches through polars frames,
 which costs ~16 ms per call however small the batch; the service answers one
 user at a time within a few milliseconds. :class:`OnlineRetriever` wraps the
 SAME Retriever object (its sources, indexes, popularity, query mode, quotas)
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recemb.retrieval.query import history_query
-from recemb.retrieval.retriever import POPULARITY, Retriever, Source, _check_query
+from recemb.retrieval.retriever import POPULARITY, Retriever, Source, check_query
 
 Hit = tuple[str, float, str]  # (item_id, score, source)
 
@@ -94,8 +94,8 @@ class OnlineRetriever:
     # --------------------------------------------------------------- internals
     def _answer(self, history, k, exclude, blocked, quotas, user_id, mode, exclude_seen, query_vectors) -> Answer:
         r = self.retriever
-        _check_query(mode, r.last_n)
-        quota = r._quotas(k, quotas if quotas is not None else r.quotas)
+        check_query(mode, r.last_n)
+        quota = r.quotas_for(k, quotas if quotas is not None else r.quotas)
         excl = set(history) if exclude_seen else set()
         excl.update(exclude)
         blocked = set(blocked)

@@ -117,10 +117,10 @@ def build_app(args: dict[str, Any]):
         return RecembService.bind(ServeConfig.model_validate(args["settings"]).model_dump(mode="json"))
     overrides = list(args.get("set", []))
     cfg = load_config(args["config"], overrides) if args.get("config") else build_config({}, overrides)
-    serve_cfg = getattr(cfg, "serve", None) or ServeConfig()
+    serve_cfg = cfg.serve
     if args.get("run_dir"):
         serve_cfg = serve_cfg.model_copy(update={"run_dir": str(args["run_dir"])})
-    settings = serve_settings(cfg, serve_cfg)
+    settings = serve_settings(serve_cfg, cfg.run_dir, cfg.prepared_dir)
     return RecembService.options(**deployment_options(settings)).bind(settings.model_dump(mode="json"))
 
 
@@ -128,7 +128,7 @@ def app_config(settings: ServeConfig, reload_token: Any = 0) -> dict[str, Any]:
     """The ``applications:`` entry of a ``serve deploy`` config for ``settings`` (resolved run_dir)."""
     if settings.run_dir is None:
         raise RecembError(
-            "serve settings need run_dir; build them with recemb.retrieval.serve_config.serve_settings(cfg)"
+            "serve settings need run_dir; build them with recemb.retrieval.serve_config.serve_settings(...)"
         )
     return {
         "name": settings.app_name,

@@ -34,7 +34,7 @@ from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
 from recemb.index.base import RecembIndexError
 from recemb.index.export import MANIFEST_FILE, embeddings_dir, load_index, read_manifest
-from recemb.retrieval import Retriever, Source
+from recemb.retrieval.retriever import Retriever, Source
 from recemb.retrieval.serve_config import ServeConfig
 from serving.query import OnlineRetriever
 from serving.user_tower import MicroBatcher, TowerQueryFn, UserTowerQuery, load_user_tower

@@ -16,6 +16,7 @@ import time
 
 import uvicorn
 
+from recemb.config import PipelineConfig, build_config, load_config
 from recemb.errors import RecembError
 from recemb.retrieval.serve_config import ServeConfig, serve_settings
 from serving.app import create_app
@@ -45,9 +46,12 @@ def build_server(settings: ServeConfig, state: ServingState | None = None) -> uv
     return uvicorn.Server(config)
 
 
-def run_uvicorn(cfg, serve: ServeConfig | None = None) -> None:
-    """Serve ``cfg``'s run on ``serve.host:serve.port`` until interrupted (the ``serve`` stage)."""
-    settings = serve_settings(cfg, serve)
+def run_uvicorn(cfg: PipelineConfig, serve: ServeConfig | None = None) -> None:
+    """Serve ``cfg``'s run on ``serve.host:serve.port`` until interrupted (the ``serve`` stage).
+
+    ``serve`` defaults to ``cfg.serve``; its unset run_dir / prepared_dir are the run's.
+    """
+    settings = serve_settings(serve or cfg.serve, cfg.run_dir, cfg.prepared_dir)
     server = build_server(settings)
     log.info("recemb serving %s on http://%s:%s (docs at /docs)", settings.run_dir, settings.host, settings.port)
     server.run()
@@ -61,7 +65,7 @@ class BackgroundServer:
 
     def __init__(self, settings: ServeConfig, state: ServingState | None = None):
         if settings.port == 0:
-            settings = settings.model_copy(update={"port": _free_port(settings.host)})
+            settings = settings.model_copy(update={"port": free_port(settings.host)})
         self.settings = settings
         self.server = build_server(settings, state)
         self.app = self.server.config.app
@@ -82,7 +86,8 @@ class BackgroundServer:
         self._thread.join(timeout=10)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that is free now (the OS picks it; racy, fine for tests and benchmarks)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -90,8 +95,6 @@ def _free_port(host: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m serving.uvicorn_main CONFIG [--set k=v]`` or ``--run-dir DIR`` (no config)."""
-    from recemb.config import build_config, load_config
-
     ap = argparse.ArgumentParser(description="recemb retrieval service under uvicorn")
     ap.add_argument("config", nargs="?", help="pipeline YAML (its serve: section)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides) if args.config else build_config({}, args.overrides)
         update = {k: v for k, v in (("run_dir", args.run_dir), ("port", args.port)) if v is not None}
-        serve = (getattr(cfg, "serve", None) or ServeConfig()).model_copy(update=update)
+        serve = cfg.serve.model_copy(update=update)
         run_uvicorn(cfg, ServeConfig.model_validate(serve.model_dump()))
     except RecembError as e:
         print(f"serve failed: {e}", file=sys.stderr)

@@ -10,7 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from recemb.config import TableSourceConfig, build_config
+from recemb.config import build_config
+from recemb.data.config import TableSourceConfig
 from recemb.data.sources import prepare_source
 from recemb.data.sources.mind import read_mind
 from recemb.data.sources.yoochoose import read_yoochoose

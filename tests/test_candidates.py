@@ -21,19 +21,20 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from recemb.config import SynthConfig, build_config
+from recemb.config import build_config
 from recemb.data import schema, splits, synth
+from recemb.data.config import SynthConfig
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError, DataValidationError
 from recemb.eval.candidates_eval import evaluate_candidates, score_candidates, target_ranks
 from recemb.eval.embedding_scorer import EmbeddingScorer
+from recemb.eval.holdout_queries import holdout_queries, query_builder
 from recemb.eval.protocols import run_protocol
-from recemb.index import export_all
+from recemb.index.export import export_all
 from recemb.retrieval.candidates import (
     CANDIDATES_SCHEMA,
     CandidatesConfig,
-    candidate_queries,
     generate_candidates,
     partition_of,
     read_candidates,
@@ -78,10 +79,17 @@ def run(tmp_path_factory):
     return cfg, emb
 
 
+def run_paths(cfg) -> tuple:
+    """``(run_dir, events_path)`` of a config: the first two arguments of generate_candidates."""
+    return cfg.run_dir, cfg.prepared_dir / "events.parquet"
+
+
 def gen(cfg, out, **kw):
     kw = {"k": K, "partitions": 4, "num_workers": 0, "out": str(out), **kw}
     lines: list[str] = []
-    path = generate_candidates(cfg, CandidatesConfig(**kw), log_fn=lines.append)
+    c = CandidatesConfig(**kw)
+    queries = query_builder(c.holdout, cfg.data.sessionize.gap_minutes)
+    path = generate_candidates(*run_paths(cfg), c, queries=queries, log_fn=lines.append)
     return path, lines
 
 
@@ -137,7 +145,7 @@ def test_crash_then_rerun_resumes_without_duplicates(run, tmp_path):
     out = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="test hook: failing partition 2"):
         generate_candidates(
-            cfg,
+            *run_paths(cfg),
             CandidatesConfig(k=K, partitions=4, num_workers=0, out=str(out)),
             log_fn=lambda _: None,
             _fail_on_parts=[2],
@@ -186,7 +194,7 @@ def test_bad_settings_are_named(run, tmp_path):
         gen(cfg, tmp_path / "c", quotas={"other": 3})
     empty = build_config({"run": {"name": "empty", "dir": str(tmp_path)}})
     with pytest.raises(ConfigError, match="recemb export"):
-        generate_candidates(empty, CandidatesConfig(num_workers=0))
+        generate_candidates(*run_paths(empty), CandidatesConfig(num_workers=0))
     with pytest.raises(DataValidationError, match="no _SUCCESS"):
         read_candidates(tmp_path)
 
@@ -221,7 +229,8 @@ def test_candidate_recall_equals_the_protocol_runner(run, tmp_path, holdout):
     """Exact lists from the batch job = the harness's own ranking of the same vectors."""
     cfg, emb = run
     out, _ = gen(cfg, tmp_path / holdout, holdout=holdout, k=20, **EXACT)
-    res = evaluate_candidates(cfg, ks=[10, 20], out_dir=out)
+    events = schema.read_table(cfg.prepared_dir / "events.parquet", "events")
+    res = evaluate_candidates(out, events, [10, 20], cfg.data.sessionize.gap_minutes)
     assert res["holdout"] == holdout and res["protocol"] == holdout
     ev = schema.read_table(cfg.prepared_dir / "events.parquet", "events")
     # The cold users have one event each: never a P-ML test user nor a P-SESS test session.
@@ -244,15 +253,22 @@ def test_candidate_recall_equals_the_protocol_runner(run, tmp_path, holdout):
 def test_holdout_queries_hide_the_targets(run):
     cfg, _ = run
     ev = schema.read_table(cfg.prepared_dir / "events.parquet", "events")
-    q, fit = candidate_queries(ev, "ml")
+    q, fit = holdout_queries(ev, "ml")
     split = splits.leave_last_out(ev)
     assert q.height == split.test.height
     row = q.row(0, named=True)
     val = split.validation.filter(pl.col("user_id") == row["user_id"])["item_id"].to_list()
     assert row["exclude"] == val and fit.height == split.train.height
-    q, _ = candidate_queries(ev, "sess")
+    q, _ = holdout_queries(ev, "sess")
     assert all(len(h) >= 1 for h in q["history"])
     assert q["user_id"].str.contains("#").all()
+
+
+def test_a_holdout_run_needs_its_query_builder(run, tmp_path):
+    # Without queries=..., holdout ml would write production lists labelled "ml".
+    cfg, _ = run
+    with pytest.raises(ConfigError, match="needs its holdout queries"):
+        generate_candidates(*run_paths(cfg), CandidatesConfig(holdout="ml", num_workers=0, out=str(tmp_path)))
 
 
 # -------------------------------------------------------------------- Ray
@@ -262,7 +278,7 @@ def test_ray_data_job_matches_in_process_and_resumes(run, tmp_path, ray_local):
     out = tmp_path / "ray"
     with pytest.raises(Exception, match="test hook: failing partition 1"):
         generate_candidates(
-            cfg,
+            *run_paths(cfg),
             CandidatesConfig(k=K, partitions=4, num_workers=1, out=str(out)),
             log_fn=lambda _: None,
             _fail_on_parts=[1],

@@ -55,3 +55,22 @@ def test_shipped_configs_load(name):
 
     cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
     assert cfg.run.name == name
+
+
+def test_eval_models_are_names_checked_later_but_never_empty():
+    # eval.models is a list of registry names (checked where scorers are built);
+    # the section itself only rejects an empty name.
+    names = ["item2vec", "two_tower-text"]
+    assert build_config({"eval": {"models": names}}).eval.models == names
+    with pytest.raises(ConfigError, match="empty name"):
+        build_config({"eval": {"models": ["item2vec", " "]}})
+
+
+def test_every_section_is_a_frozen_strict_section():
+    from recemb.config import PipelineConfig
+    from recemb.section import Section
+
+    sections = {name: f.annotation for name, f in PipelineConfig.model_fields.items() if name != "stages"}
+    assert len(sections) == 11
+    for name, annotation in sections.items():
+        assert issubclass(annotation, Section), name

@@ -11,11 +11,13 @@ import polars as pl
 import pytest
 import torch
 
-from recemb.config import EvalConfig, SynthConfig, build_config
+from recemb.config import build_config
 from recemb.data import synth
+from recemb.data.config import SynthConfig
 from recemb.data.dataset import load_dataset
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
+from recemb.eval.config import EvalConfig
 from recemb.models.content import image as img
 from recemb.models.content.config import ContentConfig
 from recemb.models.content.fusion import ContentFusion

@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recemb.config import SynthConfig
 from recemb.data import schema
+from recemb.data.config import SynthConfig
 from recemb.data.dataset import Dataset, load_dataset, write_dataset
 from recemb.data.describe import describe, format_description, gini
 from recemb.data.paths import data_dir

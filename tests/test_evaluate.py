@@ -8,8 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recemb.config import SynthConfig, build_config
+from recemb.config import build_config
 from recemb.data import synth
+from recemb.data.config import SynthConfig
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError
 from recemb.eval.evaluate import baseline_scorers

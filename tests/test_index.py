@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from recemb.embeddings import EmbeddingSet
-from recemb.index import ExactIndex, RecembIndexError
 from recemb.index.annoy_index import AnnoyIndex
+from recemb.index.base import RecembIndexError
+from recemb.index.exact import ExactIndex
 from recemb.index.export import (
     INDEX_FILE,
     MANIFEST_FILE,

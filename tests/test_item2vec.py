@@ -14,8 +14,9 @@ import pytest
 from conftest import make_events
 
 from recemb.errors import ConfigError, DataValidationError
-from recemb.models.item2vec import Item2Vec, Item2VecConfig, build_corpus
-from recemb.models.item2vec.corpus import keep_probabilities, negative_table
+from recemb.models.item2vec.config import Item2VecConfig
+from recemb.models.item2vec.corpus import build_corpus, keep_probabilities, negative_table
+from recemb.models.item2vec.model import Item2Vec
 
 GROUPS, PER_GROUP = 8, 15
 

@@ -16,12 +16,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recemb.config import SynthConfig, build_config
+from recemb.config import build_config
 from recemb.data import synth
+from recemb.data.config import SynthConfig
 from recemb.data.dataset import load_dataset
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError, RecembError
-from recemb.models.item2vec import Item2Vec, Item2VecConfig, build_corpus
+from recemb.models.item2vec.config import Item2VecConfig
+from recemb.models.item2vec.corpus import build_corpus
+from recemb.models.item2vec.model import Item2Vec
 from recemb.train.item2vec_ray import (
     latest_checkpoint,
     load_checkpoint,

@@ -14,12 +14,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recemb.config import SynthConfig, build_config
+from recemb.config import build_config, config_to_dict
 from recemb.data import schema, synth
+from recemb.data.config import SynthConfig
 from recemb.embeddings import EmbeddingSet
 from recemb.io import write_json
-from recemb.report import ReportConfig, build_report, export_projector, plots, run_report
 from recemb.report import html as report_html
+from recemb.report import plots
+from recemb.report.config import ReportConfig
+from recemb.report.html import build_report, run_report
+from recemb.report.projector import export_projector
 
 INJECTION = '<script>alert("x")</script><img src="http://evil.example/x.png">'
 CHINESE = "中文标题：推荐系统"
@@ -153,7 +157,7 @@ def tiny_run(tmp_path_factory) -> tuple:
     from recemb.index.export import export_index
 
     export_index(emb_dir, cfg.run_dir / "index" / "item2vec", n_trees=5, sample=20, n_jobs=1)
-    result = run_report(cfg, FAST)
+    result = run_report(cfg.run_dir, cfg.prepared_dir, FAST, config=config_to_dict(cfg))
     return cfg, items, top, result
 
 
@@ -232,7 +236,7 @@ def test_projector_without_items_writes_ids(tiny_run, tmp_path):
 
 def test_empty_run_gives_notes_not_errors(tmp_path):
     cfg = _config(tmp_path, "empty")
-    result = run_report(cfg, FAST)
+    result = run_report(cfg.run_dir, cfg.prepared_dir, FAST, config=config_to_dict(cfg))
     page = Path(result["report"]).read_text(encoding="utf-8")
     assert result["projector"] == {}
     assert set(result["sections"]) == {key for key, _, _ in report_html.SECTIONS}
@@ -250,7 +254,7 @@ def test_corrupt_input_costs_one_section(tmp_path):
     bad.run_dir.mkdir(parents=True)
     (bad.run_dir / "eval").mkdir()
     (bad.run_dir / "eval" / "metrics.json").write_text("{not json")
-    path = build_report(bad, FAST)
+    path = build_report(bad.run_dir, bad.prepared_dir, FAST, config=config_to_dict(bad))
     page = path.read_text(encoding="utf-8")
     assert "This section could not be drawn: JSONDecodeError" in page
     assert "<h2>Item embedding map</h2>" in page

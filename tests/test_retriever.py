@@ -8,9 +8,9 @@ import pytest
 
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
-from recemb.index import ExactIndex
 from recemb.index.annoy_index import AnnoyIndex
-from recemb.retrieval import Retriever, Source
+from recemb.index.exact import ExactIndex
+from recemb.retrieval.retriever import Retriever, Source
 
 N, D = 300, 8
 

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recemb.embeddings import EmbeddingSet  # noqa: E402
 from recemb.errors import RecembError  # noqa: E402
-from recemb.index import ExactIndex  # noqa: E402
 from recemb.index.annoy_index import AnnoyIndex  # noqa: E402
+from recemb.index.exact import ExactIndex  # noqa: E402
 from recemb.index.export import export_all  # noqa: E402
-from recemb.retrieval import Retriever, Source  # noqa: E402
 from recemb.retrieval.query import history_query, query_weights  # noqa: E402
+from recemb.retrieval.retriever import Retriever, Source  # noqa: E402
 from recemb.retrieval.serve_config import ServeConfig  # noqa: E402
 from serving.query import OnlineRetriever  # noqa: E402
 from serving.state import ServingState, load_snapshot  # noqa: E402
@@ -437,10 +437,10 @@ def test_ray_serve_runs_the_same_endpoints_and_swaps_in_place(ray_local, tmp_pat
     from ray import serve
 
     from serving.serve_app import run_serve
-    from serving.uvicorn_main import _free_port
+    from serving.uvicorn_main import free_port
 
     run = make_demo_run(tmp_path / "run", n_items=400, dim=16, seed=0)
-    settings = ServeConfig(run_dir=str(run), port=_free_port("127.0.0.1"), num_cpus=0.25, app_name="recemb_test")
+    settings = ServeConfig(run_dir=str(run), port=free_port("127.0.0.1"), num_cpus=0.25, app_name="recemb_test")
     try:
         url = run_serve(settings, reload_token=0)
         assert call(url, "GET", "/readyz")[1]["generation"] == 1

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from recemb.config import SynthConfig
 from recemb.data import schema
+from recemb.data.config import SynthConfig
 from recemb.data.dataset import load_dataset
 from recemb.data.synth import generate
 from recemb.errors import ConfigError

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import make_events
 
-from recemb.config import SynthConfig
 from recemb.data import synth
+from recemb.data.config import SynthConfig
 from recemb.data.dataset import load_dataset
 from recemb.data.splits import leave_last_out
 from recemb.data.vocab import Vocab

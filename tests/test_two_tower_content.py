@@ -10,10 +10,11 @@ import pytest
 import torch
 from test_two_tower import needs_torchrec
 
-from recemb.config import EvalConfig, SynthConfig
 from recemb.data import synth
+from recemb.data.config import SynthConfig
 from recemb.data.dataset import load_dataset
 from recemb.eval.baselines import PopularityScorer, RandomScorer
+from recemb.eval.config import EvalConfig
 from recemb.eval.evaluate import protocol_inputs, run_rows
 from recemb.eval.model_scorer import ModelScorer
 from recemb.models.content.text import HashedTokenizer

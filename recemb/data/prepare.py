@@ -13,10 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-from recemb.config import DataConfig, config_to_dict
+from recemb.data.config import DataConfig
 from recemb.data.dataset import META_FILE, write_dataset
 from recemb.data.sessions import sessionize
 from recemb.io import write_json
+from recemb.section import config_to_dict
 
 log = logging.getLogger(__name__)
 

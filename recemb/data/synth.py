@@ -55,10 +55,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from recemb import __version__
-from recemb.config import SynthConfig, config_to_dict
 from recemb.data import schema
+from recemb.data.config import SynthConfig
 from recemb.errors import ConfigError
 from recemb.io import atomic_dir, sha256_file, write_json
+from recemb.section import config_to_dict
 
 N_SUBCATS = 4  # sub-categories per topic (fewer when a topic has fewer items)
 SUB_FOCUS = 0.6  # chance that a click stays inside the segment's sub-category

@@ -2,7 +2,7 @@
 
 A candidate run made with ``candidates.holdout`` = ``ml`` or ``sess``
 (:mod:`recemb.retrieval.candidates`) queried the train part of that
-protocol's split; :func:`candidate_queries` rebuilds the same split, so every
+protocol's split; :mod:`recemb.eval.holdout_queries` rebuilds the same split, so every
 key (user, or ``"<session>#<i>"`` prefix) has its target. Per key the
 target's rank in the list (1-based, ``inf`` when absent, also for keys with
 no candidates) gives, for every cut-off K <= the run's k:
@@ -34,15 +34,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recemb.data import schema
 from recemb.errors import DataValidationError
+from recemb.eval.holdout_queries import holdout_queries
 from recemb.eval.metrics import mrr_at_k, ndcg_at_k, recall_at_k
-from recemb.retrieval.candidates import (
-    MANIFEST_FILE,
-    SUCCESS_FILE,
-    candidate_queries,
-    read_candidates,
-)
+from recemb.retrieval.candidates import MANIFEST_FILE, SUCCESS_FILE, read_candidates
 from recemb.retrieval.retriever import POPULARITY
 
 PROTOCOL_OF_HOLDOUT = {"ml": "ml", "sess": "sess"}
@@ -105,29 +100,29 @@ def score_candidates(
 
 
 def evaluate_candidates(
-    cfg: Any,
-    ks: Sequence[int] | None = None,
-    out_dir: str | Path | None = None,
-    events: pl.DataFrame | None = None,
+    out_dir: str | Path, events: pl.DataFrame, ks: Sequence[int], gap_minutes: float = 30.0
 ) -> dict | None:
-    """Score ``<run>/candidates`` (or ``out_dir``) against its holdout; None without a finished run.
+    """Score the candidate run in ``out_dir`` against its holdout; None without a finished run.
+
+    Args:
+        out_dir: a ``generate_candidates`` output (``<run>/candidates``).
+        events: the canonical events the run was made from.
+        ks: cut-offs (those beyond the run's k are left out).
+        gap_minutes: sessionization gap of the ``sess`` holdout (``data.sessionize``).
 
     Returns ``{"holdout", "protocol" (ml/sess/None), "row": {"model": "candidates[<sources>]",
     metrics...}}``, the row shaped like :func:`recemb.eval.evaluate.run_rows` rows, so that
     ``recemb evaluate`` can print it beside the protocol's table.
     """
-    out = Path(out_dir) if out_dir else Path(cfg.run_dir) / "candidates"
+    out = Path(out_dir)
     if not (out / SUCCESS_FILE).is_file():
         return None
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     cands = read_candidates(out)
-    if events is None:  # recemb evaluate passes the events it already loaded
-        events = schema.read_table(Path(cfg.prepared_dir) / "events.parquet", "events")
     holdout = manifest["holdout"]
-    queries, fit = candidate_queries(events, holdout, cfg.data.sessionize.gap_minutes)
+    queries, fit = holdout_queries(events, holdout, gap_minutes)
     targets = None if holdout == "none" else queries.select("user_id", "target")
-    ks = list(ks if ks is not None else cfg.eval.k)
-    row = score_candidates(cands, targets, ks, manifest["k"], fit["item_id"].unique())
+    row = score_candidates(cands, targets, list(ks), manifest["k"], fit["item_id"].unique())
     return {
         "holdout": holdout,
         "protocol": PROTOCOL_OF_HOLDOUT.get(holdout),

@@ -34,7 +34,7 @@ def _check_scoring(scoring: str) -> None:
         raise ConfigError(f"scoring must be one of {SCORINGS}, got {scoring!r} (eval.scoring)")
 
 
-class _CatalogueMatrix:
+class CatalogueMatrix:
     """The item set's rows aligned to a catalogue.
 
     Attributes:
@@ -133,7 +133,7 @@ class EmbeddingScorer:
         self.last_n = last_n
         self.scoring = scoring
         self.name = name or embeddings.kind
-        self._cat: _CatalogueMatrix | None = None
+        self._cat: CatalogueMatrix | None = None
 
     @property
     def coverage(self) -> float:
@@ -142,7 +142,7 @@ class EmbeddingScorer:
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> EmbeddingScorer:
         """Align the set's rows to ``catalogue``; ``train`` is not used (the vectors are already trained)."""
-        self._cat = _CatalogueMatrix(self.embeddings, catalogue, self.scoring, f"EmbeddingScorer {self.name!r}")
+        self._cat = CatalogueMatrix(self.embeddings, catalogue, self.scoring, f"EmbeddingScorer {self.name!r}")
         return self
 
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
@@ -188,10 +188,10 @@ class UserEmbeddingScorer:
         self.scoring = scoring
         self.name = name or users.kind
         self.unknown_users = 0
-        self._cat: _CatalogueMatrix | None = None
+        self._cat: CatalogueMatrix | None = None
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> UserEmbeddingScorer:
-        self._cat = _CatalogueMatrix(self.items, catalogue, self.scoring, f"UserEmbeddingScorer {self.name!r}")
+        self._cat = CatalogueMatrix(self.items, catalogue, self.scoring, f"UserEmbeddingScorer {self.name!r}")
         return self
 
     def score_queries(self, queries: QueryBatch) -> np.ndarray:

@@ -37,13 +37,13 @@ import numpy as np
 import polars as pl
 
 from recemb import __version__
-from recemb.config import EvalConfig
 from recemb.data import splits
 from recemb.data.dataset import Dataset
 from recemb.data.sessions import sessionize
 from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
+from recemb.eval.config import EvalConfig
 from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol
 from recemb.eval.scorers import Scorer
 from recemb.eval.tables import format_tables

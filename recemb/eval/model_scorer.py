@@ -21,11 +21,11 @@ import numpy as np
 import polars as pl
 
 from recemb.data.vocab import Vocab
-from recemb.embeddings import l2_normalize
 from recemb.errors import NotFittedError
-from recemb.eval.embedding_scorer import EmbeddingScorer, _CatalogueMatrix
+from recemb.eval.embedding_scorer import CatalogueMatrix, EmbeddingScorer
 from recemb.eval.scorers import QueryBatch
 from recemb.models.protocol import EmbeddingModel
+from recemb.vectors import l2_normalize
 
 
 class ModelScorer:
@@ -55,7 +55,7 @@ class ModelScorer:
         self.side = dict(side or {})
         self.model: EmbeddingModel | None = None
         self._pooled: EmbeddingScorer | None = None
-        self._items: _CatalogueMatrix | None = None
+        self._items: CatalogueMatrix | None = None
         self._rows: np.ndarray | None = None  # [N] model item row of each catalogue item (-1: none)
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ModelScorer:
@@ -67,7 +67,7 @@ class ModelScorer:
                 items, query=self.query, last_n=self.last_n, scoring=self.scoring, name=self.name
             ).fit(train, catalogue)
         else:
-            self._items = _CatalogueMatrix(items, catalogue, self.scoring, f"ModelScorer {self.name!r}")
+            self._items = CatalogueMatrix(items, catalogue, self.scoring, f"ModelScorer {self.name!r}")
             self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
         return self
 

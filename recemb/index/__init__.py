@@ -1,28 +1,9 @@
-"""Top-k indexes over EmbeddingSet vectors: exact and Annoy, plus safe export/load (DESIGN.md §5, §6)."""
+"""Top-k indexes over EmbeddingSet vectors: exact and Annoy, plus safe export/load (DESIGN.md §5, §6).
 
-from recemb.index.base import METRICS, Index, RecembIndexError
-from recemb.index.exact import ExactIndex
-
-__all__ = [
-    "METRICS",
-    "AnnoyIndex",
-    "ExactIndex",
-    "Index",
-    "RecembIndexError",
-    "export_all",
-    "export_index",
-    "load_index",
-]
-
-
-def __getattr__(name: str):
-    # annoy is an optional extra (recemb[index]): import it only when asked for.
-    if name == "AnnoyIndex":
-        from recemb.index.annoy_index import AnnoyIndex
-
-        return AnnoyIndex
-    if name in ("export_index", "load_index", "export_all"):
-        from recemb.index import export
-
-        return getattr(export, name)
-    raise AttributeError(f"module 'recemb.index' has no attribute {name!r}")
+- :mod:`.base`        the ``Index`` ABC (argument checks, padding), ``RecembIndexError``
+- :mod:`.exact`       ``ExactIndex``: brute force over numpy
+- :mod:`.annoy_index` ``AnnoyIndex`` (annoy is the optional extra ``recemb[index]``)
+- :mod:`.export`      ``export_index`` / ``load_index`` / ``export_all`` with manifests
+- :mod:`.stage`       ``export_run``: the pipeline's export stage
+- :mod:`.config`      ``ExportConfig``, the ``export:`` section of a pipeline YAML
+"""

@@ -22,8 +22,8 @@ import abc
 import numpy as np
 
 from recemb.errors import RecembError
+from recemb.vectors import METRICS
 
-METRICS = ("cosine", "dot", "euclidean")
 # Padding when an index returns fewer than k results (approximate search, tiny sets).
 PAD_ROW = -1
 PAD_SCORE = -np.inf
@@ -146,9 +146,3 @@ def to_similarity(metric: str, q: np.ndarray, x: np.ndarray, x_inv_norm: np.ndar
         sq = (q * q).sum(1)[:, None] - 2.0 * s + (x * x).sum(1)[None, :]
         s = -np.sqrt(np.maximum(sq, 0.0))
     return s.astype(np.float32, copy=False)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` ``[B, D]`` scaled to unit L2 norm (zero rows stay zero)."""
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(n > 0, n, 1.0)).astype(np.float32, copy=False)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recemb.index.base import Index, check_vectors, to_similarity, unit_rows
+from recemb.index.base import Index, check_vectors, to_similarity
+from recemb.vectors import l2_normalize
 
 DEFAULT_BLOCK_BYTES = 64 << 20
 
@@ -41,7 +42,7 @@ class ExactIndex(Index):
         return self
 
     def _search(self, queries: np.ndarray, k: int, rows: np.ndarray, scores: np.ndarray) -> None:
-        q = unit_rows(queries) if self.metric == "cosine" else queries
+        q = l2_normalize(queries) if self.metric == "cosine" else queries
         n = self._count
         budget = max(self.max_block_bytes // 4, 1)
         bi = min(n, max(budget // max(min(q.shape[0], 256), 1), k, 1024))

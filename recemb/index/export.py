@@ -31,9 +31,10 @@ from recemb import __version__
 from recemb.embeddings import MANIFEST_FILE as EMB_MANIFEST
 from recemb.embeddings import EmbeddingSet
 from recemb.index.annoy_index import ANNOY_METRIC, AnnoyIndex, node_bytes
-from recemb.index.base import METRICS, RecembIndexError
+from recemb.index.base import RecembIndexError
 from recemb.index.exact import ExactIndex
 from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
+from recemb.vectors import METRICS
 
 SCHEMA_VERSION = 1
 INDEX_FILE = "items.ann"

@@ -43,9 +43,10 @@ import numpy as np
 import polars as pl
 
 from recemb.data.vocab import Vocab
-from recemb.embeddings import EmbeddingSet, l2_normalize
+from recemb.embeddings import EmbeddingSet
 from recemb.errors import NotFittedError, RecembError
 from recemb.pooling import QUERY_MODES, QueryMode, csr_weights, weighted_mean
+from recemb.vectors import l2_normalize
 
 MODEL_FILE = "model.json"
 MODEL_FORMAT = 1

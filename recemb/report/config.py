@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from recemb.section import Section
 
 
-class ReportConfig(BaseModel):
+class ReportConfig(Section):
     """What `recemb report` draws into ``<run>/report.html`` and exports for the projector."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # 2-D map of item embeddings: "auto" = t-SNE when scikit-learn is installed
     # and the set has at most tsne_max_items rows, else PCA (numpy SVD).

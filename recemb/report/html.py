@@ -43,7 +43,6 @@ import polars as pl
 import yaml
 
 from recemb import __version__
-from recemb.config import PipelineConfig, config_to_dict
 from recemb.embeddings import EmbeddingSet, find_embedding_sets
 from recemb.errors import RecembError
 from recemb.eval.tables import HIDDEN_PREFIXES, TITLES, TRAILING
@@ -65,18 +64,12 @@ _SECTION_ERRORS = (OSError, ValueError, KeyError)
 class _Run:
     """What the sections read, loaded lazily and at most once."""
 
-    cfg: PipelineConfig
+    dir: Path  # the run directory
+    data_dir: Path  # its prepared dataset
+    config: Mapping[str, Any]  # the resolved pipeline config, as JSON
     opts: ReportConfig
     timings: Mapping[str, Any] | None = None
     projector: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def dir(self) -> Path:
-        return self.cfg.run_dir
-
-    @property
-    def data_dir(self) -> Path:
-        return self.cfg.prepared_dir
 
     @cached_property
     def items(self) -> pl.DataFrame | None:
@@ -163,7 +156,7 @@ def header_section(run: _Run) -> str:
         stages, source = _read_json(run.dir / "pipeline.json").get("stages", {}), "pipeline.json"
     if stages:
         # In pipeline order (pipeline.json stores its keys sorted).
-        order = list(run.cfg.stages)
+        order = list(run.config.get("stages", ()))
         stages = dict(sorted(stages.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
         rows = [
             [esc(name), _fmt("seconds", s.get("seconds")), "up to date, skipped" if s.get("skipped") else ""]
@@ -178,7 +171,7 @@ def header_section(run: _Run) -> str:
     else:
         parts.append(_note("No stage timings: pipeline.json is written by `recemb pipeline`."))
 
-    config = yaml.safe_dump(config_to_dict(run.cfg), sort_keys=False, allow_unicode=True)
+    config = yaml.safe_dump(dict(run.config), sort_keys=False, allow_unicode=True)
     parts.append(f"<details><summary>Config</summary><pre>{esc(config)}</pre></details>")
     return "".join(parts)
 
@@ -318,7 +311,7 @@ def _latency_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> tup
 
 
 def _measure_latency(index_dir: Path, n: int, seed: int) -> dict[str, float]:
-    from recemb.index import ExactIndex
+    from recemb.index.exact import ExactIndex
     from recemb.index.export import embeddings_dir, load_index
 
     emb = EmbeddingSet.load(embeddings_dir(index_dir))
@@ -554,8 +547,8 @@ def render(run: _Run) -> tuple[str, dict[str, str]]:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>recemb report: {esc(run.cfg.run.name)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>recemb run report: {esc(run.cfg.run.name)}</h1>"
+        f"<title>recemb report: {esc(run.dir.name)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>recemb run report: {esc(run.dir.name)}</h1>"
         f'<p class="sub">{esc(run.dir)} · generated {now} · recemb {esc(__version__)}</p>'
         + "".join(body)
         + "</body></html>\n"
@@ -564,53 +557,64 @@ def render(run: _Run) -> tuple[str, dict[str, str]]:
 
 
 def build_report(
-    cfg: PipelineConfig,
+    run_dir: str | Path,
+    data_dir: str | Path,
     opts: ReportConfig | None = None,
+    *,
+    config: Mapping[str, Any],
     timings: Mapping[str, Any] | None = None,
     projector: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write ``<run>/report.html`` atomically and return its path.
 
     Args:
-        cfg: the pipeline config (run dir, prepared data dir, shown in the header).
-        opts: report options; default ``cfg.report`` when the config has that section, else defaults.
+        run_dir: the run directory (its name is the report's title).
+        data_dir: the run's prepared dataset.
+        opts: report options (the ``report:`` section); default ``ReportConfig()``.
+        config: the resolved pipeline config as JSON (``config_to_dict(cfg)``): shown in
+            the report, and its ``stages`` order the timings.
         timings: stage summaries ``{stage: {"seconds": s, ...}}``; default the run's pipeline.json
             (a report drawn inside ``recemb pipeline`` passes the stages so far).
         projector: ``{model: dir}`` of projector exports to list.
     """
-    return _build(cfg, opts, timings, projector)[0]
+    run = _Run(Path(run_dir), Path(data_dir), config, opts or ReportConfig(), timings, dict(projector or {}))
+    return _write(run)[0]
 
 
-def _build(cfg, opts, timings, projector) -> tuple[Path, dict[str, str]]:
-    opts = opts or getattr(cfg, "report", None) or ReportConfig()
-    run = _Run(cfg, opts, timings, dict(projector or {}))
+def _write(run: _Run) -> tuple[Path, dict[str, str]]:
     page, status = render(run)
-    out = cfg.run_dir / REPORT_FILE
+    out = run.dir / REPORT_FILE
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out, status
 
 
 def run_report(
-    cfg: PipelineConfig, opts: ReportConfig | None = None, timings: Mapping[str, Any] | None = None
+    run_dir: str | Path,
+    data_dir: str | Path,
+    opts: ReportConfig | None = None,
+    *,
+    config: Mapping[str, Any],
+    timings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stage ``report``: projector export per EmbeddingSet, then ``<run>/report.html``.
 
-    Returns ``{"report": path, "projector": {model: dir}, "sections": {name: status}}``.
+    Arguments as :func:`build_report`. Returns ``{"report": path, "projector": {model: dir},
+    "sections": {name: status}}``.
     """
     from recemb.report.projector import export_projector
 
-    opts = opts or getattr(cfg, "report", None) or ReportConfig()
+    run_dir, data_dir, opts = Path(run_dir), Path(data_dir), opts or ReportConfig()
     exported: dict[str, Path] = {}
     if opts.projector:
-        sets = find_embedding_sets(cfg.run_dir)
-        items_path = cfg.prepared_dir / "items.parquet"
+        sets = find_embedding_sets(run_dir)
+        items_path = data_dir / "items.parquet"
         items = None
         if sets and items_path.exists():
             from recemb.data import schema
 
             items = schema.read_table(items_path, "items")
         for name, path in sets.items():
-            exported[name] = export_projector(path, cfg.run_dir / "projector" / name, items)
-    out, status = _build(cfg, opts, timings, exported)
+            exported[name] = export_projector(path, run_dir / "projector" / name, items)
+    out, status = _write(_Run(run_dir, data_dir, config, opts, timings, exported))
     return {"report": str(out), "projector": {k: str(v) for k, v in exported.items()}, "sections": status}

@@ -1,14 +1,7 @@
 """Candidate retrieval over one or more (EmbeddingSet, Index) sources (DESIGN.md §6).
 
-The heavy parts load on first use, so that reading a config (which imports
-the ``serve:`` section from here) stays fast.
+- :mod:`.query`              ``QUERY_MODES``: a user history -> a query vector
+- :mod:`.retriever`          ``Retriever`` over ``Source`` s: query, filter, blend, top-up
+- :mod:`.candidates`         the batch candidate job (Ray Data)
+- :mod:`.candidates_config`, :mod:`.serve_config`  the ``candidates:`` and ``serve:`` sections
 """
-
-__all__ = ["QUERY_MODES", "Retriever", "Source"]
-
-from recemb.lazy import lazy_exports  # noqa: E402
-
-_LAZY = {"Retriever": "retriever", "Source": "retriever", "QUERY_MODES": "query"}
-
-
-__getattr__ = lazy_exports(__name__, _LAZY)

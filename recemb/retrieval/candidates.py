@@ -1,6 +1,6 @@
 """Batch candidate generation: top-k per user for every user, as a Ray Data job.
 
-``generate_candidates(cfg)`` reads the prepared events (user histories,
+``generate_candidates(run_dir, events_path)`` reads the prepared events (user histories,
 oldest first) and the run's exported indexes (``<run>/index/<model>/``) and
 writes (DESIGN.md §5)::
 
@@ -22,23 +22,17 @@ crash it finishes the job, without duplicates. A rerun whose inputs differ
 Ray Data runs the partitions (one row = one whole partition, so a batch
 never splits one) through :class:`PartitionWriter`, a callable class whose
 ``__init__`` opens the indexes (Annoy mmap, shared between workers by the
-OS page cache) and builds the :class:`~recemb.retrieval.Retriever` once per
+OS page cache) and builds the :class:`~recemb.retrieval.retriever.Retriever` once per
 worker. ``num_workers=0`` runs the same class in this process, without Ray.
 
-``holdout`` builds the queries of an offline evaluation instead of the
-production ones (scored by :mod:`recemb.eval.candidates_eval`):
-
-=======  ===============================================================
-none     every user, history = all their events (production)
-ml       P-ML test users, history = their leave-last-out train part,
-         validation item excluded; target = the test item
-sess     P-SESS: one query per test-session prefix, key
-         ``"<session_id>#<i>"``, history = items 0..i-1, no masking;
-         target = item i
-=======  ===============================================================
+The queries come from a :data:`QueryBuilder`: :func:`production_queries`
+(every user, history = all their events) unless the caller passes another.
+An offline evaluation (``candidates.holdout`` = ``ml`` or ``sess``) passes
+the builder of :mod:`recemb.eval.holdout_queries`, which hides that
+protocol's test clicks, and scores the lists with :mod:`recemb.eval.candidates_eval`.
 
 Popularity (the fallback for users no source can serve) counts the events
-the histories come from (the train part under a holdout).
+the histories come from (the builder's ``fit_events``: the train part under a holdout).
 """
 
 from __future__ import annotations
@@ -61,7 +55,6 @@ import pyarrow.parquet as pq
 
 from recemb import __version__
 from recemb.data import schema, splits
-from recemb.data.sessions import sessionize
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError, DataValidationError
 from recemb.io import atomic_path, sha256_file, write_json
@@ -82,7 +75,6 @@ CANDIDATES_SCHEMA = pa.schema(
         ("source", pa.string()),
     ]
 )
-HOLDOUTS = ("none", "ml", "sess")
 PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
 JOB_FILE, MANIFEST_FILE, SUCCESS_FILE = "_job.json", "manifest.json", "_SUCCESS"
 USER_VECTORS_DIR = "user_embeddings"  # <run>/<model>/user_embeddings (two-tower)
@@ -91,69 +83,27 @@ _EXECUTION_KEYS = ("num_workers", "cpus_per_worker", "verify", "out")
 
 
 # ----------------------------------------------------------------- queries
-def candidate_queries(
-    events: pl.DataFrame, holdout: str = "none", gap_minutes: float = 30.0
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The queries of a candidate run and the events popularity is counted on.
-
-    Args:
-        events: canonical events.
-        holdout: ``none``, ``ml`` or ``sess`` (module docstring).
-        gap_minutes: sessionization gap for ``sess`` when events lack session ids.
-
-    Returns:
-        ``(queries, fit_events)``; ``queries`` has one row per key:
-        ``user_id: str, history: list[str] (oldest first), exclude: list[str],
-        target: str (null under none)``, sorted by ``user_id``.
-    """
-    if holdout not in HOLDOUTS:
-        raise ConfigError(f"candidates.holdout must be one of {HOLDOUTS}, got {holdout!r}")
-    if events.height == 0:
-        raise DataValidationError("candidate generation: the events table is empty; prepare data first")
-    empty = pl.lit([], dtype=pl.List(pl.String))
-    if holdout == "none":
-        q = _histories(events).with_columns(exclude=empty, target=pl.lit(None, pl.String))
-        return q.sort("user_id"), events
-    if holdout == "ml":
-        split = splits.leave_last_out(events)
-        if split.test.height == 0:
-            raise DataValidationError("holdout ml: no user has 3 or more events, so no test item")
-        q = (
-            split.test.select("user_id", pl.col("item_id").alias("target"))
-            .join(_histories(split.train), on="user_id", how="left")
-            .join(
-                split.validation.select("user_id", pl.concat_list("item_id").alias("exclude")),
-                on="user_id",
-                how="left",
-            )
-            .with_columns(pl.col("history").fill_null(empty), pl.col("exclude").fill_null(empty))
-        )
-        return q.select("user_id", "history", "exclude", "target").sort("user_id"), split.train
-    ev = sessionize(events, gap_minutes) if events["session_id"].null_count() else events
-    split = splits.session_split(ev)
-    if split.test.height == 0:
-        raise DataValidationError("holdout sess: no test session keeps >= 2 events on train items")
-    # split.test is ordered by (session_id, ts, original order): a prefix is a list slice.
-    q = (
-        split.test.group_by("session_id", maintain_order=True)
-        .agg(items=pl.col("item_id"))
-        .with_columns(pos=pl.int_ranges(1, pl.col("items").list.len()))
-        .explode("pos")
-        .select(
-            pl.format("{}#{}", "session_id", "pos").alias("user_id"),
-            pl.col("items").list.slice(0, pl.col("pos")).alias("history"),
-            empty.alias("exclude"),
-            pl.col("items").list.get(pl.col("pos")).alias("target"),
-        )
-    )
-    return q.sort("user_id"), split.train
+#: Builds a run's queries from the canonical events: ``events -> (queries, fit_events)``.
+#: ``queries`` has one row per key: ``user_id: str, history: list[str] (oldest first),
+#: exclude: list[str], target: str (null in production)``, sorted by ``user_id``;
+#: popularity is counted on ``fit_events``.
+QueryBuilder = Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
 
 
-def _histories(events: pl.DataFrame) -> pl.DataFrame:
+def history_lists(events: pl.DataFrame) -> pl.DataFrame:
     """``[user_id, history: list[str]]``, oldest first by (ts, item_id) as P-ML orders them."""
     ev = events.select("user_id", "item_id", "ts")
     ev = ev.sort([pl.col("user_id"), *splits.sort_keys(ev, ("ts", "item_id"))], maintain_order=True)
     return ev.group_by("user_id", maintain_order=True).agg(history=pl.col("item_id"))
+
+
+def production_queries(events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The production :data:`QueryBuilder`: every user, history = all their events, no target."""
+    if events.height == 0:
+        raise DataValidationError("candidate generation: the events table is empty; prepare data first")
+    empty = pl.lit([], dtype=pl.List(pl.String))
+    q = history_lists(events).with_columns(exclude=empty, target=pl.lit(None, pl.String))
+    return q.sort("user_id"), events
 
 
 def popularity(events: pl.DataFrame) -> list[str]:
@@ -401,38 +351,48 @@ def _run_partitions(table: pa.Table, spec: WorkerSpec, c: CandidatesConfig, on_d
 
 
 def generate_candidates(
-    cfg: Any,
+    run_dir: str | Path,
+    events_path: str | Path,
     section: CandidatesConfig | None = None,
     *,
+    queries: QueryBuilder = production_queries,
     force: bool = False,
     log_fn: Callable[[str], None] | None = None,
     _fail_on_parts: Iterable[int] = (),
 ) -> Path:
-    """Write top-k candidates for every user of the run to ``<run>/candidates``; return that dir.
+    """Write top-k candidates for every query key to ``<run>/candidates``; return that dir.
 
     Args:
-        cfg: the :class:`~recemb.config.PipelineConfig` (run dir, prepared data,
-            sessionize gap).
-        section: the candidates settings; default ``cfg.candidates``, else defaults.
+        run_dir: the run directory (``<run>/index/<model>/`` are the sources).
+        events_path: the prepared ``events.parquet``.
+        section: the candidates settings; default :class:`CandidatesConfig` ().
+        queries: builds the queries from the events; ``section.holdout`` other
+            than ``none`` needs the matching builder of
+            :func:`recemb.eval.holdout_queries.query_builder`.
         force: recompute every partition even if the output is complete.
         log_fn: receives progress lines (default: this module's logger).
         _fail_on_parts: test hook; these partitions raise before being written.
     """
     say = log_fn or log.info
-    c = section or getattr(cfg, "candidates", None) or CandidatesConfig()
+    c = section or CandidatesConfig()
+    if c.holdout != "none" and queries is production_queries:
+        raise ConfigError(
+            f"candidates.holdout={c.holdout} needs its holdout queries: pass "
+            f"queries=recemb.eval.holdout_queries.query_builder({c.holdout!r}, gap_minutes)"
+        )
     t0 = time.perf_counter()
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(run_dir)
     out = Path(c.out) if c.out else run_dir / "candidates"
     sources = resolve_sources(run_dir, c)
-    events_path = Path(cfg.prepared_dir) / "events.parquet"
+    events_path = Path(events_path)
     if not events_path.is_file():
         raise DataValidationError(
             f"{events_path}: missing; prepare the data first (`recemb data prepare` or `recemb pipeline CONFIG`)"
         )
     events = schema.read_table(events_path, "events")
-    queries, fit = candidate_queries(events, c.holdout, cfg.data.sessionize.gap_minutes)
-    parts = partition_of(queries["user_id"].to_list(), c.partitions)
-    fingerprint = _fingerprint(c, sources, sha256_file(events_path), queries.height)
+    keys, fit = queries(events)
+    parts = partition_of(keys["user_id"].to_list(), c.partitions)
+    fingerprint = _fingerprint(c, sources, sha256_file(events_path), keys.height)
     if _prepare_out(out, fingerprint, force, say):
         say(f"candidates: {out} is complete for these inputs; nothing to do (force to redo)")
         return out
@@ -471,10 +431,10 @@ def generate_candidates(
 
     with bar:
         if todo:
-            _run_partitions(_partition_table(queries, parts, todo), spec, c, on_done)
+            _run_partitions(_partition_table(keys, parts, todo), spec, c, on_done)
         bar.summary = f"{progress['users']} users"
     run_seconds = time.perf_counter() - t_run
-    manifest = _manifest(out, c, sources, queries.height, len(done), progress, t0, run_seconds, fingerprint)
+    manifest = _manifest(out, c, sources, keys.height, len(done), progress, t0, run_seconds, fingerprint)
     write_json(out / MANIFEST_FILE, manifest)
     with atomic_path(out / SUCCESS_FILE) as tmp:
         tmp.write_text("")
@@ -526,9 +486,11 @@ __all__ = [
     "QUERY_MODES",
     "CandidatesConfig",
     "PartitionWriter",
-    "candidate_queries",
+    "QueryBuilder",
     "generate_candidates",
+    "history_lists",
     "partition_of",
     "popularity",
+    "production_queries",
     "read_candidates",
 ]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from recemb.section import Section
 
 
-class CandidatesConfig(BaseModel):
+class CandidatesConfig(Section):
     """The ``candidates:`` section: batch top-k for every user."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     k: int = Field(100, ge=1)  # candidates per user
     sources: list[str] = Field(default_factory=list)  # index names under <run>/index/; empty = all
@@ -25,7 +25,7 @@ class CandidatesConfig(BaseModel):
     exclude_seen: bool = True  # never return an item of the user's history (forced off for sess)
     blocked: list[str] = Field(default_factory=list)  # item ids never returned to anyone
     user_vectors: bool = True  # use <run>/<model>/user_embeddings as the query of known users
-    holdout: Literal["none", "ml", "sess"] = "none"  # see recemb.retrieval.candidates
+    holdout: Literal["none", "ml", "sess"] = "none"  # see recemb.eval.holdout_queries
     search_k: int | None = None  # Annoy search_k; None = the index manifest's
     partitions: int = Field(16, ge=1)  # fixed output partitions (part files)
     batch_size: int = Field(1024, ge=1)  # users per Retriever call inside a partition

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recemb.index.base import unit_rows
 from recemb.pooling import QUERY_MODES, query_weights
+from recemb.vectors import l2_normalize
 
 __all__ = ["QUERY_MODES", "history_query", "query_weights"]
 
@@ -38,7 +38,7 @@ def history_query(vectors: np.ndarray, mode: str, last_n: int, cosine: bool) -> 
     keep = w > 0
     v = np.asarray(vectors[keep], dtype=np.float32)
     if cosine:
-        v = unit_rows(v)
+        v = l2_normalize(v)
     w = w[keep]
     # Row-by-row sum, as np.add.reduceat does in the batch path: same rounding, same neighbours.
     return (v * w[:, None]).sum(axis=0) / w.sum()

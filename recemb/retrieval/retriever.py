@@ -1,8 +1,10 @@
 """The Retriever: user history -> query vector -> top-k -> filter -> blend -> top up.
 
-Batch candidate generation and the online service both call
-:meth:`Retriever.recommend_batch` (``recommend`` and ``similar_items`` are
-one-row calls of it), so both paths return the same candidates.
+Batch candidate generation calls :meth:`Retriever.recommend_batch`
+(``recommend`` and ``similar_items`` are one-row calls of it). The online
+service answers one request at a time with :class:`serving.query.OnlineRetriever`,
+a numpy-only second implementation of the same steps over the same Retriever
+object, kept equal to this one by tests/test_serving.py.
 
 Per call, for each source (e.g. ``"item2vec"``, ``"two_tower"``):
 
@@ -40,8 +42,9 @@ import polars as pl
 
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
-from recemb.index.base import Index, unit_rows
+from recemb.index.base import Index
 from recemb.retrieval.query import QUERY_MODES, query_weights
+from recemb.vectors import l2_normalize
 
 POPULARITY = "popularity"
 _OUT_SCHEMA = {
@@ -111,7 +114,7 @@ class Retriever:
             if name == POPULARITY:
                 raise RecembError(f"source name {POPULARITY!r} is reserved for the fallback; rename the source")
             self.sources[name] = src if isinstance(src, Source) else Source(*src)
-        _check_query(query, last_n)
+        check_query(query, last_n)
         self.query, self.last_n = query, int(last_n)
         self.quotas = quotas
         self.exclude_seen = exclude_seen
@@ -203,7 +206,7 @@ class Retriever:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise RecembError(f"k must be a positive integer, got {k!r}")
         query = query or self.query
-        _check_query(query, self.last_n)
+        check_query(query, self.last_n)
         b = len(histories)
         if exclude is not None and len(exclude) != b:
             raise RecembError(f"exclude has {len(exclude)} lists but histories has {b}; one list per user")
@@ -219,7 +222,7 @@ class Retriever:
             n_excl[per_row["row"].to_numpy()] = per_row["len"].to_numpy()
         margin_rows = n_excl + blocked_s.len()
         margin = int(margin_rows.max()) if b else 0
-        quota = self._quotas(k, quotas if quotas is not None else self.quotas)
+        quota = self.quotas_for(k, quotas if quotas is not None else self.quotas)
 
         cands = []
         for order, (name, src) in enumerate(self.sources.items()):
@@ -279,7 +282,8 @@ class Retriever:
             )
         return pl.concat(parts).filter(pl.col("item_row") >= 0).sort("row", maintain_order=True)
 
-    def _quotas(self, k: int, quotas: Mapping[str, int | float] | None) -> dict[str, int]:
+    def quotas_for(self, k: int, quotas: Mapping[str, int | float] | None) -> dict[str, int]:
+        """``{source: places}`` of a k-long list: ``quotas`` (counts, or fractions of k) checked, or k split evenly."""
         names = list(self.sources)
         if quotas is None:
             base, extra = divmod(k, len(names))
@@ -316,7 +320,7 @@ class Retriever:
             if h.height:
                 v = np.asarray(src.items.vectors[h["item_row"].to_numpy()], dtype=np.float32)
                 if src.index.metric == "cosine":
-                    v = unit_rows(v)
+                    v = l2_normalize(v)
                 w = h["w"].to_numpy().astype(np.float32)
                 r = h["row"].to_numpy()
                 starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
@@ -427,7 +431,8 @@ def _long(lists: Sequence[Sequence[str]], what: str) -> pl.DataFrame:
     )
 
 
-def _check_query(query: str, last_n: int) -> None:
+def check_query(query: str, last_n: int) -> None:
+    """Raise a RecembError naming the argument unless ``query`` is a query mode and ``last_n >= 1``."""
     if query not in QUERY_MODES:
         raise RecembError(f"query must be one of {QUERY_MODES}, got {query!r}")
     if last_n < 1:

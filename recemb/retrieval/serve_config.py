@@ -20,17 +20,16 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from recemb.errors import ConfigError
+from recemb.section import Section
 
 ADMIN_TOKEN_ENV = "RECEMB_ADMIN_TOKEN"
 
 
-class UserTowerServeConfig(BaseModel):
+class UserTowerServeConfig(Section):
     """Batching of user-tower queries (when ``<run>/two_tower/user_tower/`` exists)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     max_batch_size: int = Field(32, ge=1, le=4096)
@@ -38,10 +37,8 @@ class UserTowerServeConfig(BaseModel):
     source: str = "two_tower"  # the index its query vectors search
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(Section):
     """Online retrieval service (serving/): HTTP bind, bounds, fallback, Ray Serve scaling."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)  # 0 = any free port
@@ -81,7 +78,9 @@ class ServeConfig(BaseModel):
     @property
     def run_path(self) -> Path:
         if self.run_dir is None:
-            raise ConfigError("serve.run_dir is not set; build the settings with serve_settings(cfg)")
+            raise ConfigError(
+                "serve.run_dir is not set; resolve the settings with serve_settings(serve, run_dir, prepared_dir)"
+            )
         return Path(self.run_dir)
 
     @property
@@ -93,12 +92,12 @@ class ServeConfig(BaseModel):
         return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
 
 
-def serve_settings(cfg, serve: ServeConfig | None = None) -> ServeConfig:
-    """The ``serve`` section of a PipelineConfig (or ``serve``), with run_dir/prepared_dir resolved."""
-    serve = serve or getattr(cfg, "serve", None) or ServeConfig()
+def serve_settings(serve: ServeConfig | None, run_dir: str | Path, prepared_dir: str | Path) -> ServeConfig:
+    """``serve`` (default ``ServeConfig()``) with its unset run_dir / prepared_dir filled in from the run's."""
+    serve = serve or ServeConfig()
     update = {}
     if serve.run_dir is None:
-        update["run_dir"] = str(cfg.run_dir)
+        update["run_dir"] = str(run_dir)
     if serve.prepared_dir is None:
-        update["prepared_dir"] = str(cfg.prepared_dir)
+        update["prepared_dir"] = str(prepared_dir)
     return serve.model_copy(update=update) if update else serve

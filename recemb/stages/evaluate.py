@@ -94,14 +94,15 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
     check_eval_models(cfg)
     ds = load_dataset(cfg.prepared_dir)
     on_disk = embedding_scorers(cfg)  # load (and verify) artifacts before any long run
+    gap = cfg.data.sessionize.gap_minutes
     return evaluate(
         ds,
         cfg.eval,
         cfg.run_dir / "eval",
         scorers_for=lambda protocol: {**model_scorers(cfg, protocol, ds), **on_disk},
-        gap_minutes=cfg.data.sessionize.gap_minutes,
+        gap_minutes=gap,
         record=config_to_dict(cfg),
-        candidates=evaluate_candidates(cfg, events=ds.events),
+        candidates=evaluate_candidates(cfg.run_dir / "candidates", ds.events, cfg.eval.k, gap),
     )
 
 

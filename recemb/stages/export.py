@@ -11,7 +11,7 @@ from recemb.stages.base import Stage
 def run_export(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     from recemb.index.stage import export_run
 
-    manifests = export_run(cfg)
+    manifests = export_run(cfg.run_dir, cfg.export)
     for name, m in manifests.items():
         recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
         print(

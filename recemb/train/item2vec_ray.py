@@ -478,7 +478,7 @@ def train_item2vec_ray(
         fail_at_epoch: test hook - one worker raises once before this epoch.
     """
     from recemb.data.dataset import load_dataset
-    from recemb.models.item2vec import build_corpus
+    from recemb.models.item2vec.corpus import build_corpus
 
     ray_cfg = ray_cfg or getattr(cfg, "ray", None) or RayTrainConfig()
     i2v = item2vec or cfg.item2vec
@@ -533,7 +533,7 @@ def fit_corpus(
     Checkpoints go to ``<storage>/<ray_cfg.name or "item2vec">/``; the model is
     rebuilt from the last one (``model.history`` holds every epoch, resumed ones included).
     """
-    from recemb.models.item2vec import Item2Vec
+    from recemb.models.item2vec.model import Item2Vec
 
     if sync not in SYNC_MODES:
         raise ConfigError(f"item2vec sync={sync!r}: expected one of {SYNC_MODES}")

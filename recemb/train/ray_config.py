@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from recemb.section import Section
 
 
-class RayTrainConfig(BaseModel):
+class RayTrainConfig(Section):
     """Execution settings of a Ray Train job (``ray.train.torch.TorchTrainer``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     workers: int = Field(0, ge=0)  # 0 = in-process, no Ray
     use_gpu: bool = False  # one GPU per worker

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recemb.config import TableSourceConfig
 from recemb.data.cards import load_card
+from recemb.data.config import TableSourceConfig
 from recemb.data.dataset import Dataset
 from recemb.data.paths import data_dir
 from recemb.data.sources.mind import read_mind

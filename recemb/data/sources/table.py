@@ -1,6 +1,6 @@
 """Generic CSV / Parquet source, and the file-reading helpers every converter uses.
 
-A :class:`recemb.config.TableSourceConfig` names one file per table (events
+A :class:`recemb.data.config.TableSourceConfig` names one file per table (events
 required; items, users, impressions optional) and, per table, a mapping
 ``canonical column -> source column``. Files ending in ``.parquet``/``.pq``
 are read as Parquet, anything else as delimited text with ``separator``
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import polars as pl
 
-from recemb.config import TableSourceConfig
 from recemb.data import schema
+from recemb.data.config import TableSourceConfig
 from recemb.data.dataset import Dataset
 from recemb.errors import ConfigError, DataValidationError
 

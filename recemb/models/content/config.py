@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from recemb.section import Section
 
 
-class ContentParts(BaseModel):
+class ContentParts(Section):
     """Item content parts, their encoders and their fusion."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # ---- parts
     text: bool = True  # hashed words + char n-grams of text_fields

@@ -4,9 +4,9 @@
 (numpy, one row per item: CSR hashed text and category tokens, decoded
 images or cached frozen image features, optional sentence embeddings), and
 :class:`ContentEncoder` maps a batch of rows to unit ``[B, D]`` vectors:
-each enabled part -> ``[B, d]``, fused by :class:`ContentFusion`. The item
-tower of the two-tower model can use ``ContentEncoder`` as its content hook
-(``[B, D]`` per item from :meth:`ContentFeatures.batch`).
+each enabled part -> ``[B, d]``, fused by :class:`ContentFusion`. The
+two-tower item tower reuses :func:`build_features` and ``ContentFusion`` for
+its own content parts (:mod:`recemb.models.two_tower.content`).
 """
 
 from __future__ import annotations

@@ -26,12 +26,13 @@ import polars as pl
 import pydantic
 
 from recemb.data.vocab import Vocab
-from recemb.embeddings import EmbeddingSet, l2_normalize
+from recemb.embeddings import EmbeddingSet
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import atomic_dir, write_json
 from recemb.models.content.config import ContentConfig
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.protocol import EmbeddingModel
+from recemb.vectors import l2_normalize
 
 
 class ContentModel(EmbeddingModel):

@@ -9,16 +9,3 @@ Layout, one job per module:
 - :mod:`.sgns_torch` the batched torch kernel (CUDA backend; also runs on CPU)
 - :mod:`.model`      ``Item2Vec``: fit, embeddings(), similar(), word2vec export
 """
-
-from recemb.models.item2vec.config import Item2VecConfig
-
-__all__ = ["Item2Vec", "Item2VecConfig", "Corpus", "build_corpus"]
-
-# The trainer pulls in numba; load it on first use so that reading a config
-# (every CLI start) stays fast.
-from recemb.lazy import lazy_exports  # noqa: E402
-
-_LAZY = {"Item2Vec": "model", "Corpus": "corpus", "build_corpus": "corpus"}
-
-
-__getattr__ = lazy_exports(__name__, _LAZY)

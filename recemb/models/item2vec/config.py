@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from recemb.section import Section
 
 
-class Item2VecConfig(BaseModel):
+class Item2VecConfig(Section):
     """Hyper-parameters and execution settings of item2vec training."""
-
-    # Same settings as recemb.config.Section; not imported from there so that
-    # recemb.config can import this class without a cycle.
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Literal["skipgram", "cbow"] = "skipgram"
     dim: int = Field(64, ge=1)

@@ -57,6 +57,16 @@ def shard_bounds(indptr: np.ndarray, n_shards: int) -> np.ndarray:
 
 
 @njit(inline="always")
+def _sigmoid(f, sig_table, scale):
+    """sigmoid(f) from the table, 0 / 1 beyond -MAX_EXP / MAX_EXP."""
+    if f >= MAX_EXP:
+        return np.float32(1.0)
+    if f <= -MAX_EXP:
+        return np.float32(0.0)
+    return sig_table[int((f + MAX_EXP) * scale)]
+
+
+@njit(inline="always")
 def _logsig(f, log_table, scale):
     """log(sigmoid(f)) from the table, linear below -MAX_EXP (where log s(f) ~ f)."""
     if f >= MAX_EXP:
@@ -64,6 +74,38 @@ def _logsig(f, log_table, scale):
     if f <= -MAX_EXP:
         return np.float32(f)
     return log_table[int((f + MAX_EXP) * scale)]
+
+
+@njit(inline="always")
+def _sgns_term(x, xr, out, o, out_grad, og, in_grad, ig, label, alpha, sig_table, log_table, scale):
+    """One (input, output) term of the SGNS objective; returns its negative log-likelihood.
+
+    Rows are passed as (matrix, row index) pairs, not as row views: inlined
+    into the kernel this keeps numba's loops as fast as the hand-written ones.
+
+    Args:
+        x, xr: the input vector ``x[xr]`` (``[D]``: a ``syn0`` row, or CBOW's mean of the context rows).
+        out, o: the output row ``out[o]`` (``syn1`` row of the target or of a negative).
+        out_grad, og: receives ``g * x[xr]`` in ``out_grad[og]``: ``syn1[o]`` itself to
+            update at once, or an accumulator the caller writes back later (shared negatives).
+        in_grad, ig: accumulates ``g * out[o]`` in ``in_grad[ig]``; the caller adds it to ``syn0``.
+        label: 1 for the target, 0 for a negative.
+
+    A saturated score (``|x . out| >= MAX_EXP``) gives no update and no loss,
+    as in word2vec.c and gensim. ``out[o, d]`` is read before ``out_grad[og, d]``
+    is written, so ``out_grad[og]`` may be ``out[o]`` itself.
+    """
+    dim = x.shape[1]
+    f = np.float32(0.0)
+    for d in range(dim):
+        f += x[xr, d] * out[o, d]
+    if f >= MAX_EXP or f <= -MAX_EXP:
+        return np.float32(0.0)
+    g = (label - _sigmoid(f, sig_table, scale)) * alpha
+    for d in range(dim):
+        in_grad[ig, d] += g * out[o, d]
+        out_grad[og, d] += g * x[xr, d]
+    return -_logsig(f if label > 0 else -f, log_table, scale)
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -125,7 +167,7 @@ def train_epoch(
         lbl = np.empty(negatives + 1, dtype=np.float32)
         grad_in = np.empty((max_ctx, dim), dtype=np.float32)
         grad_out = np.empty((negatives + 1, dim), dtype=np.float32)
-        hidden = np.empty(dim, dtype=np.float32)
+        hidden = np.empty((1, dim), dtype=np.float32)  # CBOW's mean context vector
         loss = 0.0
         pairs = 0
         words = 0
@@ -175,29 +217,20 @@ def train_epoch(
                     pairs += 1
                     inv = np.float32(1.0 / c)
                     for d in range(dim):
-                        hidden[d] = 0.0
+                        hidden[0, d] = 0.0
                     for r in range(c):
                         a = ctx[r]
                         for d in range(dim):
-                            hidden[d] += syn0[a, d]
+                            hidden[0, d] += syn0[a, d]
                     for d in range(dim):
-                        hidden[d] *= inv
+                        hidden[0, d] *= inv
                         grad_in[0, d] = 0.0
                     for t in range(negatives + 1):
-                        if lbl[t] < 0:
-                            continue
-                        o = tgt[t]
-                        f = np.float32(0.0)
-                        for d in range(dim):
-                            f += hidden[d] * syn1[o, d]
-                        if f >= MAX_EXP or f <= -MAX_EXP:
-                            continue  # saturated: no update, as word2vec.c and gensim
-                        sg = _sigmoid(f, sig_table, scale)
-                        loss -= _logsig(f if lbl[t] > 0 else -f, log_table, scale)
-                        g = (lbl[t] - sg) * alpha
-                        for d in range(dim):
-                            grad_in[0, d] += g * syn1[o, d]
-                            syn1[o, d] += g * hidden[d]
+                        if lbl[t] >= 0:
+                            o = tgt[t]
+                            loss += _sgns_term(
+                                hidden, 0, syn1, o, syn1, o, grad_in, 0, lbl[t], alpha, sig_table, log_table, scale
+                            )
                     for r in range(c):
                         a = ctx[r]
                         for d in range(dim):
@@ -212,20 +245,23 @@ def train_epoch(
                         for d in range(dim):
                             grad_in[r, d] = 0.0
                         for t in range(negatives + 1):
-                            if lbl[t] < 0:
-                                continue
-                            o = tgt[t]
-                            f = np.float32(0.0)
-                            for d in range(dim):
-                                f += syn0[a, d] * syn1[o, d]
-                            if f >= MAX_EXP or f <= -MAX_EXP:
-                                continue  # saturated: no update, as word2vec.c and gensim
-                            sg = _sigmoid(f, sig_table, scale)
-                            loss -= _logsig(f if lbl[t] > 0 else -f, log_table, scale)
-                            g = (lbl[t] - sg) * alpha
-                            for d in range(dim):
-                                grad_in[r, d] += g * syn1[o, d]
-                                grad_out[t, d] += g * syn0[a, d]
+                            if lbl[t] >= 0:
+                                o = tgt[t]
+                                loss += _sgns_term(
+                                    syn0,
+                                    a,
+                                    syn1,
+                                    o,
+                                    grad_out,
+                                    t,
+                                    grad_in,
+                                    r,
+                                    lbl[t],
+                                    alpha,
+                                    sig_table,
+                                    log_table,
+                                    scale,
+                                )
                     # Write the block back once: every gradient above used the
                     # same (pre-update) rows, like a mini-batch of c pairs.
                     for r in range(c):
@@ -252,35 +288,17 @@ def train_epoch(
                         for d in range(dim):
                             grad_in[0, d] = 0.0
                         for t in range(negatives + 1):
-                            if lbl[t] < 0:
-                                continue
-                            o = tgt[t]
-                            f = np.float32(0.0)
-                            for d in range(dim):
-                                f += syn0[a, d] * syn1[o, d]
-                            if f >= MAX_EXP or f <= -MAX_EXP:
-                                continue  # saturated: no update, as word2vec.c and gensim
-                            sg = _sigmoid(f, sig_table, scale)
-                            loss -= _logsig(f if lbl[t] > 0 else -f, log_table, scale)
-                            g = (lbl[t] - sg) * alpha
-                            for d in range(dim):
-                                grad_in[0, d] += g * syn1[o, d]
-                                syn1[o, d] += g * syn0[a, d]
+                            if lbl[t] >= 0:
+                                o = tgt[t]
+                                loss += _sgns_term(
+                                    syn0, a, syn1, o, syn1, o, grad_in, 0, lbl[t], alpha, sig_table, log_table, scale
+                                )
                         for d in range(dim):
                             syn0[a, d] += grad_in[0, d]
         loss_out[shard] = loss
         pairs_out[shard] = pairs
         words_out[shard] = words
     return loss_out, pairs_out, words_out
-
-
-@njit(inline="always")
-def _sigmoid(f, sig_table, scale):
-    if f >= MAX_EXP:
-        return np.float32(1.0)
-    if f <= -MAX_EXP:
-        return np.float32(0.0)
-    return sig_table[int((f + MAX_EXP) * scale)]
 
 
 def set_threads(threads: int) -> int:

@@ -5,28 +5,10 @@ Layout, one job per module:
 - :mod:`.config`      ``TwoTowerConfig``, the ``two_tower:`` section of a pipeline YAML
 - :mod:`.features`    canonical tables -> vocabularies, training examples, jagged
                       batches (the only place a KeyedJaggedTensor is built)
-- :mod:`.towers`      UserTower / ItemTower (L2-normalised ``[B, D]``), content hook
+- :mod:`.content`     the item tower's content parts (text tokens, image, sentence) and their fusion
+- :mod:`.towers`      UserTower / ItemTower (L2-normalised ``[B, D]``)
 - :mod:`.task`        RetrievalTask: in-batch softmax, logQ, accidental hits, mixed negatives
 - :mod:`.distributed` DistributedModelParallel + fused RowWiseAdagrad, or plain torch
 - :mod:`.train`       the epoch loop, checkpoints, validation, ``train_loop``, ``run_two_tower``
 - :mod:`.model`       ``TwoTower``: fit, EmbeddingSets, user tower export / load
 """
-
-from recemb.models.two_tower.config import TwoTowerConfig
-
-__all__ = ["TwoTower", "TwoTowerConfig", "load_user_tower", "UserTowerModel", "run_two_tower", "train_loop"]
-
-# Importing torch (and, when training, torchrec) is slow: load on first use so
-# that reading a config (every CLI start) stays fast.
-from recemb.lazy import lazy_exports  # noqa: E402
-
-_LAZY = {
-    "TwoTower": "model",
-    "load_user_tower": "model",
-    "UserTowerModel": "model",
-    "run_two_tower": "train",
-    "train_loop": "train",
-}
-
-
-__getattr__ = lazy_exports(__name__, _LAZY)

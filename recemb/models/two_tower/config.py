@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from recemb.models.content.config import ItemContentConfig
+from recemb.section import Section
 
 
-class TwoTowerConfig(BaseModel):
+class TwoTowerConfig(Section):
     """Hyper-parameters and execution settings of the two-tower model."""
-
-    # Same settings as recemb.config.Section (not imported: no import cycle).
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     dim: int = Field(64, ge=1)  # output embedding size D of both towers
     embedding_dim: int = Field(64, ge=1)  # size of every sparse table row

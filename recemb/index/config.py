@@ -1,0 +1,20 @@
+"""The ``export:`` section: Annoy export of a run's EmbeddingSets."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from recemb.section import Section
+
+
+class ExportConfig(Section):
+    """Annoy export of the run's EmbeddingSets (recemb.index.export)."""
+
+    n_trees: int = Field(50, ge=1)
+    metric: Literal["cosine", "dot", "euclidean"] | None = None  # None: the EmbeddingSet's own
+    search_k: int = -1  # default search_k stored in the manifest (-1: annoy's n_trees * k)
+    sample: int = Field(1000, ge=0)  # items whose recall@10 against exact search is measured
+    # Which EmbeddingSets: names of <run>/<name>/embeddings; empty = every one in the run.
+    models: list[str] = Field(default_factory=list)
