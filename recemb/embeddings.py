@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from recemb import __version__
 from recemb.data.vocab import Vocab
 from recemb.errors import RecembError
-from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
+from recemb.io import atomic_dir, read_checked_manifest, sha256_file, write_json
 from recemb.vectors import METRICS, l2_normalize
 
 SCHEMA_VERSION = 1
@@ -290,24 +290,9 @@ _REQUIRED = {
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    manifest = read_json_object(path, EmbeddingSetError, _REEXPORT)
-    version = manifest.get("schema_version")
-    if version is None:
-        raise EmbeddingSetError(f"{path}: no schema_version (an old or foreign export); {_REEXPORT}")
-    if not isinstance(version, int) or version < 1:
-        raise EmbeddingSetError(f"{path}: unknown schema_version {version!r}; {_REEXPORT}")
-    if version > SCHEMA_VERSION:
-        raise EmbeddingSetError(
-            f"{path}: schema_version {version} was written by a newer recemb (this one reads {SCHEMA_VERSION}); "
-            f"upgrade recemb, or re-export with recemb {__version__}"
-        )
-    for key, typ in _REQUIRED.items():
-        if not isinstance(manifest.get(key), typ) or (typ is int and isinstance(manifest.get(key), bool)):
-            raise EmbeddingSetError(
-                f"{path}: key {key!r} is missing or not a {typ.__name__} (got {manifest.get(key)!r}); {_REEXPORT}"
-            )
+    manifest = read_checked_manifest(
+        path, EmbeddingSetError, _REEXPORT, schema_version=SCHEMA_VERSION, required=_REQUIRED
+    )
     if manifest.get("dtype", "float32") != "float32":
         raise EmbeddingSetError(f"{path}: dtype {manifest['dtype']!r} is not float32; {_REEXPORT}")
-    if manifest["metric"] not in METRICS:
-        raise EmbeddingSetError(f"{path}: metric {manifest['metric']!r} is not one of {METRICS}; {_REEXPORT}")
     return manifest

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +107,46 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_checked_manifest(
+    path: str | os.PathLike,
+    error: type[Exception],
+    fix: str,
+    *,
+    schema_version: int,
+    required: Mapping[str, type],
+    oldest: int = 1,
+) -> dict[str, Any]:
+    """Read an artifact manifest and check its version, required keys' types and metric.
+
+    Args:
+        path: the ``manifest.json``.
+        error, fix: the exception raised and the fix every message ends with.
+        schema_version: the newest version this recemb writes and reads.
+        required: key -> type every manifest must hold (``int`` never accepts a bool).
+        oldest: the oldest version still read (older ones need a re-export).
+    """
+    from recemb.vectors import METRICS
+
+    m = read_json_object(path, error, fix)
+    version = m.get("schema_version")
+    if version is None:
+        raise error(f"{path}: no schema_version (an old or foreign export); {fix}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < oldest:
+        raise error(
+            f"{path}: unknown or unsupported schema_version {version!r} "
+            f"(this recemb reads {oldest}..{schema_version}); {fix}"
+        )
+    if version > schema_version:
+        raise error(
+            f"{path}: schema_version {version} was written by a newer recemb (this one reads {schema_version}); "
+            f"upgrade recemb, or {fix}"
+        )
+    for key, typ in required.items():
+        v = m.get(key)
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            raise error(f"{path}: key {key!r} is missing or not a {typ.__name__} (got {v!r}); {fix}")
+    if "metric" in required and m["metric"] not in METRICS:
+        raise error(f"{path}: metric {m['metric']!r} is not one of {METRICS}; {fix}")
+    return m

@@ -33,7 +33,7 @@ from recemb.embeddings import EmbeddingSet
 from recemb.index.annoy_index import ANNOY_METRIC, AnnoyIndex, node_bytes
 from recemb.index.base import RecembIndexError
 from recemb.index.exact import ExactIndex
-from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
+from recemb.io import atomic_dir, read_checked_manifest, sha256_file, write_json
 from recemb.vectors import METRICS
 
 SCHEMA_VERSION = 1
@@ -174,27 +174,11 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
         raise RecembIndexError(f"{index_dir}: no such index directory; {_FIX}")
     if not path.is_file():
         raise RecembIndexError(f"{path}: missing (an index directory holds {INDEX_FILE} and {MANIFEST_FILE}); {_FIX}")
-    m = read_json_object(path, RecembIndexError, _FIX)
-    version = m.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise RecembIndexError(
-            f"{path}: missing or unknown schema_version {version!r} (an old or foreign export); {_FIX}"
-        )
-    if version < SCHEMA_VERSION:
-        raise RecembIndexError(f"{path}: schema_version {version} is older than {SCHEMA_VERSION}; {_FIX}")
-    if version > SCHEMA_VERSION:
-        raise RecembIndexError(
-            f"{path}: schema_version {version} was written by a newer recemb (this one reads {SCHEMA_VERSION}); "
-            f"upgrade recemb, or {_FIX}"
-        )
-    for key, typ in _REQUIRED.items():
-        v = m.get(key)
-        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-            raise RecembIndexError(f"{path}: key {key!r} is missing or not a {typ.__name__} (got {v!r}); {_FIX}")
+    m = read_checked_manifest(
+        path, RecembIndexError, _FIX, schema_version=SCHEMA_VERSION, required=_REQUIRED, oldest=SCHEMA_VERSION
+    )
     if m["kind"] != "annoy":
         raise RecembIndexError(f"{path}: kind {m['kind']!r} is not 'annoy'; {_FIX}")
-    if m["metric"] not in METRICS:
-        raise RecembIndexError(f"{path}: metric {m['metric']!r} is not one of {METRICS}; {_FIX}")
     if m.get("annoy_metric", ANNOY_METRIC[m["metric"]]) != ANNOY_METRIC[m["metric"]]:
         raise RecembIndexError(
             f"{path}: metric {m['metric']!r} needs Annoy metric {ANNOY_METRIC[m['metric']]!r} but the manifest says "
