@@ -12,7 +12,11 @@ from __future__ import annotations
 import sys
 
 from jobs.common import run_job
-from recemb.train.item2vec import train_item2vec
+from recemb.pipeline import stage_item2vec
 
 if __name__ == "__main__":
-    sys.exit(run_job("Train item2vec on Ray Train (data-parallel, checkpointed)", train_item2vec))
+    sys.exit(
+        run_job(
+            "Train item2vec on Ray Train (data-parallel, checkpointed)", lambda cfg: stage_item2vec(cfg, False)["dir"]
+        )
+    )

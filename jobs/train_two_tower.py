@@ -13,7 +13,12 @@ from __future__ import annotations
 import sys
 
 from jobs.common import run_job
-from recemb.models.two_tower.train import run_two_tower
+from recemb.pipeline import stage_two_tower
 
 if __name__ == "__main__":
-    sys.exit(run_job("Train the two-tower model on Ray Train (DMP-sharded, checkpointed)", run_two_tower))
+    sys.exit(
+        run_job(
+            "Train the two-tower model on Ray Train (DMP-sharded, checkpointed)",
+            lambda cfg: stage_two_tower(cfg, False)["dir"],
+        )
+    )

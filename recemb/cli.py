@@ -113,18 +113,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    if args.model == "item2vec":
-        from recemb.train.item2vec import train_item2vec
+    from recemb.pipeline import stage_content, stage_item2vec, stage_two_tower
 
-        out = train_item2vec(cfg)
-    elif args.model == "two-tower":
-        from recemb.models.two_tower.train import run_two_tower
-
-        out = run_two_tower(cfg)
-    else:
-        from recemb.models.content.align import train_content
-
-        out = train_content(cfg)
+    stage = {"item2vec": stage_item2vec, "two-tower": stage_two_tower}.get(args.model, stage_content)
+    out = stage(cfg, False)["dir"]
     print(f"trained {args.model} -> {out}")
     return 0
 

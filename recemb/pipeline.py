@@ -39,19 +39,22 @@ def stage_data(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
 def stage_item2vec(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
     from recemb.train.item2vec import train_item2vec
 
-    return {"dir": str(train_item2vec(cfg))}
+    return {"dir": str(train_item2vec(cfg.item2vec, cfg.ray, cfg.prepared_dir, cfg.run_dir))}
 
 
 def stage_two_tower(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.models.two_tower.train import run_two_tower
+    from recemb.train.two_tower import train_two_tower
 
-    return {"dir": str(run_two_tower(cfg))}
+    section = cfg.two_tower
+    out = train_two_tower(section, cfg.ray, cfg.prepared_dir, cfg.run_dir, cfg.content_cache_dir(section.content))
+    return {"dir": str(out)}
 
 
 def stage_content(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
-    from recemb.models.content.align import train_content
+    from recemb.train.content import train_content
 
-    return {"dir": str(train_content(cfg))}
+    out = train_content(cfg.content, cfg.ray, cfg.prepared_dir, cfg.run_dir, cfg.content_cache_dir(cfg.content))
+    return {"dir": str(out)}
 
 
 def stage_export(cfg: PipelineConfig, force: bool) -> dict[str, Any]:
