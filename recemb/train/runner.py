@@ -79,11 +79,8 @@ class WorkerContext:
             self.checkpoints.save(epoch, metrics, write if self.rank == 0 else None)
 
     def note(self, progress: Progress, line: str) -> None:
-        """Show an epoch line (rank 0), and hand it to the driver through the progress file.
-
-        A plain ``fit`` (no checkpoints) shows its progress bar only.
-        """
-        if self.rank != 0 or self.checkpoints is None:
+        """Show an epoch line (rank 0), and hand it to the driver through the progress file."""
+        if self.rank != 0:
             return
         progress.note(line)
         if self.progress_file:

@@ -290,14 +290,14 @@ def train_epochs(
                 "started_at_epoch": start,
             }
             history.append(row)
-            eta = (time.perf_counter() - started) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
-            ctx.note(
-                progress,
-                f"item2vec x{world} epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
-                f"pairs/s {row['pairs_per_s']:,.0f} events/s {row['events_per_s']:,.0f} "
-                f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s",
-            )
-            if write is not None:
+            if write is not None:  # a checkpointed run: an epoch line for logs (a plain fit shows its bar only)
+                eta = (time.perf_counter() - started) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
+                ctx.note(
+                    progress,
+                    f"item2vec x{world} epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
+                    f"pairs/s {row['pairs_per_s']:,.0f} events/s {row['events_per_s']:,.0f} "
+                    f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s",
+                )
                 metrics = {k: row[k] for k in ("epoch", "loss", "pairs_per_s", "events_per_s")}
                 ctx.report(epoch + 1, metrics, lambda out, h=list(history): write(out, h))
             progress.update(1, loss=row["loss"])

@@ -8,13 +8,16 @@ Layout, one job per module:
 - :mod:`.towers`      UserTower / ItemTower (L2-normalised ``[B, D]``), content hook
 - :mod:`.task`        RetrievalTask: in-batch softmax, logQ, accidental hits, mixed negatives
 - :mod:`.distributed` DistributedModelParallel + fused RowWiseAdagrad, or plain torch
-- :mod:`.train`       the epoch loop, checkpoints, validation, ``train_loop``, ``run_two_tower``
+- :mod:`.encode`      plain towers -> vectors, EmbeddingSets, the user tower export
 - :mod:`.model`       ``TwoTower``: fit, EmbeddingSets, user tower export / load
+
+Training (the epoch loop, checkpoints, ``train_loop``, the driver) is in
+:mod:`recemb.train.two_tower`.
 """
 
 from recemb.models.two_tower.config import TwoTowerConfig
 
-__all__ = ["TwoTower", "TwoTowerConfig", "load_user_tower", "UserTowerModel", "run_two_tower", "train_loop"]
+__all__ = ["TwoTower", "TwoTowerConfig", "load_user_tower", "UserTowerModel"]
 
 # Importing torch (and, when training, torchrec) is slow: load on first use so
 # that reading a config (every CLI start) stays fast.
@@ -24,8 +27,6 @@ _LAZY = {
     "TwoTower": "model",
     "load_user_tower": "model",
     "UserTowerModel": "model",
-    "run_two_tower": "train",
-    "train_loop": "train",
 }
 
 
