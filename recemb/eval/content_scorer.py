@@ -101,8 +101,8 @@ class ContentScorer:
         self._keys: _CatalogueMatrix | None = None
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ContentScorer:
-        from recemb.models.content.align import content_embeddings
         from recemb.models.item2vec import Item2Vec
+        from recemb.train.content import content_embeddings
 
         events = train.with_columns(session_id=pl.col("user_id")) if self.unit == "user" else train
         behaviour = Item2Vec(self.item2vec).fit(events).embeddings()
