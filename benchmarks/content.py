@@ -120,7 +120,7 @@ def tower_throughput(cfg) -> list[tuple[str, float]]:
     from recemb.data.splits import leave_last_out
     from recemb.models.two_tower.config import TwoTowerConfig
     from recemb.models.two_tower.features import FeatureSpace, build_examples, item_vocab
-    from recemb.models.two_tower.train import fit_loop
+    from recemb.train.two_tower import fit_loop
 
     ds = load_dataset(cfg.prepared_dir)
     train = leave_last_out(ds.events).train

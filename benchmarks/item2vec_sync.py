@@ -1,7 +1,7 @@
 """How should data-parallel item2vec workers synchronise syn0 / syn1? Speed and P-SESS quality.
 
 Every row trains the same corpus with the same hyper-parameters through
-recemb.train.item2vec_ray (the real TorchTrainer path; gloo all-reduce between
+recemb.train.item2vec (the real TorchTrainer path; gloo all-reduce between
 Ray workers of ``--cpus-per-worker`` CPUs each):
 
   in-process 1 thr   the loop without Ray, one numba thread (the reference)
@@ -44,7 +44,7 @@ from item2vec_vs_gensim import PSess, synth, yoochoose  # noqa: E402  (same corp
 from recemb.models.item2vec.config import Item2VecConfig  # noqa: E402
 from recemb.models.item2vec.corpus import build_corpus  # noqa: E402
 from recemb.ray_runtime import ray_session  # noqa: E402
-from recemb.train.item2vec_ray import fit_corpus  # noqa: E402
+from recemb.train.item2vec import fit_corpus  # noqa: E402
 from recemb.train.ray_config import RayTrainConfig  # noqa: E402
 
 
@@ -100,8 +100,8 @@ def main() -> None:
             model, _ = fit_corpus(
                 corpus,
                 i2v,
-                ray_cfg.model_copy(update={"name": f"r{i}", "resume": False}),
-                Path(tmp),
+                ray_cfg.model_copy(update={"resume": False}),
+                Path(tmp) / f"r{i}",
                 sync=sync,
                 syncs_per_epoch=syncs,
             )

@@ -36,7 +36,7 @@ from recemb.eval.protocols import run_ml
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.features import FeatureSpace, build_examples, item_vocab
 from recemb.models.two_tower.model import TwoTower
-from recemb.models.two_tower.train import fit_loop
+from recemb.train.two_tower import fit_loop
 
 REFERENCE = {"gensim item2vec tuned (DESIGN §7)": 0.175, "implicit ALS/BPR tuned (DESIGN §7)": 0.165}
 ABLATIONS = {

@@ -39,6 +39,7 @@ from recemb.retrieval.candidates import (
     partition_of,
     read_candidates,
 )
+from recemb.testing import faults
 
 K = 10
 COLD = ["cold-a", "cold-b"]
@@ -143,13 +144,13 @@ def test_crash_then_rerun_resumes_without_duplicates(run, tmp_path):
     cfg, _ = run
     whole, _ = gen(cfg, tmp_path / "whole")
     out = tmp_path / "crash"
-    with pytest.raises(RuntimeError, match="test hook: failing partition 2"):
-        generate_candidates(
-            *run_paths(cfg),
-            CandidatesConfig(k=K, partitions=4, num_workers=0, out=str(out)),
-            log_fn=lambda _: None,
-            _fail_on_parts=[2],
-        )
+    with faults.inject("candidates.part", tmp_path / "fault.marker", part=2):
+        with pytest.raises(RuntimeError, match="injected fault at candidates.part .part=2"):
+            generate_candidates(
+                *run_paths(cfg),
+                CandidatesConfig(k=K, partitions=4, num_workers=0, out=str(out)),
+                log_fn=lambda _: None,
+            )
     left = sorted(p.name for p in out.iterdir())
     assert left == ["_job.json", "part-00000.parquet", "part-00001.parquet"]
     first = (out / "part-00000.parquet").stat().st_mtime_ns
@@ -276,13 +277,14 @@ def test_ray_data_job_matches_in_process_and_resumes(run, tmp_path, ray_local):
     cfg, _ = run
     local, _ = gen(cfg, tmp_path / "local")
     out = tmp_path / "ray"
-    with pytest.raises(Exception, match="test hook: failing partition 1"):
-        generate_candidates(
-            *run_paths(cfg),
-            CandidatesConfig(k=K, partitions=4, num_workers=1, out=str(out)),
-            log_fn=lambda _: None,
-            _fail_on_parts=[1],
-        )
+    # The rule reaches the Ray Data actors through their runtime_env (Ray was started before it was set).
+    with faults.inject("candidates.part", tmp_path / "fault.marker", part=1):
+        with pytest.raises(Exception, match="injected fault at candidates.part .part=1"):
+            generate_candidates(
+                *run_paths(cfg),
+                CandidatesConfig(k=K, partitions=4, num_workers=1, out=str(out)),
+                log_fn=lambda _: None,
+            )
     assert not (out / "_SUCCESS").exists() and not (out / "part-00001.parquet").exists()
     # Ray may run the blocks in any order: which parts made it before the failure varies.
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}

@@ -29,7 +29,8 @@ import yaml
 from recemb.config import load_config
 from recemb.embeddings import EmbeddingSet
 from recemb.testing.ray_cluster import _descendants, cluster_env, local_ray_cluster, submit_job, wait_job
-from recemb.train.item2vec_ray import latest_checkpoint, train_item2vec_ray
+from recemb.train.checkpoints import latest_checkpoint
+from recemb.train.item2vec import train_item2vec
 from recemb.train.ray_config import RayTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,7 +248,8 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(clu
             item2vec={**I2V, "epochs": epochs},
         )
     )
-    clean = EmbeddingSet.load(train_item2vec_ray(clean_cfg, RayTrainConfig(workers=0)) / "embeddings")
+    clean_out = train_item2vec(clean_cfg.item2vec, RayTrainConfig(workers=0), clean_cfg.prepared_dir, clean_cfg.run_dir)
+    clean = EmbeddingSet.load(clean_out / "embeddings")
     faulty = EmbeddingSet.load(cfg.run_dir / "item2vec" / "embeddings")
     assert faulty.ids.tolist() == clean.ids.tolist()
     r_clean, r_faulty = topic_rate(clean, data), topic_rate(faulty, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -240,7 +241,7 @@ def test_modality_dropout_keeps_one_present_part():
 
 
 def test_aligned_content_puts_same_topic_items_closer(small_synth):
-    from recemb.models.content.align import content_embeddings
+    from recemb.train.content import content_embeddings
 
     ds = load_dataset(small_synth)
     target = topic_targets(ds.items)
@@ -268,9 +269,14 @@ def test_aligned_content_puts_same_topic_items_closer(small_synth):
 
 
 def test_train_content_writes_vectors_for_every_item(small_synth, tmp_path):
-    from recemb.models.content.align import train_content
+    from recemb.train.content import train_content as train
+    from recemb.train.ray_config import RayTrainConfig
 
     cfg = build_config({"run": {"name": "c", "dir": str(tmp_path)}, "data": {"prepared": str(small_synth)}})
+
+    def train_content(cfg, content: ContentConfig) -> Path:
+        return train(content, RayTrainConfig(), cfg.prepared_dir, cfg.run_dir, cfg.content_cache_dir(content))
+
     with pytest.raises(RecembError, match="recemb train item2vec"):
         train_content(cfg, content=ContentConfig(epochs=1))
     ds = load_dataset(small_synth)
@@ -283,6 +289,56 @@ def test_train_content_writes_vectors_for_every_item(small_synth, tmp_path):
     assert (out / "encoder.pt").exists() and (out / "metrics.json").exists()
     state = torch.load(out / "encoder.pt", weights_only=True)
     assert any(k.startswith("backbone.") for k in state)
+
+
+def _align_run(data: Path, run_dir: Path, ray) -> Path:
+    """``train content`` with 3 quick epochs on 80 items' topic targets."""
+    from recemb.train.content import train_content
+
+    cfg = build_config({"run": {"name": "c", "dir": str(run_dir)}, "data": {"prepared": str(data)}})
+    ds = load_dataset(data)
+    t = topic_targets(ds.items)
+    EmbeddingSet(ds.items["item_id"].to_list()[:80], t.vectors[:80], kind="item2vec").save(
+        cfg.run_dir / "item2vec" / "embeddings"
+    )
+    content = ContentConfig(epochs=3, batch_size=16, buckets=1 << 12, text_dim=16, hidden=32)
+    return train_content(content, ray, cfg.prepared_dir, cfg.run_dir, cfg.content_cache_dir(content))
+
+
+def test_alignment_resumes_after_an_injected_fault_exactly(small_synth, tmp_path):
+    # The runner's train.epoch fault point: in-process, ray.max_failures=1, resume from epoch 1's checkpoint.
+    from recemb.testing import faults
+    from recemb.train.ray_config import RayTrainConfig
+
+    clean = _align_run(small_synth, tmp_path / "a", RayTrainConfig())
+    with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=2) as marker:
+        faulty = _align_run(small_synth, tmp_path / "b", RayTrainConfig(max_failures=1))
+    assert marker.exists()
+    assert sorted(p.name for p in (tmp_path / "b" / "c" / "ray" / "content").glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_0002",
+        "checkpoint_epoch_0003",
+    ]
+    loss = [json.loads((d / "metrics.json").read_text())["epochs"] for d in (clean, faulty)]
+    assert loss[0] == loss[1]
+    # Restored encoder, optimiser and schedule state + per-epoch seeds: the same run.
+    np.testing.assert_array_equal(
+        EmbeddingSet.load(faulty / "embeddings").vectors, EmbeddingSet.load(clean / "embeddings").vectors
+    )
+
+
+@pytest.mark.slow
+def test_alignment_on_two_ray_workers_survives_a_worker_fault(small_synth, tmp_path, ray_local):
+    from recemb.testing import faults
+    from recemb.train.ray_config import RayTrainConfig
+
+    ray = RayTrainConfig(workers=2, cpus_per_worker=1, max_failures=1)
+    with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=2, rank=1) as marker:
+        out = _align_run(small_synth, tmp_path, ray)
+    assert marker.exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and [h["epoch"] for h in metrics["epochs"]] == [0, 1, 2]
+    es = EmbeddingSet.load(out / "embeddings")
+    assert len(es) == load_dataset(small_synth).items.height and np.isfinite(es.vectors).all()
 
 
 def test_content_scorer_beats_popularity_on_cold_items(small_synth):
@@ -309,7 +365,7 @@ def test_content_scorer_beats_popularity_on_cold_items(small_synth):
 
 @pytest.mark.slow
 def test_small_resnet_alignment_separates_topics_from_images(small_synth):
-    from recemb.models.content.align import content_embeddings
+    from recemb.train.content import content_embeddings
 
     ds = load_dataset(small_synth)
     cfg = ContentConfig(text=False, category=False, image=True, image_size=32, image_width=8, epochs=20, batch_size=32)

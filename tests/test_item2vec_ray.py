@@ -1,4 +1,4 @@
-"""Item2vec as a Ray Train job (recemb.train.item2vec_ray): loop, checkpoints, resume, faults.
+"""Item2vec as a Ray Train job (recemb.train.item2vec): loop, checkpoints, resume, faults.
 
 Data: a small synthetic dataset (8 topics); quality = the share of an
 item's 5 nearest neighbours in its own topic (chance ~1/8). Single-thread
@@ -25,13 +25,9 @@ from recemb.errors import ConfigError, RecembError
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.item2vec.corpus import build_corpus
 from recemb.models.item2vec.model import Item2Vec
-from recemb.train.item2vec_ray import (
-    latest_checkpoint,
-    load_checkpoint,
-    train_item2vec_ray,
-    train_loop,
-    write_corpus,
-)
+from recemb.testing import faults
+from recemb.train.checkpoints import latest_checkpoint
+from recemb.train.item2vec import load_checkpoint, train_item2vec, train_loop, write_corpus
 from recemb.train.ray_config import RayTrainConfig
 
 TOPICS = 8
@@ -55,6 +51,11 @@ def make_cfg(data: Path, run_dir: Path, **i2v):
             "item2vec": {**I2V, **i2v},
         }
     )
+
+
+def run_i2v(cfg, ray: RayTrainConfig, **kw) -> Path:
+    """The driver on a pipeline config's sections."""
+    return train_item2vec(cfg.item2vec, ray, cfg.prepared_dir, cfg.run_dir, **kw)
 
 
 def topic_rate(ids: np.ndarray, vectors: np.ndarray, data: Path, k: int = 5) -> float:
@@ -83,6 +84,7 @@ def test_train_loop_in_process_reproduces_item2vec_fit(data, tmp_path):
             "item2vec": cfg.model_dump(mode="json"),
             "corpus_dir": str(tmp_path / "corpus"),
             "experiment_dir": str(tmp_path / "exp"),
+            "keep_checkpoints": 2,
         }
     )
     syn0, syn1, vocab, state = load_checkpoint(latest_checkpoint(tmp_path / "exp"))
@@ -97,7 +99,7 @@ def test_train_loop_in_process_reproduces_item2vec_fit(data, tmp_path):
 
 
 def test_driver_writes_embeddings_metrics_and_keeps_two_checkpoints(data, tmp_path):
-    out = train_item2vec_ray(make_cfg(data, tmp_path), RayTrainConfig(workers=0))
+    out = run_i2v(make_cfg(data, tmp_path), RayTrainConfig(workers=0))
     emb = EmbeddingSet.load(out / "embeddings")
     assert emb.kind == "item2vec" and emb.dim == 16
     metrics = json.loads((out / "metrics.json").read_text())
@@ -109,18 +111,17 @@ def test_driver_writes_embeddings_metrics_and_keeps_two_checkpoints(data, tmp_pa
 
 
 def test_in_process_resume_starts_at_next_epoch(data, tmp_path):
-    train_item2vec_ray(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=0))
-    out = train_item2vec_ray(make_cfg(data, tmp_path, epochs=4), RayTrainConfig(workers=0))
+    run_i2v(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=0))
+    out = run_i2v(make_cfg(data, tmp_path, epochs=4), RayTrainConfig(workers=0))
     history = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert [h["started_at_epoch"] for h in history] == [0, 0, 2, 2]
 
 
 def test_fault_in_process_resumes_and_matches_uninterrupted_run(data, tmp_path):
-    clean = train_item2vec_ray(make_cfg(data, tmp_path / "a"), RayTrainConfig(workers=0))
-    faulty = train_item2vec_ray(
-        make_cfg(data, tmp_path / "b"), RayTrainConfig(workers=0, max_failures=1), fail_at_epoch=3
-    )
+    clean = run_i2v(make_cfg(data, tmp_path / "a"), RayTrainConfig(workers=0))
+    with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=3):
+        faulty = run_i2v(make_cfg(data, tmp_path / "b"), RayTrainConfig(workers=0, max_failures=1))
     history = json.loads((faulty / "metrics.json").read_text())["epochs"]
     assert [h["started_at_epoch"] for h in history] == [0, 0, 2, 2]
     # Restored state + per-epoch seeds: the interrupted run is the same run.
@@ -130,13 +131,14 @@ def test_fault_in_process_resumes_and_matches_uninterrupted_run(data, tmp_path):
 
 
 def test_fault_beyond_max_failures_is_a_clear_error(data, tmp_path):
-    with pytest.raises(RecembError, match="max_failures=0.*injected fault"):
-        train_item2vec_ray(make_cfg(data, tmp_path), RayTrainConfig(workers=0), fail_at_epoch=2)
+    with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=2):
+        with pytest.raises(RecembError, match="max_failures=0.*injected fault"):
+            run_i2v(make_cfg(data, tmp_path), RayTrainConfig(workers=0))
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(data, tmp_path, caplog):
-    train_item2vec_ray(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=0))
-    out = train_item2vec_ray(make_cfg(data, tmp_path, epochs=3, dim=8), RayTrainConfig(workers=0))
+    run_i2v(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=0))
+    out = run_i2v(make_cfg(data, tmp_path, epochs=3, dim=8), RayTrainConfig(workers=0))
     history = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [h["started_at_epoch"] for h in history] == [0, 0, 0]
     assert "dim=16 (now 8)" in caplog.text
@@ -144,8 +146,8 @@ def test_checkpoint_of_other_settings_is_not_resumed(data, tmp_path, caplog):
 
 
 def test_resume_false_starts_afresh(data, tmp_path):
-    train_item2vec_ray(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=0))
-    out = train_item2vec_ray(make_cfg(data, tmp_path, epochs=3), RayTrainConfig(workers=0, resume=False))
+    run_i2v(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=0))
+    out = run_i2v(make_cfg(data, tmp_path, epochs=3), RayTrainConfig(workers=0, resume=False))
     history = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [h["started_at_epoch"] for h in history] == [0, 0, 0]
 
@@ -153,16 +155,16 @@ def test_resume_false_starts_afresh(data, tmp_path):
 def test_bad_settings_raise_config_errors(data, tmp_path):
     cfg = make_cfg(data, tmp_path)
     with pytest.raises(ConfigError, match="sync='median'"):
-        train_item2vec_ray(cfg, RayTrainConfig(workers=0), sync="median")
+        run_i2v(cfg, RayTrainConfig(workers=0), sync="median")
     with pytest.raises(ConfigError, match="ray.use_gpu needs ray.workers >= 1"):
-        train_item2vec_ray(cfg, RayTrainConfig(workers=0, use_gpu=True))
+        run_i2v(cfg, RayTrainConfig(workers=0, use_gpu=True))
     with pytest.raises(ConfigError, match="backend=numba"):
-        train_item2vec_ray(make_cfg(data, tmp_path, backend="numba"), RayTrainConfig(workers=1, use_gpu=True))
+        run_i2v(make_cfg(data, tmp_path, backend="numba"), RayTrainConfig(workers=1, use_gpu=True))
 
 
 # ------------------------------------------------------------------ Ray Train
 def test_ray_one_worker_writes_checkpoints_and_embeddings(data, tmp_path, ray_local):
-    out = train_item2vec_ray(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=1, cpus_per_worker=1))
+    out = run_i2v(make_cfg(data, tmp_path, epochs=2), RayTrainConfig(workers=1, cpus_per_worker=1))
     exp = tmp_path / "t" / "ray" / "item2vec"
     assert sorted(p.name for p in exp.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0001", "checkpoint_epoch_0002"]
     assert EmbeddingSet.load(out / "embeddings").dim == 16
@@ -173,8 +175,8 @@ def test_ray_one_worker_writes_checkpoints_and_embeddings(data, tmp_path, ray_lo
 @pytest.mark.slow
 def test_ray_resume_with_same_name_starts_at_epoch_3(data, tmp_path, ray_local):
     ray_cfg = RayTrainConfig(workers=1, cpus_per_worker=1)
-    train_item2vec_ray(make_cfg(data, tmp_path, epochs=2), ray_cfg)
-    out = train_item2vec_ray(make_cfg(data, tmp_path, epochs=4), ray_cfg)
+    run_i2v(make_cfg(data, tmp_path, epochs=2), ray_cfg)
+    out = run_i2v(make_cfg(data, tmp_path, epochs=4), ray_cfg)
     history = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert [h["started_at_epoch"] for h in history] == [0, 0, 2, 2]
@@ -185,8 +187,8 @@ def test_ray_resume_with_same_name_starts_at_epoch_3(data, tmp_path, ray_local):
 @pytest.mark.slow
 def test_ray_two_workers_match_one_process_quality(data, tmp_path, ray_local):
     cfg = make_cfg(data, tmp_path, epochs=8)
-    one = train_item2vec_ray(cfg, RayTrainConfig(workers=0, name="one"))
-    two = train_item2vec_ray(cfg, RayTrainConfig(workers=2, cpus_per_worker=1, name="two"))
+    one = run_i2v(cfg, RayTrainConfig(workers=0, name="one"))
+    two = run_i2v(cfg, RayTrainConfig(workers=2, cpus_per_worker=1, name="two"))
     state = read_state(tmp_path, "two")
     assert state["workers"] == 2 and state["epoch"] == 8
     r1 = topic_rate(*_ids_vectors(one), data)
@@ -197,13 +199,13 @@ def test_ray_two_workers_match_one_process_quality(data, tmp_path, ray_local):
 @pytest.mark.slow
 def test_ray_worker_fault_resumes_from_last_checkpoint(data, tmp_path, ray_local):
     cfg = make_cfg(data, tmp_path, epochs=6)
-    clean = train_item2vec_ray(cfg, RayTrainConfig(workers=2, cpus_per_worker=1, name="clean"))
-    faulty = train_item2vec_ray(
-        cfg, RayTrainConfig(workers=2, cpus_per_worker=1, max_failures=1, name="faulty"), fail_at_epoch=4
-    )
+    clean = run_i2v(cfg, RayTrainConfig(workers=2, cpus_per_worker=1, name="clean"))
+    # The last rank fails once before epoch 4; the rule reaches the workers through the runner.
+    with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=4, rank=1) as marker:
+        faulty = run_i2v(cfg, RayTrainConfig(workers=2, cpus_per_worker=1, max_failures=1, name="faulty"))
     history = json.loads((faulty / "metrics.json").read_text())["epochs"]
     assert [h["started_at_epoch"] for h in history] == [0, 0, 0, 3, 3, 3]
-    assert (tmp_path / "t" / "ray" / "faulty" / ".fault_injected").exists()
+    assert marker.exists()
     r_clean = topic_rate(*_ids_vectors(clean), data)
     r_faulty = topic_rate(*_ids_vectors(faulty), data)
     assert abs(r_clean - r_faulty) < 0.05, (r_clean, r_faulty)

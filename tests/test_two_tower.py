@@ -258,6 +258,30 @@ def test_fused_resume_from_checkpoint_gives_same_state(small_synth, tmp_path):
     np.testing.assert_allclose(resumed.item_embeddings().vectors, straight.item_embeddings().vectors, atol=1e-5)
 
 
+@needs_torchrec
+def test_injected_fault_in_process_resumes_and_matches_uninterrupted_run(small_synth, tmp_path):
+    # The runner's train.epoch fault point, through the driver (in-process, ray.max_failures=1).
+    from recemb.data.dataset import write_dataset
+    from recemb.embeddings import EmbeddingSet
+    from recemb.testing import faults
+    from recemb.train.ray_config import RayTrainConfig
+    from recemb.train.two_tower import train_two_tower
+
+    write_dataset(small_synth, tmp_path / "data")
+    section = TwoTowerConfig(backend="torchrec", **{**FAST, "epochs": 2})
+    clean = train_two_tower(section, RayTrainConfig(), tmp_path / "data", tmp_path / "a")
+    with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=2) as marker:
+        faulty = train_two_tower(section, RayTrainConfig(max_failures=1), tmp_path / "data", tmp_path / "b")
+    assert marker.exists()
+    assert sorted(p.name for p in (tmp_path / "b" / "ray" / "two_tower").glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_0001",
+        "checkpoint_epoch_0002",
+    ]
+    np.testing.assert_allclose(
+        EmbeddingSet.load(faulty / "embeddings").vectors, EmbeddingSet.load(clean / "embeddings").vectors, atol=1e-5
+    )
+
+
 # --------------------------------------------------------------------------- Ray
 
 
@@ -267,15 +291,17 @@ def test_two_worker_dmp_torchtrainer(ray_local, small_synth, tmp_path):
     from recemb.config import build_config
     from recemb.data.dataset import write_dataset
     from recemb.embeddings import EmbeddingSet
-    from recemb.models.two_tower.train import run_two_tower
     from recemb.train.ray_config import RayTrainConfig
+    from recemb.train.two_tower import train_two_tower
 
     write_dataset(small_synth, tmp_path / "data")
     cfg = build_config(
         {"run": {"name": "tt", "dir": str(tmp_path / "runs")}, "data": {"prepared": str(tmp_path / "data")}}
     )
     section = TwoTowerConfig(backend="torchrec", **{**FAST, "epochs": 2})
-    out = run_two_tower(cfg, section, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray")))
+    out = train_two_tower(
+        section, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray")), cfg.prepared_dir, cfg.run_dir
+    )
     items = EmbeddingSet.load(out / "embeddings")
     users = EmbeddingSet.load(out / "user_embeddings")
     assert items.dim == users.dim == FAST["dim"]

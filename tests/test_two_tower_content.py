@@ -137,12 +137,14 @@ def test_fused_resume_with_content_gives_same_state(ds, tmp_path):
 def test_two_workers_build_content_features_and_train(ray_local, synth_dir, tmp_path):
     from recemb.config import build_config
     from recemb.embeddings import EmbeddingSet
-    from recemb.models.two_tower.train import run_two_tower
     from recemb.train.ray_config import RayTrainConfig
+    from recemb.train.two_tower import train_two_tower
 
     cfg = build_config({"run": {"name": "ttc", "dir": str(tmp_path / "runs")}, "data": {"prepared": str(synth_dir)}})
     section = TwoTowerConfig(backend="torchrec", content={**TEXT, **IMAGE}, **{**FAST, "epochs": 2})
-    out = run_two_tower(cfg, section, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray")))
+    out = train_two_tower(
+        section, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray")), cfg.prepared_dir, cfg.run_dir
+    )
     items = EmbeddingSet.load(out / "embeddings")
     assert len(items) == load_dataset(synth_dir).items.height and np.isfinite(items.vectors).all()
     metrics = (out / "metrics.json").read_text()

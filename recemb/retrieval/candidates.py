@@ -61,6 +61,7 @@ from recemb.io import atomic_path, sha256_file, write_json
 from recemb.progress import Progress
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.retriever import POPULARITY, QUERY_MODES, Retriever, Source
+from recemb.testing import faults
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,6 @@ class WorkerSpec:
     blocked: tuple[str, ...]
     search_k: int | None
     batch_size: int
-    fail_on_parts: tuple[int, ...] = ()  # test hook: raise before writing these parts
 
 
 def part_path(out_dir: str | Path, part: int) -> Path:
@@ -210,8 +210,7 @@ class PartitionWriter:
         """Write one partition's part file atomically; return its stats."""
         t0 = time.perf_counter()
         table = self.candidates(user_id, history, exclude)
-        if part in self.spec.fail_on_parts:
-            raise RuntimeError(f"test hook: failing partition {part} before it is written")
+        faults.check("candidates.part", part=part)  # tests: a worker dying before the write
         with atomic_path(part_path(self.spec.out_dir, part)) as tmp:
             pq.write_table(table, tmp)
         fallback = int(pc.sum(pc.equal(table["source"], POPULARITY)).as_py() or 0)
@@ -345,6 +344,8 @@ def _run_partitions(table: pa.Table, spec: WorkerSpec, c: CandidatesConfig, on_d
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=c.num_workers),
             num_cpus=c.cpus_per_worker,
+            # A running Ray does not see variables set after it started: hand on the fault rules.
+            **({"runtime_env": {"env_vars": faults.env()}} if faults.env() else {}),
         )
         for row in ds.iter_rows():
             on_done(dict(row))
@@ -358,7 +359,6 @@ def generate_candidates(
     queries: QueryBuilder = production_queries,
     force: bool = False,
     log_fn: Callable[[str], None] | None = None,
-    _fail_on_parts: Iterable[int] = (),
 ) -> Path:
     """Write top-k candidates for every query key to ``<run>/candidates``; return that dir.
 
@@ -371,7 +371,6 @@ def generate_candidates(
             :func:`recemb.eval.holdout_queries.query_builder`.
         force: recompute every partition even if the output is complete.
         log_fn: receives progress lines (default: this module's logger).
-        _fail_on_parts: test hook; these partitions raise before being written.
     """
     say = log_fn or log.info
     c = section or CandidatesConfig()
@@ -413,7 +412,6 @@ def generate_candidates(
         blocked=tuple(c.blocked),
         search_k=c.search_k,
         batch_size=c.batch_size,
-        fail_on_parts=tuple(int(p) for p in _fail_on_parts),
     )
     progress = {"parts": len(done), "users": 0, "fallback_rows": 0}
     t_run = time.perf_counter()

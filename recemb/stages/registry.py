@@ -87,7 +87,7 @@ def _build_item2vec(cfg: PipelineConfig, variant: Variant) -> EmbeddingModel:
 def _train_item2vec(cfg: PipelineConfig) -> Path:
     from recemb.train.item2vec import train_item2vec
 
-    return train_item2vec(cfg)
+    return train_item2vec(cfg.item2vec, cfg.ray, cfg.prepared_dir, cfg.run_dir)
 
 
 def _build_two_tower(cfg: PipelineConfig, variant: Variant) -> EmbeddingModel:
@@ -97,9 +97,11 @@ def _build_two_tower(cfg: PipelineConfig, variant: Variant) -> EmbeddingModel:
 
 
 def _train_two_tower(cfg: PipelineConfig) -> Path:
-    from recemb.models.two_tower.train import run_two_tower
+    from recemb.train.two_tower import train_two_tower
 
-    return run_two_tower(cfg)
+    return train_two_tower(
+        cfg.two_tower, cfg.ray, cfg.prepared_dir, cfg.run_dir, cfg.content_cache_dir(cfg.two_tower.content)
+    )
 
 
 def _build_content(cfg: PipelineConfig, variant: Variant) -> EmbeddingModel:
@@ -109,9 +111,9 @@ def _build_content(cfg: PipelineConfig, variant: Variant) -> EmbeddingModel:
 
 
 def _train_content(cfg: PipelineConfig) -> Path:
-    from recemb.models.content.align import train_content
+    from recemb.train.content import train_content
 
-    return train_content(cfg)
+    return train_content(cfg.content, cfg.ray, cfg.prepared_dir, cfg.run_dir, cfg.content_cache_dir(cfg.content))
 
 
 _REGISTRY = (
@@ -145,7 +147,7 @@ _REGISTRY = (
         summary="text / category / image encoders aligned to the run's item2vec (cold items)",
         build=_build_content,
         train=_train_content,
-        reads=("item2vec",),
+        reads=("item2vec", "ray"),
         content_only=True,
         variants={
             "content-text": Variant(update={"text": True, "category": True, "image": False}),

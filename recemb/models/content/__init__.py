@@ -10,6 +10,7 @@ Layout, one job per module:
 - :mod:`.pretrained_text` optional frozen all-MiniLM-L6-v2 sentence embeddings
 - :mod:`.fusion`          ``ContentFusion``: gated sum / concat+MLP, modality dropout
 - :mod:`.encoder`         per-item ``ContentFeatures`` and the fused ``ContentEncoder``
-- :mod:`.align`           InfoNCE alignment to a behavioural EmbeddingSet;
-                          ``train_content(cfg)`` -> ``<run>/content/embeddings``
+- :mod:`.align`           InfoNCE loss, optimisers, targets and recall of the alignment
+                          to a behavioural EmbeddingSet; its loop, ``content_embeddings``
+                          and ``train_content`` are in :mod:`recemb.train.content`
 """

@@ -78,8 +78,8 @@ class ContentModel(EmbeddingModel):
         ``items`` is required (title, text, category, image_path); with a
         ``catalogue`` only its items are encoded.
         """
-        from recemb.models.content.align import content_embeddings
         from recemb.models.item2vec.model import Item2Vec
+        from recemb.train.content import content_embeddings
 
         if items is None or items.height == 0:
             raise DataValidationError("ContentModel.fit: no items table; content encoders need items.parquet")

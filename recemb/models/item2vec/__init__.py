@@ -7,5 +7,7 @@ Layout, one job per module:
                      keep-probabilities, the unigram^ns_exponent negative table
 - :mod:`.sgns_cpu`   the numba Hogwild kernel (CPU backend)
 - :mod:`.sgns_torch` the batched torch kernel (CUDA backend; also runs on CPU)
+- :mod:`.epochs`     ``EpochRunner`` (the SGNS state) and the one epoch loop, also run by
+                     ``recemb.train.item2vec`` on each Ray Train worker
 - :mod:`.model`      ``Item2Vec``: fit, embeddings(), similar(), word2vec export
 """

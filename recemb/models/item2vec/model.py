@@ -16,7 +16,6 @@ input vectors (``syn0``), as in gensim's ``wv``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -32,11 +31,10 @@ from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, l2_normalize
 from recemb.errors import ConfigError, RecembError
 from recemb.io import atomic_dir, atomic_path
-from recemb.models.item2vec import sgns_cpu
 from recemb.models.item2vec.config import Item2VecConfig
-from recemb.models.item2vec.corpus import Corpus, build_corpus, keep_probabilities, negative_table
+from recemb.models.item2vec.corpus import Corpus, build_corpus
+from recemb.models.item2vec.epochs import EpochRunner, train_epochs
 from recemb.models.protocol import EmbeddingModel
-from recemb.progress import Progress
 
 log = logging.getLogger("recemb.item2vec")
 
@@ -86,6 +84,8 @@ class Item2Vec(EmbeddingModel):
         items seen fewer than ``min_count`` times get no vector. Both are
         counted in ``self.dropped`` and logged. Returns ``self``.
         """
+        from recemb.train.runner import WorkerContext
+
         cfg = self.config
         if isinstance(data, Corpus):
             corpus, self._seen = data, {}
@@ -94,29 +94,11 @@ class Item2Vec(EmbeddingModel):
             self._seen = _seen_counts(data)
         self.dropped = dict(corpus.dropped)
         self.vocab = corpus.vocab
+        started = time.perf_counter()
         runner = EpochRunner(cfg, corpus.vocab.counts)
         self.backend = runner.backend
-        self.history = []
-        started = time.perf_counter()
-        progress = Progress(f"item2vec {runner.backend}", cfg.epochs, "epoch")
-        for epoch in range(cfg.epochs):
-            a0, a1 = lr_range(cfg, epoch)
-            t0 = time.perf_counter()
-            loss, pairs = runner.run(corpus.indptr, corpus.indices, a0, a1, _epoch_seed(cfg.seed, epoch))
-            secs = max(time.perf_counter() - t0, 1e-9)
-            row = {
-                "epoch": epoch + 1,
-                "loss": loss / max(pairs, 1),
-                "pairs": int(pairs),
-                "seconds": secs,
-                "pairs_per_s": pairs / secs,
-                "events_per_s": corpus.n_events / secs,
-                "alpha": a1,
-            }
-            self.history.append(row)
-            progress.update(1, loss=row["loss"], events_per_s=row["events_per_s"])
-        progress.summary = f"loss {self.history[-1]['loss']:.4f}" if self.history else ""
-        progress.close()
+        # The data-parallel loop with one worker and no checkpoints: the same floats as one Ray worker.
+        self.history = train_epochs(WorkerContext(), runner, corpus.indptr, corpus.indices, corpus.n_events)
         self.vectors = runner.input_vectors()
         self.train_seconds = time.perf_counter() - started
         return self
@@ -257,138 +239,6 @@ class Item2Vec(EmbeddingModel):
         return cls.from_state(
             config, es.to_vocab(), np.asarray(es.vectors), meta.get("history"), meta.get("backend"), meta.get("dropped")
         )
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A distinct RNG seed per (seed, epoch), so seed s, epoch 1 never replays seed s+1, epoch 0."""
-    return seed * 1_000_003 + epoch
-
-
-def lr_range(cfg: Item2VecConfig, epoch: int) -> tuple[float, float]:
-    """Learning rate at the start and end of 0-based ``epoch``: linear from alpha to min_alpha over all epochs."""
-    a0 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * epoch / cfg.epochs
-    a1 = cfg.alpha - (cfg.alpha - cfg.min_alpha) * (epoch + 1) / cfg.epochs
-    return a0, a1
-
-
-def resolve_backend(cfg: Item2VecConfig) -> tuple[str, str]:
-    """(backend, torch device) from the config; device is "" for numba."""
-    if cfg.backend == "numba":
-        return "numba", ""
-    wants_cuda = cfg.device.startswith("cuda")
-    if cfg.backend == "auto" and cfg.device == "cpu":
-        return "numba", ""
-    if importlib.util.find_spec("torch") is None:
-        if cfg.backend == "torch" or wants_cuda:
-            raise ConfigError(
-                "item2vec.backend=torch needs PyTorch; install it (pip install torch) or set item2vec.backend=numba"
-            )
-        return "numba", ""
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if wants_cuda and not has_cuda:
-        raise ConfigError(f"item2vec.device={cfg.device!r} but CUDA is not available; set item2vec.device=cpu")
-    device = cfg.device if cfg.device != "auto" else ("cuda" if has_cuda else "cpu")
-    if cfg.backend == "auto":
-        return ("torch", device) if device.startswith("cuda") else ("numba", "")
-    return "torch", device
-
-
-def init_vectors(cfg: Item2VecConfig, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """gensim 4's initialisation: ``syn0`` ``[V, D]`` uniform in [-1, 1) / dim (from ``cfg.seed``), ``syn1`` zeros."""
-    rng = np.random.default_rng(cfg.seed)
-    syn0 = ((rng.random((n_items, cfg.dim), dtype=np.float32) * 2 - 1) / cfg.dim).astype(np.float32)
-    return syn0, np.zeros((n_items, cfg.dim), dtype=np.float32)
-
-
-class EpochRunner:
-    """SGNS training state (``syn0``, ``syn1`` ``[V, D]``, sampling tables) advanced one pass at a time.
-
-    :meth:`Item2Vec.fit` calls :meth:`run` once per epoch on the whole corpus;
-    a data-parallel loop (``recemb.train.item2vec_ray``) calls it on its shard
-    of sessions and synchronises :meth:`tensors` between calls. Sampling
-    tables come from the *global* item counts, so every shard draws the same
-    negatives distribution.
-    """
-
-    def __init__(
-        self,
-        config: Item2VecConfig,
-        counts: np.ndarray,
-        syn0: np.ndarray | None = None,
-        syn1: np.ndarray | None = None,
-    ):
-        self.config = cfg = config
-        self.backend, self.device = resolve_backend(cfg)
-        if syn0 is None or syn1 is None:
-            syn0, syn1 = init_vectors(cfg, len(counts))
-        shape = (len(counts), cfg.dim)
-        if syn0.shape != shape or syn1.shape != shape:
-            raise RecembError(
-                f"item2vec: state matrices have shapes {syn0.shape} / {syn1.shape}, expected {shape} "
-                f"({len(counts)} items, dim {cfg.dim})"
-            )
-        keep = keep_probabilities(counts, cfg.sample)
-        table = negative_table(counts, cfg.ns_exponent)
-        if self.backend == "numba":
-            self.syn0 = np.ascontiguousarray(syn0, dtype=np.float32)
-            self.syn1 = np.ascontiguousarray(syn1, dtype=np.float32)
-            self._keep, self._table = keep, table
-            self._sig, self._logsig = sgns_cpu.sigmoid_tables()
-        else:
-            from recemb.models.item2vec.sgns_torch import TorchSGNS
-
-            self._torch = TorchSGNS(syn0, syn1, keep, table, cfg, self.device)
-
-    def run(
-        self, indptr: np.ndarray, indices: np.ndarray, alpha_start: float, alpha_end: float, seed: int
-    ) -> tuple[float, int]:
-        """One pass over the sessions ``indptr [S+1]`` / ``indices [E]``; returns (loss sum, pairs)."""
-        cfg = self.config
-        if self.backend != "numba":
-            return self._torch.epoch(indptr, indices, alpha_start, alpha_end, seed)
-        # numba's thread count is process-global: re-assert ours in case another fit changed it.
-        threads = sgns_cpu.set_threads(cfg.threads)
-        bounds = sgns_cpu.shard_bounds(indptr, threads)
-        loss, pairs, _ = sgns_cpu.train_epoch(
-            self.syn0,
-            self.syn1,
-            indptr,
-            indices,
-            self._keep,
-            self._table,
-            self._sig,
-            self._logsig,
-            bounds,
-            cfg.window,
-            cfg.negatives,
-            int(cfg.mode == "cbow"),
-            int(cfg.shrink_windows),
-            int(cfg.shared_negatives),
-            alpha_start,
-            alpha_end,
-            seed,
-        )
-        return float(loss.sum()), int(pairs.sum())
-
-    def tensors(self):
-        """``(syn0, syn1)`` as torch tensors that share memory with the training state (for all-reduce)."""
-        if self.backend != "numba":
-            return self._torch.syn0, self._torch.syn1
-        import torch
-
-        return torch.from_numpy(self.syn0), torch.from_numpy(self.syn1)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(syn0, syn1)`` as ``[V, D]`` float32 numpy arrays (views for numba, host copies for torch)."""
-        if self.backend == "numba":
-            return self.syn0, self.syn1
-        return self._torch.input_vectors(), self._torch.syn1.detach().cpu().numpy().astype(np.float32, copy=True)
-
-    def input_vectors(self) -> np.ndarray:
-        """The exported vectors: ``syn0`` ``[V, D]`` float32."""
-        return self.arrays()[0]
 
 
 def _seen_counts(data: pl.DataFrame | list[list[str]]) -> dict[str, int]:

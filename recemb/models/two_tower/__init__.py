@@ -9,6 +9,9 @@ Layout, one job per module:
 - :mod:`.towers`      UserTower / ItemTower (L2-normalised ``[B, D]``)
 - :mod:`.task`        RetrievalTask: in-batch softmax, logQ, accidental hits, mixed negatives
 - :mod:`.distributed` DistributedModelParallel + fused RowWiseAdagrad, or plain torch
-- :mod:`.train`       the epoch loop, checkpoints, validation, ``train_loop``, ``run_two_tower``
+- :mod:`.encode`      plain towers -> vectors, EmbeddingSets, the user tower export
 - :mod:`.model`       ``TwoTower``: fit, EmbeddingSets, user tower export / load
+
+Training (the epoch loop, checkpoints, ``train_loop``, the driver) is in
+:mod:`recemb.train.two_tower`.
 """

@@ -8,8 +8,9 @@
     tower.encode([["50", "172"], []])        # [B, D] queries from recent item ids
 
 Training itself (optimisers, sharding, checkpoints) is in
-recemb.models.two_tower.train; after ``fit`` the model holds a plain-torch
-copy of the towers (``self.net``) on which every export runs.
+recemb.train.two_tower, the same loop a Ray Train worker runs; after ``fit``
+the model holds a plain-torch copy of the towers (``self.net``) on which
+every export (recemb.models.two_tower.encode) runs.
 """
 
 from __future__ import annotations
@@ -26,61 +27,20 @@ import torch
 
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
-from recemb.errors import DataValidationError, RecembError
+from recemb.errors import RecembError
 from recemb.io import atomic_dir, write_json
 from recemb.models.content.config import ItemContentConfig
 from recemb.models.protocol import EmbeddingModel
 from recemb.models.two_tower.config import TwoTowerConfig
-from recemb.models.two_tower.features import (
-    Collator,
-    FeatureSpace,
-    build_examples,
-    item_vocab,
-    user_sequences,
+from recemb.models.two_tower.encode import (
+    USER_TOWER_FORMAT,
+    encode_users,
+    item_embedding_set,
+    save_user_tower,
+    user_embedding_set,
 )
-from recemb.models.two_tower.towers import TwoTowerNet, UserTower, build_net, tower_tables
-
-USER_TOWER_FORMAT = 1
-ENCODE_BATCH = 4096
-
-
-@torch.no_grad()
-def encode_items(
-    net: TwoTowerNet,
-    collate: Collator,
-    item_idx: np.ndarray,
-    device: torch.device | str = "cpu",
-    drop: tuple[str, ...] = (),
-) -> np.ndarray:
-    """``[len(item_idx), D]`` float32 item-tower outputs (``drop``: parts hidden, see ItemTower)."""
-    net.eval()
-    out = []
-    for s in range(0, len(item_idx), ENCODE_BATCH):
-        idx = np.asarray(item_idx[s : s + ENCODE_BATCH], dtype=np.int64)
-        feats = collate.items(idx).to(device)
-        out.append(net.item_tower(feats, torch.from_numpy(idx).to(device), drop).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, net.item_tower.mlp[-1].out_features), np.float32)
-
-
-@torch.no_grad()
-def encode_users(
-    tower: UserTower,
-    collate: Collator,
-    seq: np.ndarray,
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    user_rows: np.ndarray | None = None,
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """``[B, D]`` float32 user-tower outputs for history windows into ``seq`` (oldest first)."""
-    tower.eval()
-    out = []
-    for s in range(0, len(starts), ENCODE_BATCH):
-        sl = slice(s, s + ENCODE_BATCH)
-        rows = None if user_rows is None else user_rows[sl]
-        feats = collate.users(seq, starts[sl], lengths[sl], rows).to(device)
-        out.append(tower(feats).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, tower.mlp[-1].out_features), np.float32)
+from recemb.models.two_tower.features import Collator, FeatureSpace
+from recemb.models.two_tower.towers import TwoTowerNet, UserTower, tower_tables
 
 
 class TwoTower(EmbeddingModel):
@@ -122,6 +82,9 @@ class TwoTower(EmbeddingModel):
     ) -> TwoTower:
         """Train on canonical ``events`` (every interaction a target after its history).
 
+        The same code path as a Ray Train worker (:func:`recemb.train.two_tower.fit_two_tower`),
+        in this process.
+
         Args:
             items, users: canonical items/users tables (categories, user
                 features, content: text fields and ``image_path``).
@@ -130,24 +93,19 @@ class TwoTower(EmbeddingModel):
             catalogue: fixes the item index space (evaluation); default: the
                 event items, then the items table's other items.
             validation: one held-out event per user; its Recall@K is reported per epoch.
-            checkpoint_dir: write a checkpoint per epoch there and resume from it.
+            checkpoint_dir: write ``checkpoint_epoch_NNNN/`` there after each epoch (the
+                newest 2 kept) and resume from the newest.
         """
-        from recemb.models.two_tower.train import LocalCheckpoints, Validation, fit_loop
+        from recemb.train.checkpoints import LocalCheckpoints
+        from recemb.train.runner import WorkerContext
+        from recemb.train.two_tower import fit_two_tower
 
-        if events.height == 0:
-            raise DataValidationError("TwoTower.fit: the events table is empty; nothing to train on")
-        vocab = catalogue if catalogue is not None else item_vocab(events, items)
-        self.space = FeatureSpace(vocab, self.config, items, users, root, cache_dir)
+        ctx = WorkerContext(checkpoints=LocalCheckpoints(checkpoint_dir) if checkpoint_dir else None)
+        fitted = fit_two_tower(
+            self.config, events, items, users, catalogue, validation, root=root, cache_dir=cache_dir, ctx=ctx
+        )
+        self.space, self.net, self.history = fitted.space, fitted.net, fitted.history
         self.collate = Collator(self.space)
-        examples = build_examples(events, self.space)
-        if len(examples) < 2:
-            raise DataValidationError(
-                f"TwoTower.fit: only {len(examples)} training example(s); users need more than "
-                f"two_tower.min_history = {self.config.min_history} events"
-            )
-        val = Validation.build(events, validation, self.space) if validation is not None else None
-        ckpt = LocalCheckpoints(checkpoint_dir) if checkpoint_dir else None
-        self.net, self.history = fit_loop(self.space, examples, self.config, validation=val, checkpoints=ckpt)
         return self
 
     @property
@@ -166,16 +124,7 @@ class TwoTower(EmbeddingModel):
             if drop:
                 raise RecembError("TwoTower.item_embeddings(drop=...): a loaded model holds final vectors only")
             return self._loaded[0]
-        vectors = encode_items(self.net, self.collate, np.arange(len(self.space.items)), drop=drop)
-        return EmbeddingSet(
-            self.space.items.ids,
-            vectors,
-            kind="two_tower_items",
-            metric="cosine",
-            normalized=True,
-            config=self.config.model_dump(mode="json"),
-            metrics={"epochs": self.history},
-        )
+        return item_embedding_set(self.net, self.space, self.history, drop)
 
     def encode_histories(
         self,
@@ -198,27 +147,22 @@ class TwoTower(EmbeddingModel):
             lengths = np.bincount(owner[keep], minlength=len(offsets) - 1)
             items, offsets = items[keep], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         rows = self.space.user_rows(user_ids, len(offsets) - 1)
-        tower = self._loaded[1] if self._loaded is not None else self.net.user_tower
-        return encode_users(tower, self.collate, items, offsets[:-1], np.diff(offsets), rows)
+        return encode_users(self._user_tower(), self.collate, items, offsets[:-1], np.diff(offsets), rows)
 
     def user_embeddings(self, events: pl.DataFrame) -> EmbeddingSet:
         """One ``[U, D]`` vector per user of ``events``, from their latest ``history_length`` items."""
         self.require_fitted()
-        seq, offsets, users = user_sequences(events, self.space)
-        vectors = self.encode_histories(seq, offsets, users.to_numpy())
-        return EmbeddingSet(
-            users.to_numpy().astype(object),
-            vectors,
-            kind="two_tower_users",
-            metric="cosine",
-            normalized=True,
-            config=self.config.model_dump(mode="json"),
-        )
+        if self.net is None:
+            raise RecembError("TwoTower.user_embeddings: a loaded model answers queries only; use encode()")
+        return user_embedding_set(self.net, self.space, events)
+
+    def _user_tower(self) -> UserTower:
+        return self._loaded[1] if self._loaded is not None else self.net.user_tower
 
     def save_user_tower(self, out_dir: str | os.PathLike) -> Path:
         """Write ``state_dict.pt`` (plain tensors), ``config.json`` and the vocabularies, atomically."""
         self.require_fitted()
-        return save_user_tower(self.net.user_tower, self.space, out_dir)
+        return save_user_tower(self._user_tower(), self.space, out_dir)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``embeddings/`` (every catalogue item), ``user_tower/`` and ``model.json``, atomically."""
@@ -226,8 +170,7 @@ class TwoTower(EmbeddingModel):
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
             self.item_embeddings().save(tmp / "embeddings")
-            tower = self._loaded[1] if self._loaded is not None else self.net.user_tower
-            save_user_tower(tower, self.space, tmp / "user_tower")
+            save_user_tower(self._user_tower(), self.space, tmp / "user_tower")
             write_json(tmp / "model.json", self.model_meta(history=self.history))
         return directory
 
@@ -241,26 +184,6 @@ class TwoTower(EmbeddingModel):
         model.space, model.collate, model.history = tower.space, tower.collate, list(meta.get("history") or [])
         model._loaded = (items, tower.tower)
         return model
-
-
-def save_user_tower(tower: UserTower, space: FeatureSpace, out_dir: str | os.PathLike) -> Path:
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in tower.state_dict().items()}
-        torch.save(state, tmp / "state_dict.pt")
-        space.items.save(tmp / "items.parquet")
-        for col, vocab in zip(space.user_columns, space.user_vocabs):
-            vocab.save(tmp / f"user_{col}.parquet")
-        write_json(
-            tmp / "config.json",
-            {
-                "format": USER_TOWER_FORMAT,
-                "two_tower": space.config.model_dump(mode="json"),
-                "table_sizes": space.table_sizes(),
-                "user_keys": space.user_keys(),
-            },
-        )
-    return out_dir
 
 
 class UserTowerModel:
@@ -329,12 +252,3 @@ def load_user_tower(path: str | os.PathLike) -> UserTowerModel:
     state = torch.load(path / "state_dict.pt", map_location="cpu", weights_only=True)
     tower.load_state_dict(state)
     return UserTowerModel(tower, space)
-
-
-def build_plain_net(
-    space: FeatureSpace, config: TwoTowerConfig, state: dict[str, torch.Tensor], device: torch.device | str = "cpu"
-) -> TwoTowerNet:
-    """A plain-torch TwoTowerNet holding a gathered (unsharded) model state."""
-    net = build_net(space, config, "torch", torch.device(device))
-    net.load_state_dict(state)
-    return net.eval()

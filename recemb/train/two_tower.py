@@ -1,26 +1,29 @@
-"""Two-tower training: the epoch loop, checkpoints, per-epoch validation, Ray Train.
+"""Two-tower training: the epoch loop, per-epoch validation, ``train_loop`` and the ``train two-tower`` driver.
 
 - :func:`fit_loop`: one process's loop (rank r of W trains on its 1/W of
   each epoch's shuffled examples; W = 1 in-process). Fused RowWiseAdagrad
   for tables + Adam for dense layers under DistributedModelParallel
   (recemb.models.two_tower.distributed). After each epoch the unsharded
   state is gathered to rank 0, which measures validation Recall@K and
-  writes a checkpoint; a restart resumes from the last one.
-- :func:`train_loop`: ``train_loop(config: dict)``, the same function in
-  one process and in each Ray ``TorchTrainer`` worker: loads the prepared
-  dataset, splits it leave-last-out (trains on train, validates on the
-  validation item), and on rank 0 exports ``embeddings/``,
+  writes a checkpoint (``two_tower.pt``, tensors only, read back with
+  ``torch.load(weights_only=True)``); a restart resumes from the last one.
+- :func:`fit_two_tower`: tables -> features -> :func:`fit_loop`, the one code
+  path of ``TwoTower.fit`` and of every Ray Train worker.
+- :func:`train_loop`: ``train_loop(config: dict)``, the same function in one
+  process and in each ``TorchTrainer`` worker (recemb.train.runner): loads the
+  prepared dataset, splits it leave-last-out (trains on train, validates on
+  the validation item), and on rank 0 exports ``embeddings/``,
   ``user_embeddings/``, ``user_tower/`` and ``metrics.json``.
+- :func:`train_two_tower`: the driver.
 
 With W > 1 in-batch negatives are each rank's local batch (no all-gather).
+This module never imports recemb.models.two_tower.model (which calls it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +33,32 @@ import numpy as np
 import polars as pl
 import torch
 
+from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError, RecembError
-from recemb.io import atomic_path, write_json
+from recemb.io import write_json
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.distributed import Engine, resolve_backend, resolve_device
-from recemb.models.two_tower.features import Collator, Examples, FeatureSpace, user_sequences
-from recemb.models.two_tower.model import build_plain_net, encode_items, encode_users
+from recemb.models.two_tower.encode import (
+    build_plain_net,
+    encode_items,
+    encode_users,
+    item_embedding_set,
+    save_user_tower,
+    user_embedding_set,
+)
+from recemb.models.two_tower.features import (
+    Collator,
+    Examples,
+    FeatureSpace,
+    build_examples,
+    item_vocab,
+    user_sequences,
+)
 from recemb.models.two_tower.task import RetrievalTask
 from recemb.models.two_tower.towers import TwoTowerNet, build_net
 from recemb.progress import Progress, fmt_number
+from recemb.train.ray_config import RayTrainConfig
+from recemb.train.runner import WorkerContext, experiment_dir, run_training, worker_context
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "two_tower.pt"
@@ -103,50 +123,6 @@ class Validation:
         return float(np.mean(known & (ranks <= k)))
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-class LocalCheckpoints:
-    """One checkpoint file in a directory, replaced atomically each epoch."""
-
-    def __init__(self, directory: str | os.PathLike):
-        self.path = Path(directory) / CHECKPOINT_FILE
-
-    def load(self) -> dict[str, Any] | None:
-        if not self.path.is_file():
-            return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
-
-    def save(self, state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
-        if state is None:  # not rank 0
-            return
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
-
-
-class RayCheckpoints:
-    """Ray Train checkpoints: rank 0 reports each epoch's state, a restart gets the latest back."""
-
-    def load(self) -> dict[str, Any] | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-
-    def save(self, state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
-        import ray.train
-
-        if state is None:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -161,16 +137,33 @@ def _resumable(config: TwoTowerConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude={"epochs"})
 
 
+def _writer(full: dict[str, Any] | None, task: RetrievalTask, history: list[dict[str, Any]], config: TwoTowerConfig):
+    """Writes this epoch's checkpoint (``full``: the gathered engine state, rank 0 only)."""
+    state = {
+        "engine": full,
+        "task": {k: v.cpu() for k, v in task.state_dict().items()},
+        "epoch": history[-1]["epoch"],
+        "history": list(history),
+        "config": _resumable(config),
+    }
+    return lambda out: torch.save(state, out / CHECKPOINT_FILE)
+
+
 def fit_loop(
     space: FeatureSpace,
     examples: Examples,
     config: TwoTowerConfig,
     *,
     validation: Validation | None = None,
-    checkpoints=None,
+    ctx: WorkerContext | None = None,
 ) -> tuple[TwoTowerNet | None, list[dict[str, Any]]]:
-    """Train; return (a plain-torch copy of the trained towers on rank 0 / None elsewhere, per-epoch metrics)."""
-    device = resolve_device(config.device)
+    """Train; return (a plain-torch copy of the trained towers on rank 0 / None elsewhere, per-epoch metrics).
+
+    ``ctx`` (default: one process, no checkpoints) gives the checkpoint to resume from and takes
+    one ``two_tower.pt`` per epoch; rank and world size come from the process group.
+    """
+    ctx = ctx or WorkerContext()
+    device = torch.device(ctx.device) if ctx.device else resolve_device(config.device)
     backend = resolve_backend(config.backend)
     torch.manual_seed(config.seed)  # identical dense initialisation on every rank
     # Only targets train an item's id row; with content, other items are placed by their content.
@@ -196,7 +189,8 @@ def fit_loop(
     collate = Collator(space)
     history: list[dict[str, Any]] = []
     start = 0
-    state = checkpoints.load() if checkpoints is not None else None
+    ckpt = ctx.latest_checkpoint()
+    state = None if ckpt is None else torch.load(ckpt / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     if state is not None:
         if state.get("config") != _resumable(config):
             raise RecembError(
@@ -215,7 +209,7 @@ def fit_loop(
         f"two_tower x{world}" if world > 1 else "two_tower", steps * (config.epochs - start), "step", enabled=rank == 0
     )
     try:
-        for epoch in range(start, config.epochs):
+        for epoch in ctx.epochs(start, config.epochs):
             engine.train()
             order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
             mine = order[rank * per_rank : (rank + 1) * per_rank]
@@ -251,24 +245,14 @@ def fit_loop(
                 plain = build_plain_net(space, config, full["model"])
                 if validation is not None:
                     metrics[f"val_recall@{config.eval_k}"] = validation.recall(plain, collate, config.eval_k)
-                progress.note(
+                ctx.note(
+                    progress,
                     f"two_tower epoch {epoch + 1}/{config.epochs}: "
-                    + ", ".join(f"{k} {fmt_number(v)}" for k, v in metrics.items() if k != "epoch")
+                    + ", ".join(f"{k} {fmt_number(v)}" for k, v in metrics.items() if k != "epoch"),
                 )
             history.append(metrics)
-            if checkpoints is not None:
-                state = (
-                    None
-                    if full is None
-                    else {
-                        "engine": full,
-                        "task": {k: v.cpu() for k, v in task.state_dict().items()},
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "config": _resumable(config),
-                    }
-                )
-                checkpoints.save(state, metrics)
+
+            ctx.report(epoch + 1, metrics, _writer(full, task, history, config))
         if start >= config.epochs:  # resumed after the last epoch: nothing left to train
             full = engine.full_state()  # collective: every rank takes part
             if rank == 0:
@@ -286,7 +270,45 @@ def fit_loop(
     return plain, history
 
 
-# --------------------------------------------------------------------------- train_loop / stage
+# --------------------------------------------------------------------------- fit / train_loop / driver
+
+
+@dataclass
+class FittedTwoTower:
+    """What :func:`fit_two_tower` returns: the feature space, plain towers (None off rank 0), history."""
+
+    space: FeatureSpace
+    net: TwoTowerNet | None
+    history: list[dict[str, Any]]
+    examples: int
+
+
+def fit_two_tower(
+    config: TwoTowerConfig,
+    events: pl.DataFrame,
+    items: pl.DataFrame | None = None,
+    users: pl.DataFrame | None = None,
+    catalogue: Vocab | None = None,
+    validation: pl.DataFrame | None = None,
+    *,
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    ctx: WorkerContext | None = None,
+) -> FittedTwoTower:
+    """Features from canonical tables, then :func:`fit_loop` (arguments as ``TwoTower.fit``)."""
+    if events.height == 0:
+        raise DataValidationError("TwoTower.fit: the events table is empty; nothing to train on")
+    vocab = catalogue if catalogue is not None else item_vocab(events, items)
+    space = FeatureSpace(vocab, config, items, users, root, cache_dir)
+    examples = build_examples(events, space)
+    if len(examples) < 2:
+        raise DataValidationError(
+            f"TwoTower.fit: only {len(examples)} training example(s); users need more than "
+            f"two_tower.min_history = {config.min_history} events"
+        )
+    val = Validation.build(events, validation, space) if validation is not None else None
+    net, history = fit_loop(space, examples, config, validation=val, ctx=ctx)
+    return FittedTwoTower(space, net, history, len(examples))
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -294,119 +316,82 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     ``config`` keys: ``two_tower`` (the section as a dict), ``data_dir``
     (prepared canonical tables), ``out_dir`` (``<run>/two_tower``),
-    ``checkpoint_dir`` (in-process checkpoints; ignored under Ray, which
-    keeps its own), ``cache_dir`` (frozen content features), ``ray`` (True
-    inside a TorchTrainer). Every worker builds its own features, content
+    ``cache_dir`` (frozen content features), and the runner's own keys
+    (checkpoints, threads). Every worker builds its own features, content
     included, from ``data_dir``: nothing large travels in the config.
     Returns the metrics dict on rank 0 (None elsewhere).
     """
     from recemb.data.dataset import load_dataset
     from recemb.data.splits import leave_last_out
-    from recemb.models.two_tower.features import build_examples, item_vocab
-    from recemb.models.two_tower.model import TwoTower, save_user_tower
 
+    ctx = worker_context(config)
     section = TwoTowerConfig.model_validate(config["two_tower"])
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
     ds = load_dataset(config["data_dir"])
     split = leave_last_out(ds.events)
-    model = TwoTower(section)
-    model.space = FeatureSpace(
-        item_vocab(ds.events, ds.items), section, ds.items, ds.users, ds.root, config.get("cache_dir")
-    )
-    model.collate = Collator(model.space)
-    examples = build_examples(split.train, model.space)
-    validation = Validation.build(split.train, split.validation, model.space)
-    if config.get("ray"):
-        checkpoints = RayCheckpoints()
-    elif config.get("checkpoint_dir"):
-        checkpoints = LocalCheckpoints(config["checkpoint_dir"])
-    else:
-        checkpoints = None
     t0 = time.perf_counter()
-    model.net, model.history = fit_loop(model.space, examples, section, validation=validation, checkpoints=checkpoints)
-    if model.net is None:
+    fitted = fit_two_tower(
+        section,
+        split.train,
+        ds.items,
+        ds.users,
+        catalogue=item_vocab(ds.events, ds.items),
+        validation=split.validation,
+        root=ds.root,
+        cache_dir=config.get("cache_dir"),
+        ctx=ctx,
+    )
+    if fitted.net is None:
         return None
     out = Path(config["out_dir"])
-    items = model.item_embeddings()
-    items.save(out / "embeddings")
+    item_embedding_set(fitted.net, fitted.space, fitted.history).save(out / "embeddings")
     # Users from all their events: the latest history is the best query for serving.
-    model.user_embeddings(ds.events).save(out / "user_embeddings")
-    save_user_tower(model.net.user_tower, model.space, out / "user_tower")
+    user_embedding_set(fitted.net, fitted.space, ds.events).save(out / "user_embeddings")
+    save_user_tower(fitted.net.user_tower, fitted.space, out / "user_tower")
     metrics = {
         "train_seconds": time.perf_counter() - t0,
-        "examples": len(examples),
-        "items": len(model.space.items),
+        "examples": fitted.examples,
+        "items": len(fitted.space.items),
         "backend": resolve_backend(section.backend),
-        "epochs": model.history,
+        "epochs": fitted.history,
     }
-    if model.space.content is not None:
-        metrics["content_coverage"] = model.space.content.coverage()
+    if fitted.space.content is not None:
+        metrics["content_coverage"] = fitted.space.content.coverage()
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def run_two_tower(cfg, section: TwoTowerConfig | None = None, ray=None) -> Path:
-    """The ``train two-tower`` stage: ``cfg.prepared_dir`` -> ``<run>/two_tower``.
+def train_two_tower(
+    section: TwoTowerConfig,
+    ray: RayTrainConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """The ``train two-tower`` stage: ``data_dir``'s prepared tables -> ``<run_dir>/two_tower``.
 
     Args:
-        cfg: the PipelineConfig.
-        section: the ``two_tower:`` section (default ``cfg.two_tower``).
-        ray: a :class:`~recemb.train.ray_config.RayTrainConfig` (default
-            ``cfg.ray``). With ``workers`` >= 1 the loop runs in a Ray
-            ``TorchTrainer`` (Ray is joined or started through recemb.ray_runtime);
-            checkpoints under ``<storage>/<name or "two_tower">``, else in
-            ``<run>/two_tower/checkpoint``. ``resume: false`` discards old ones.
+        section: the ``two_tower:`` section.
+        ray: the ``ray:`` section. ``workers = 0``: in this process; ``N``: N Ray
+            ``TorchTrainer`` workers (DMP-sharded tables). Checkpoints under
+            ``<storage>/<name or "two_tower">`` either way; ``resume: false`` discards old ones.
+        data_dir: the prepared canonical tables.
+        run_dir: the run's output directory.
+        cache_dir: where frozen image / sentence features are cached.
     """
-    section = section or cfg.two_tower
-    ray = ray or cfg.ray
-    if not (Path(cfg.prepared_dir) / "events.parquet").is_file():
+    if not (Path(data_dir) / "events.parquet").is_file():
         # Fail here, not as a traceback from inside a Ray worker.
         raise DataValidationError(
-            f"{cfg.prepared_dir}: no prepared dataset; run `recemb pipeline CONFIG` (its data stage) "
-            f"or `recemb data prepare NAME --out {cfg.prepared_dir}` first"
+            f"{data_dir}: no prepared dataset; run `recemb pipeline CONFIG` (its data stage) "
+            f"or `recemb data prepare NAME --out {data_dir}` first"
         )
-    out = cfg.run_dir / "two_tower"
-    name = ray.name or "two_tower"
-    storage = ray.storage(cfg.run_dir)
-    local_ckpt = (out / "checkpoint").resolve()
-    if not ray.resume:
-        for old in (storage / name, local_ckpt):
-            if old.exists():
-                log.info("two_tower: ray.resume=false, discarding %s", old)
-                shutil.rmtree(old)
-    loop_cfg = {
+    out = Path(run_dir) / "two_tower"
+    loop_config = {
         "two_tower": section.model_dump(mode="json"),
-        "data_dir": str(Path(cfg.prepared_dir).resolve()),
+        "data_dir": str(Path(data_dir).resolve()),
         "out_dir": str(out.resolve()),
-        "checkpoint_dir": str(local_ckpt),
-        "cache_dir": str(cfg.content_cache_dir(section.content).resolve()),
-        "threads": ray.threads() if ray.workers else 0,
+        "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
     }
-    if ray.workers < 1:
-        train_loop(loop_cfg)
-        return out
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from recemb.ray_runtime import ray_session
-
-    with ray_session():
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={**loop_cfg, "ray": True},
-            scaling_config=ScalingConfig(
-                num_workers=ray.workers, use_gpu=ray.use_gpu, resources_per_worker={"CPU": ray.cpus_per_worker}
-            ),
-            torch_config=TorchConfig(backend="nccl" if ray.use_gpu else "gloo"),
-            run_config=RunConfig(
-                name=name,
-                storage_path=str(storage),
-                failure_config=FailureConfig(max_failures=ray.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=ray.keep_checkpoints),
-            ),
-        )
-        result = trainer.fit()
-    if result.error:
-        raise result.error
+    run_training(train_loop, loop_config, ray, experiment_dir(ray, run_dir, "two_tower"))
     return out
