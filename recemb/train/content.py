@@ -47,7 +47,8 @@ from recemb.errors import ConfigError, DataValidationError, RecembError
 from recemb.io import atomic_path, write_json
 from recemb.models.content.align import aligned_targets, info_nce, make_optimizers, recall_at
 from recemb.models.content.config import ContentConfig
-from recemb.models.content.encoder import ContentEncoder, ContentFeatures, build_features, encode_all, resolve_device
+from recemb.models.content.encoder import ContentEncoder, ContentFeatures, build_features, encode_all
+from recemb.models.device import resolve_device
 from recemb.progress import Progress
 from recemb.train.ray_config import RayTrainConfig
 from recemb.train.runner import WorkerContext, experiment_dir, run_training, worker_context
@@ -99,7 +100,7 @@ def fit_alignment(
         )
     world = ctx.world_size
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    device = torch.device(ctx.device) if ctx.device else resolve_device(cfg.device)
+    device = torch.device(ctx.device) if ctx.device else resolve_device(cfg.device, setting="content.device")
     if world > 1 and device.type == "cuda":
         raise ConfigError(
             "content alignment on several GPU workers needs a sparse all-reduce, which NCCL lacks; "
@@ -199,7 +200,11 @@ def content_embeddings(
     ctx: WorkerContext | None = None,
 ) -> tuple[EmbeddingSet, ContentEncoder, dict[str, Any]]:
     """Align on the items that ``target`` covers; return a content EmbeddingSet of ALL ``items``."""
-    device = torch.device(ctx.device) if ctx is not None and ctx.device else resolve_device(cfg.device)
+    device = (
+        torch.device(ctx.device)
+        if ctx is not None and ctx.device
+        else resolve_device(cfg.device, setting="content.device")
+    )
     feats = build_features(items, root, cfg, cache_dir, device)
     targets, rows = aligned_targets(feats, target)
     enc, info = fit_alignment(feats, targets, cfg, rows, holdout, ctx)

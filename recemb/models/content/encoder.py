@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def image_weights(cfg: ContentParts) -> Path:
     """The MobileNetV2 state dict of ``cfg``: ``image_weights``, else ``<data>/weights/mobilenet_v2-b0353104.pth``."""
     if cfg.image_weights:

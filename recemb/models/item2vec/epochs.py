@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recemb.errors import ConfigError, RecembError
+from recemb.models.device import resolve_device
 from recemb.models.item2vec import sgns_cpu
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.item2vec.corpus import keep_probabilities, negative_table
@@ -68,15 +69,10 @@ def resolve_backend(cfg: Item2VecConfig) -> tuple[str, str]:
                 "item2vec.backend=torch needs PyTorch; install it (pip install torch) or set item2vec.backend=numba"
             )
         return "numba", ""
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if wants_cuda and not has_cuda:
-        raise ConfigError(f"item2vec.device={cfg.device!r} but CUDA is not available; set item2vec.device=cpu")
-    device = cfg.device if cfg.device != "auto" else ("cuda" if has_cuda else "cpu")
-    if cfg.backend == "auto":
-        return ("torch", device) if device.startswith("cuda") else ("numba", "")
-    return "torch", device
+    device = resolve_device(cfg.device, setting="item2vec.device")
+    if cfg.backend == "auto" and device.type != "cuda":
+        return "numba", ""
+    return "torch", str(device)
 
 
 def init_vectors(cfg: Item2VecConfig, n_items: int) -> tuple[np.ndarray, np.ndarray]:

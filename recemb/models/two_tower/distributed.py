@@ -32,23 +32,6 @@ log = logging.getLogger(__name__)
 TABLE_MARK = "embedding_bags"  # in the name of every table parameter, both backends
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> torchrec when it imports (with fbgemm), else plain torch."""
-    if backend != "auto":
-        return backend
-    try:
-        import torchrec  # noqa: F401
-    except Exception:  # ImportError, or fbgemm's OSError on a broken install
-        return "torch"
-    return "torchrec"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def ensure_process_group(device: torch.device) -> bool:
     """Make sure a default process group exists; return True if created here (world size 1).
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recemb.models.layers import mlp as mlp_layers
 from recemb.models.two_tower.content import ItemContent, sparse_presence
 from recemb.models.two_tower.features import JaggedFeatures
 
@@ -122,17 +123,6 @@ class TorchrecSparse(nn.Module):
         return self.ebc(feats.to_kjt()).to_dict()
 
 
-def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
-
-
 def make_sparse(tables: list[TableSpec], backend: str, device: torch.device | None) -> nn.Module:
     if backend == "torchrec":
         return TorchrecSparse(tables)
@@ -162,7 +152,7 @@ class UserTower(nn.Module):
         self.keys = list(keys)
         self.sparse = make_sparse(tables, backend, device)
         width = {k: t.dim for t in tables for k in t.features}
-        self.mlp = _mlp([sum(width[k] for k in self.keys), *mlp, dim], dropout).to(device)
+        self.mlp = mlp_layers([sum(width[k] for k in self.keys), *mlp, dim], dropout).to(device)
 
     def forward(self, feats: JaggedFeatures) -> torch.Tensor:
         """``[B, D]`` unit-norm user embeddings."""
@@ -198,7 +188,7 @@ class ItemTower(nn.Module):
         self.content = content
         width = {k: t.dim for t in tables for k in t.features}
         in_dim = content.out_dim if content is not None else sum(width[k] for k in self.keys)
-        self.mlp = _mlp([in_dim, *mlp, dim], dropout).to(device)
+        self.mlp = mlp_layers([in_dim, *mlp, dim], dropout).to(device)
 
     def forward(
         self, feats: JaggedFeatures, item_idx: torch.Tensor | None = None, drop: Collection[str] = ()
