@@ -124,8 +124,10 @@ def fit_alignment(
                 "delete it or set ray.resume=false to start over"
             )
         enc.load_state_dict(state["encoder"])
-        for obj, saved in zip([*opts, *scheds], [*state["optimizers"], *state["schedulers"]]):
-            obj.load_state_dict(saved)
+        for opt, saved in zip(opts, state["optimizers"]):
+            opt.load_state_dict(saved)
+        for sched, saved in zip(scheds, state["schedulers"]):
+            sched.load_state_dict(saved)
         start, history = int(state["epoch"]), list(state["history"])
         log.info("content: resumed after epoch %d", start)
     t_dev = torch.from_numpy(t_all).to(device)
@@ -235,6 +237,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     ds = load_dataset(config["data_dir"])
+    if ds.items is None:  # the driver checked; the data directory changed since
+        raise DataValidationError(f"{config['data_dir']}: the dataset has no items table; content encoders need items")
     behaviour = EmbeddingSet.load(config["target_dir"])
     cache = Path(config["cache_dir"]) if config.get("cache_dir") else None
     es, enc, info = content_embeddings(ds.items, ds.root, behaviour, content, cache, holdout=0.1, ctx=ctx)

@@ -242,7 +242,7 @@ def fit_loop(
                 "samples_per_s": steps * batch * world / max(seconds, 1e-9),
             }
             full = engine.full_state()  # collective: every rank takes part
-            if rank == 0:
+            if full is not None:  # rank 0: full_state gathers there
                 plain = build_plain_net(space, config, full["model"])
                 if validation is not None:
                     metrics[f"val_recall@{config.eval_k}"] = validation.recall(plain, collate, config.eval_k)
@@ -256,7 +256,7 @@ def fit_loop(
             ctx.report(epoch + 1, metrics, _writer(full, task, history, config))
         if start >= config.epochs:  # resumed after the last epoch: nothing left to train
             full = engine.full_state()  # collective: every rank takes part
-            if rank == 0:
+            if full is not None:  # rank 0: full_state gathers there
                 plain = build_plain_net(space, config, full["model"])
         last = history[-1] if history else {}
         progress.summary = f"{len(history)} epochs" + "".join(

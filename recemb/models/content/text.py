@@ -30,6 +30,7 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -111,7 +112,10 @@ class HashedTokenizer:
         return np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
 
 
-def bag_lengths(offsets: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+_Offsets = TypeVar("_Offsets", np.ndarray, torch.Tensor)
+
+
+def bag_lengths(offsets: _Offsets) -> _Offsets:
     """``[B]`` tokens per bag of a CSR batch (0 = no text)."""
     return offsets[1:] - offsets[:-1]
 

@@ -75,6 +75,14 @@ def resolve_backend(cfg: Item2VecConfig) -> tuple[str, str]:
     return "torch", str(device)
 
 
+def _bind_history(
+    write: Callable[[Path, list[dict[str, Any]]], None], history: list[dict[str, Any]]
+) -> Callable[[Path], None]:
+    """``write`` with a copy of ``history`` bound (later epochs do not change what it writes)."""
+    snapshot = list(history)
+    return lambda out: write(out, snapshot)
+
+
 def init_vectors(cfg: Item2VecConfig, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """gensim 4's initialisation: ``syn0`` ``[V, D]`` uniform in [-1, 1) / dim (from ``cfg.seed``), ``syn1`` zeros."""
     rng = np.random.default_rng(cfg.seed)
@@ -295,7 +303,7 @@ def train_epochs(
                     f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s",
                 )
                 metrics = {k: row[k] for k in ("epoch", "loss", "pairs_per_s", "events_per_s")}
-                ctx.report(epoch + 1, metrics, lambda out, h=list(history): write(out, h))
+                ctx.report(epoch + 1, metrics, _bind_history(write, history))
             progress.update(1, loss=row["loss"])
         if history:
             progress.summary = f"loss {history[-1]['loss']:.4f}, {history[-1]['events_per_s']:,.0f} events/s"

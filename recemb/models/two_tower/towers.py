@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -65,13 +66,16 @@ class _Bags(nn.Module):
 
     def __init__(self, tables: list[TableSpec], device: torch.device | None):
         super().__init__()
-        self.embedding_bags = nn.ModuleDict(
-            {t.name: nn.EmbeddingBag(t.rows, t.dim, mode="mean", device=device) for t in tables}
-        )
+        bags = {t.name: nn.EmbeddingBag(t.rows, t.dim, mode="mean", device=device) for t in tables}
         for t in tables:
             # torchrec's default initialiser, so both backends start alike.
             bound = (1.0 / t.rows) ** 0.5
-            nn.init.uniform_(self.embedding_bags[t.name].weight, -bound, bound)
+            nn.init.uniform_(bags[t.name].weight, -bound, bound)
+        self.embedding_bags = nn.ModuleDict(bags)
+
+    def weight(self, name: str) -> torch.Tensor:
+        """``[rows, dim]`` weight of table ``name``."""
+        return cast(nn.EmbeddingBag, self.embedding_bags[name]).weight
 
 
 class PlainSparse(nn.Module):
@@ -85,11 +89,11 @@ class PlainSparse(nn.Module):
     def forward(self, feats: JaggedFeatures) -> dict[str, torch.Tensor]:
         out = {}
         for t in self.tables:
-            bag = self.ebc.embedding_bags[t.name]
+            weight = self.ebc.weight(t.name)
             for key in t.features:
                 values, offsets = feats.feature(key)
                 # include_last_offset: offsets is [B + 1]; empty bags pool to zeros.
-                out[key] = F.embedding_bag(values, bag.weight, offsets, mode="mean", include_last_offset=True)
+                out[key] = F.embedding_bag(values, weight, offsets, mode="mean", include_last_offset=True)
         return out
 
 
@@ -153,6 +157,7 @@ class UserTower(nn.Module):
         self.sparse = make_sparse(tables, backend, device)
         width = {k: t.dim for t in tables for k in t.features}
         self.mlp = mlp_layers([sum(width[k] for k in self.keys), *mlp, dim], dropout).to(device)
+        self.out_dim = dim
 
     def forward(self, feats: JaggedFeatures) -> torch.Tensor:
         """``[B, D]`` unit-norm user embeddings."""
@@ -189,6 +194,7 @@ class ItemTower(nn.Module):
         width = {k: t.dim for t in tables for k in t.features}
         in_dim = content.out_dim if content is not None else sum(width[k] for k in self.keys)
         self.mlp = mlp_layers([in_dim, *mlp, dim], dropout).to(device)
+        self.out_dim = dim
 
     def forward(
         self, feats: JaggedFeatures, item_idx: torch.Tensor | None = None, drop: Collection[str] = ()
