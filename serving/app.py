@@ -217,7 +217,7 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
         """Top-k for a user: their own vector where a model has one, else their recent items."""
         snap = state.current()
         query_vectors = None
-        if snap.tower_query is not None and (req.items or req.user_id is not None):
+        if snap.tower is not None and snap.tower_query is not None and (req.items or req.user_id is not None):
             try:
                 query_vectors = {snap.tower.source: await snap.tower_query(req.items, req.user_id)}
             except RecembError as e:  # keep answering from the item vectors

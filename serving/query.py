@@ -171,7 +171,7 @@ class OnlineRetriever:
     def _query(self, lk: _Lookup, history: Sequence[str], user_id: str | None, mode: str, given) -> np.ndarray | None:
         """The ``[D]`` query of one source, or None when it knows neither the user nor an item."""
         src = lk.src
-        if lk.user_row is not None and user_id is not None:
+        if lk.user_row is not None and src.users is not None and user_id is not None:
             urow = lk.user_row.get(user_id)
             if urow is not None:
                 return np.asarray(src.users.vectors[urow], dtype=np.float32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ray import serve
@@ -77,11 +77,14 @@ class RecembService:
     async def _tower_query(self, history, user_id) -> np.ndarray:
         return await self._tower_batch(list(history), user_id)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    # cast: ray's stubs type one-argument batching only, and hide set_max_batch_size & co.
+    @cast(Any, serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002))
     async def _tower_batch(self, histories: list[list[str]], user_ids: list[str | None]) -> list[np.ndarray]:
         from serving.user_tower import check_batch
 
         tower = self.state.current().tower
+        if tower is None:  # swapped out by a reload since the request started; the app falls back
+            raise RecembError("the user tower is no longer loaded")
         out = await asyncio.get_running_loop().run_in_executor(None, tower.encode, histories, user_ids)
         return list(check_batch(out, len(histories), type(tower).__name__))
 
@@ -114,14 +117,17 @@ def build_app(args: dict[str, Any]):
     from recemb.config import build_config, load_config
 
     if args.get("settings"):
-        return RecembService.bind(ServeConfig.model_validate(args["settings"]).model_dump(mode="json"))
+        settings = ServeConfig.model_validate(args["settings"])
+        # @serve.deployment makes the class a Deployment (with bind/options); mypy ignores class decorators.
+        return RecembService.bind(settings.model_dump(mode="json"))  # type: ignore[attr-defined]
     overrides = list(args.get("set", []))
     cfg = load_config(args["config"], overrides) if args.get("config") else build_config({}, overrides)
     serve_cfg = cfg.serve
     if args.get("run_dir"):
         serve_cfg = serve_cfg.model_copy(update={"run_dir": str(args["run_dir"])})
     settings = serve_settings(serve_cfg, cfg.run_dir, cfg.prepared_dir)
-    return RecembService.options(**deployment_options(settings)).bind(settings.model_dump(mode="json"))
+    deployment = RecembService.options(**deployment_options(settings))  # type: ignore[attr-defined]
+    return deployment.bind(settings.model_dump(mode="json"))
 
 
 def app_config(settings: ServeConfig, reload_token: Any = 0) -> dict[str, Any]:

@@ -249,3 +249,20 @@ def test_mind_bad_time_and_bad_impression_token(tmp_path):
         "row 1",
         "'N2'",
     )
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_device_without_cuda_names_the_setting(device):
+    # Issue 13 ("clean edges"): one resolve_device for every model; before, only item2vec checked and
+    # two-tower / content failed inside torch on the first tensor moved to the device.
+    import torch
+
+    from recemb.models.device import resolve_device
+    from recemb.models.item2vec.config import Item2VecConfig
+    from recemb.models.item2vec.epochs import resolve_backend
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    _expect(ConfigError, lambda: resolve_device(device, setting="two_tower.device"), "two_tower.device", "CUDA")
+    _expect(ConfigError, lambda: resolve_backend(Item2VecConfig(device=device)), "item2vec.device", "CUDA")
+    assert resolve_device("auto").type == "cpu"

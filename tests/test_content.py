@@ -22,7 +22,8 @@ from recemb.eval.config import EvalConfig
 from recemb.models.content import image as img
 from recemb.models.content.config import ContentConfig
 from recemb.models.content.fusion import ContentFusion
-from recemb.models.content.text import HashedTokenizer, TextEncoder, hash_token, tokenize, torchrec_available
+from recemb.models.content.text import HashedTokenizer, TextEncoder, hash_token, tokenize
+from recemb.models.device import torchrec_available
 
 # ---------------------------------------------------------------- fixtures
 

@@ -94,8 +94,8 @@ def _impressions(path: Path) -> tuple[dict[str, int], dict[str, Any]]:
     }
     stats = {
         "ctr": counts["clicks"] / counts["impression_rows"] if counts["impression_rows"] else None,
-        "clicks_per_impression": float(per["c"].mean()) if per.height else None,
-        "share_with_click": float((per["c"] > 0).mean()) if per.height else None,
+        "clicks_per_impression": per["c"].sum() / per.height if per.height else None,
+        "share_with_click": (per["c"] > 0).sum() / per.height if per.height else None,
         "ctr_by_position": {int(p): float(c) for p, c in by_pos.iter_rows()},
     }
     return counts, stats

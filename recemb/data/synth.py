@@ -330,7 +330,15 @@ def _event_frame(arrays: dict[str, np.ndarray], world: _World, start_us: int, se
     )
 
 
-def _write_events(cfg: SynthConfig, world: _World, path: Path, rng: np.random.Generator) -> dict[str, object]:
+@dataclass(frozen=True)
+class _EventStats:
+    events: int
+    users: int
+    sessions: int
+    item_count: np.ndarray  # [items] events per item
+
+
+def _write_events(cfg: SynthConfig, world: _World, path: Path, rng: np.random.Generator) -> _EventStats:
     """Stream events to ``path`` in chunks; return counts and per-item event counts."""
     start_us = int(_start(cfg).timestamp()) * 1_000_000
     session_width = len(str(cfg.events))  # there are never more sessions than events
@@ -352,12 +360,7 @@ def _write_events(cfg: SynthConfig, world: _World, path: Path, rng: np.random.Ge
     finally:
         if writer is not None:
             writer.close()
-    return {
-        "events": written,
-        "users": int(user_seen.sum()),
-        "sessions": sessions,
-        "item_count": item_count,
-    }
+    return _EventStats(events=written, users=int(user_seen.sum()), sessions=sessions, item_count=item_count)
 
 
 def _iter_chunks(cfg: SynthConfig, world: _World, rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
@@ -639,17 +642,17 @@ def generate(cfg: SynthConfig, out_dir: Path) -> Path:
         items, notes = _make_items(cfg, world, text_rng)
         tables = {"items": items, "users": _make_users(cfg, world, user_rng)}
         if cfg.impressions > 0:
-            tables["impressions"] = _make_impressions(cfg, world, stats["item_count"], imp_rng)
+            tables["impressions"] = _make_impressions(cfg, world, stats.item_count, imp_rng)
         for name, df in tables.items():
             schema.write_table(df, tmp / f"{name}.parquet", name)
         if cfg.images:
             _write_images(cfg, world, tmp / "images", image_rng)
         counts = {
-            "events": stats["events"],
-            "users": stats["users"],
+            "events": stats.events,
+            "users": stats.users,
             "items": cfg.items,
-            "event_items": int((stats["item_count"] > 0).sum()),
-            "sessions": stats["sessions"],
+            "event_items": int((stats.item_count > 0).sum()),
+            "sessions": stats.sessions,
         }
         if "impressions" in tables:
             imp = tables["impressions"]

@@ -120,8 +120,14 @@ class ItemKNNScorer:
         self.sim = (d @ co @ d).astype(np.float32).tocsr()
         return self
 
+    def _fitted_sim(self, method: str) -> sp.csr_matrix:
+        if self.sim is None:
+            raise NotFittedError(f"{self.name}: call fit() before {method}()")
+        return self.sim
+
     def query_weights(self, queries: QueryBatch) -> sp.csr_matrix:
         """``[B, N]`` sparse query weights (module doc), duplicates summed."""
+        n = self._fitted_sim("query_weights").shape[0]
         lengths = queries.lengths()
         total = int(lengths.sum())
         # i = query length, p = position inside the query, for every query item.
@@ -134,14 +140,12 @@ class ItemKNNScorer:
         else:
             w = (1.0 / (i - p)).astype(np.float32)
         rows = np.repeat(np.arange(len(queries)), lengths)
-        n = self.sim.shape[0]
         return sp.csr_matrix((w, (rows, queries.items)), shape=(len(queries), n))
 
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """``[B, N]`` float32: query weights (``[B, N]`` sparse) times the cosine matrix."""
-        if self.sim is None:
-            raise NotFittedError(f"{self.name}: call fit() before score_queries()")
-        return np.asarray((self.query_weights(queries) @ self.sim).toarray(), dtype=np.float32)
+        sim = self._fitted_sim("score_queries")
+        return np.asarray((self.query_weights(queries) @ sim).toarray(), dtype=np.float32)
 
 
 class RandomScorer:

@@ -89,12 +89,12 @@ def score_candidates(
                 out[f"mrr@{kk}"] = mrr_at_k(ranks, kk)
         out["queries"] = int(targets.height)
         have = targets["user_id"].is_in(candidates["user_id"].unique().implode())
-        out["covered"] = float(have.mean()) if targets.height else 0.0
+        out["covered"] = have.sum() / have.len() if targets.height else 0.0
     if catalogue is not None and len(catalogue):
         cat = pl.Series("item_id", list(catalogue), dtype=pl.String).unique()
         out["coverage"] = candidates["item_id"].unique().is_in(cat.implode()).sum() / cat.len()
     fallback = candidates["source"] == POPULARITY
-    out["fallback_share"] = float(fallback.mean()) if candidates.height else 0.0
+    out["fallback_share"] = fallback.sum() / fallback.len() if candidates.height else 0.0
     out["rows"] = int(candidates.height)
     return out
 

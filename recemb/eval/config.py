@@ -9,11 +9,13 @@ from pydantic import Field
 
 from recemb.section import Section
 
+ProtocolName = Literal["ml", "sess", "imp", "cold"]
+
 
 class EvalConfig(Section):
     """Evaluation (recemb.eval): protocols of DESIGN.md §7 and baselines."""
 
-    protocols: list[Literal["ml", "sess", "imp", "cold"]] = Field(default_factory=lambda: ["ml", "sess"])
+    protocols: list[ProtocolName] = Field(default_factory=lambda: list[ProtocolName](["ml", "sess"]))
     k: list[int] = Field(default_factory=lambda: [10, 20])  # cut-offs of ml, sess and cold
     imp_k: list[int] = Field(default_factory=lambda: [5, 10])  # nDCG@K / CTR@K of imp (MIND's)
     baselines: list[str] = Field(default_factory=lambda: ["popularity", "knn"])
@@ -23,7 +25,7 @@ class EvalConfig(Section):
     models: list[str] = Field(default_factory=list)
     # Protocols the content* and two_tower-* models run on. Content exists for cold
     # items, and each run fits item2vec plus the content alignment, the costly part.
-    content_protocols: list[Literal["ml", "sess", "imp", "cold"]] = Field(default_factory=lambda: ["cold"])
+    content_protocols: list[ProtocolName] = Field(default_factory=lambda: list[ProtocolName](["cold"]))
     embeddings: dict[str, str] = Field(default_factory=dict)  # name -> EmbeddingSet directory to evaluate
     # Also evaluate every <run>/<model>/embeddings. Off by default: `recemb train`
     # fits on all events, test included, so those rows would be optimistic.

@@ -69,6 +69,7 @@ def protocol_inputs(
     an impressions table. ``fold`` picks cold's disjoint cold-item set.
     """
     ev = ds.events
+    split: splits.ColdItemSplit | splits.SessionSplit | splits.ImpressionSplit
     if protocol == "ml":
         return splits.leave_last_out(ev), Vocab.from_ids(ev["item_id"])
     if protocol == "cold":
@@ -239,7 +240,8 @@ def evaluate(
         for protocol in e.protocols:
             folds, scorers = folds_of[protocol], scorers_of[protocol]
             ks = list(e.imp_k if protocol == "imp" else e.k)
-            fold_rows, counts = [], {}
+            fold_rows: list[list[dict[str, Any]]] = []
+            counts: dict[str, int] = {}
             for fold in range(folds):
                 try:
                     split, catalogue = protocol_inputs(ds, protocol, e, gap_minutes, fold)

@@ -206,7 +206,7 @@ def hit_rate_at_k_multi(
 ) -> float | np.ndarray:
     """HitRate@K: 1 if any relevant item is in the top k. Arguments as :func:`recall_at_k_multi`."""
     hits, _ = _hits(topk_ids, relevant, k)
-    return _reduce(hits.any(axis=1).astype(np.float64), per_query)
+    return _reduce(np.asarray(hits.any(axis=1), dtype=np.float64), per_query)
 
 
 def ndcg_at_k_multi(topk_ids: np.ndarray, relevant: Relevant, k: int, per_query: bool = False) -> float | np.ndarray:

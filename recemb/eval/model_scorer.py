@@ -25,6 +25,7 @@ from recemb.errors import NotFittedError
 from recemb.eval.embedding_scorer import CatalogueMatrix, EmbeddingScorer
 from recemb.eval.scorers import QueryBatch
 from recemb.models.protocol import EmbeddingModel
+from recemb.pooling import QueryMode
 from recemb.vectors import l2_normalize
 
 
@@ -45,7 +46,7 @@ class ModelScorer:
         build: Callable[[], EmbeddingModel],
         name: str,
         unit: Literal["session", "user"] = "session",
-        query: str = "mean_last_n",
+        query: QueryMode = "mean_last_n",
         last_n: int = 5,
         scoring: Literal["cosine", "dot"] = "cosine",
         side: dict[str, Any] | None = None,

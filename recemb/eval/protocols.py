@@ -45,7 +45,8 @@ Each runner returns ``{metric: float, "queries": int, "fit_s": float,
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import numpy as np
 import polars as pl
@@ -157,8 +158,8 @@ def _run_leave_last_out(
         keep = cols != b_targets[rows]  # never mask the target itself
         ranking.apply_mask(scores, rows[keep], cols[keep])
         ranks[start:stop] = ranking.target_ranks(scores, b_targets, rng)
-        idx, val = ranking.topk(scores, kmax, rng)
-        idx[np.isneginf(val)] = -1  # fewer unmasked items than kmax: pad, never count masked ones
+        idx, top_scores = ranking.topk(scores, kmax, rng)
+        idx[np.isneginf(top_scores)] = -1  # fewer unmasked items than kmax: pad, never count masked ones
         top[start:stop] = idx
         if warm is not None:
             scores[:, warm] = -np.inf  # the targets are cold: they stay
@@ -242,7 +243,7 @@ def run_sess(
 # --------------------------------------------------------------------------- P-IMP
 
 
-def impression_fit_events(split: ImpressionSplit, fit_on: str = "both", before: object | None = None) -> pl.DataFrame:
+def impression_fit_events(split: ImpressionSplit, fit_on: str = "both", before: datetime | None = None) -> pl.DataFrame:
     """Canonical events a scorer is fitted on in P-IMP (``fit_on``: module doc).
 
     Clicks come from the train impressions, plus, when ``before`` (a
@@ -342,7 +343,7 @@ def run_imp(
 
 # --------------------------------------------------------------------------- dispatch
 
-_RUNNERS = {
+_RUNNERS: dict[str, tuple[Callable[..., dict], type]] = {
     "ml": (run_ml, LeaveLastOutSplit),
     "sess": (run_sess, SessionSplit),
     "imp": (run_imp, ImpressionSplit),

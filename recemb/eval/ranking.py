@@ -16,13 +16,17 @@ temporaries stay a few tens of MB even for ``B = 4096, N = 100k``; no
 from __future__ import annotations
 
 import warnings
+from types import ModuleType
 
 import numpy as np
 
 from recemb.errors import RecembError
 
+_torch: ModuleType | None  # None: numpy only (tests set it so, to cover that path)
 try:  # optional: only speeds up topk
-    import torch as _torch
+    import torch
+
+    _torch = torch
 except ImportError:  # pragma: no cover - exercised where torch is absent
     _torch = None
 
@@ -191,8 +195,8 @@ def _largest_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             # A read-only input only triggers a warning; topk never writes to it.
             warnings.simplefilter("ignore", UserWarning)
             t = _torch.from_numpy(block)
-        val, idx = _torch.topk(t, k, dim=1, sorted=False)
-        return val.numpy(), idx.numpy().astype(np.int64, copy=False)
+        top_val, top_idx = _torch.topk(t, k, dim=1, sorted=False)
+        return top_val.numpy(), top_idx.numpy().astype(np.int64, copy=False)
     idx = np.argpartition(block, n - k, axis=1)[:, n - k :].astype(np.int64, copy=False)
     return np.take_along_axis(block, idx, axis=1), idx
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import annoy
 import numpy as np
@@ -22,7 +23,8 @@ import numpy as np
 from recemb.index.base import Index, RecembIndexError, check_vectors
 
 #: recemb metric -> Annoy metric. Cosine is Annoy's "angular" (sqrt(2 - 2 cos)).
-ANNOY_METRIC = {"cosine": "angular", "dot": "dot", "euclidean": "euclidean"}
+AnnoyMetric = Literal["angular", "dot", "euclidean"]
+ANNOY_METRIC: dict[str, AnnoyMetric] = {"cosine": "angular", "dot": "dot", "euclidean": "euclidean"}
 #: Bytes before the vector in one Annoy node (annoylib.h, S = int32, T = float32):
 #: angular {n_descendants, children[2]}, dot {n_descendants, children[2], dot_factor},
 #: euclidean {n_descendants, a, children[2]}. Measured on annoy 1.17.3.
@@ -69,7 +71,7 @@ class AnnoyIndex(Index):
         self._ann: annoy.AnnoyIndex | None = None
 
     @property
-    def annoy_metric(self) -> str:
+    def annoy_metric(self) -> AnnoyMetric:
         return ANNOY_METRIC[self.metric]
 
     def build(self, vectors: np.ndarray, on_disk: str | os.PathLike | None = None) -> AnnoyIndex:
@@ -97,8 +99,7 @@ class AnnoyIndex(Index):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the forest to ``path`` (not needed after an on-disk build to that path)."""
-        self._require()
-        self._ann.save(str(path))
+        self._require().save(str(path))
 
     @classmethod
     def open(
@@ -132,13 +133,13 @@ class AnnoyIndex(Index):
             self._ann.unload()
         self._ann, self._count, self._dim = None, 0, None
 
-    def _require(self) -> None:
+    def _require(self) -> annoy.AnnoyIndex:
         if self._ann is None:
             raise RecembIndexError("AnnoyIndex is empty: call build(vectors) or load it first")
+        return self._ann
 
     def _search(self, queries: np.ndarray, k: int, rows: np.ndarray, scores: np.ndarray) -> None:
-        self._require()
-        ann, search_k = self._ann, self.search_k
+        ann, search_k = self._require(), self.search_k
 
         def one(i: int) -> None:
             r, dist = ann.get_nns_by_vector(queries[i], k, search_k, True)

@@ -140,6 +140,8 @@ def to_similarity(metric: str, q: np.ndarray, x: np.ndarray, x_inv_norm: np.ndar
     """
     s = q @ x.T
     if metric == "cosine":
+        if x_inv_norm is None:
+            raise ValueError("to_similarity: metric 'cosine' needs x_inv_norm [M]")
         s *= x_inv_norm[None, :]
     elif metric == "euclidean":
         # -|q - x| = -sqrt(|q|^2 - 2 q.x + |x|^2), clipped at 0 against rounding.

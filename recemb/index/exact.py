@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recemb.index.base import Index, check_vectors, to_similarity
+from recemb.index.base import Index, RecembIndexError, check_vectors, to_similarity
 from recemb.vectors import l2_normalize
 
 DEFAULT_BLOCK_BYTES = 64 << 20
@@ -42,6 +42,9 @@ class ExactIndex(Index):
         return self
 
     def _search(self, queries: np.ndarray, k: int, rows: np.ndarray, scores: np.ndarray) -> None:
+        if self._x is None:  # Index.search calls this only when the index holds vectors
+            raise RecembIndexError("ExactIndex is empty: call build(vectors) first")
+        x = self._x
         q = l2_normalize(queries) if self.metric == "cosine" else queries
         n = self._count
         budget = max(self.max_block_bytes // 4, 1)
@@ -52,7 +55,7 @@ class ExactIndex(Index):
             best_s = np.full((qb.shape[0], 0), -np.inf, dtype=np.float32)
             best_r = np.zeros((qb.shape[0], 0), dtype=np.int64)
             for xs in range(0, n, bi):
-                xb = np.asarray(self._x[xs : xs + bi])
+                xb = np.asarray(x[xs : xs + bi])
                 inv = None if self._inv_norm is None else self._inv_norm[xs : xs + bi]
                 s = to_similarity(self.metric, qb, xb, inv)
                 # Top-k of the block first (no [Bq, Bi] row array), then merge [Bq, 2k].

@@ -171,7 +171,11 @@ class EmbeddingModel(ABC):
     def require_fitted(self) -> None:
         """Raise :class:`NotFittedError` unless the model is fitted or loaded."""
         if not self.is_fitted:
-            raise NotFittedError(f"{type(self).__name__}: call fit(events) or {type(self).__name__}.load(path) first")
+            raise self.not_fitted_error()
+
+    def not_fitted_error(self) -> NotFittedError:
+        """The error :meth:`require_fitted` raises (for accessors that narrow their own state)."""
+        return NotFittedError(f"{type(self).__name__}: call fit(events) or {type(self).__name__}.load(path) first")
 
     def model_meta(self, **extra: Any) -> dict[str, Any]:
         """The ``model.json`` content: format, model name, config (+ ``extra``)."""

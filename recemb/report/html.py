@@ -276,7 +276,7 @@ def _series(epochs: Sequence[Mapping[str, Any]]) -> list[str]:
         ]
     losses = [k for k in numeric if "loss" in k][:3]
     quality = [k for k in numeric if k.startswith(("val", "recall", "ndcg", "auc")) and k not in losses][:2]
-    speed = [k for k in ("events_per_s", "examples_per_s", "samples_per_s") if k in numeric]
+    speed: list[str] = [k for k in ("events_per_s", "examples_per_s", "samples_per_s") if k in numeric]
     speed = speed or [k for k in numeric if k.endswith("_per_s")]
     return losses + quality + speed[:1]
 
@@ -469,8 +469,8 @@ def neighbours_section(run: _Run) -> str:
     for name, path in sets.items():
         emb = EmbeddingSet.load(path, verify=False)
         order = pop["item_id"].to_list() if pop is not None else list(emb.ids)
-        rows = emb.lookup(np.asarray(order[: run.opts.examples * 4], dtype=object))
-        rows = [int(r) for r in rows if r >= 0][: run.opts.examples]
+        found = emb.lookup(np.asarray(order[: run.opts.examples * 4], dtype=object))
+        rows = [int(r) for r in found if r >= 0][: run.opts.examples]
         if not rows:
             parts.append(_note(f"{name}: none of the popular items has a vector."))
             continue

@@ -108,7 +108,7 @@ def project_2d(
     dims); ``auto``: t-SNE when scikit-learn imports and ``N <= tsne_max_items``,
     else PCA. Deterministic for a fixed ``seed``.
     """
-    x = np.asarray(vectors, dtype=np.float32)
+    x: np.ndarray = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norms > 0, norms, 1.0)
     x = x - x.mean(axis=0, keepdims=True)
@@ -151,16 +151,16 @@ def embedding_map(points: np.ndarray, labels: Sequence[str], title: str) -> byte
     The :data:`MAX_CLASSES` most frequent labels get their own colour and a
     legend entry; the rest are drawn grey as "other".
     """
-    labels = np.asarray([str(v) for v in labels], dtype=object)
-    names, counts = np.unique(labels, return_counts=True)
+    label_arr = np.asarray([str(v) for v in labels], dtype=object)
+    names, counts = np.unique(label_arr, return_counts=True)
     top = [str(n) for n in names[np.argsort(-counts, kind="stable")][:MAX_CLASSES]]
     fig, ax = plt.subplots(figsize=(7.5, 6.0))
-    rest = ~np.isin(labels, top)
+    rest = ~np.isin(label_arr, top)
     if rest.any():
         ax.scatter(points[rest, 0], points[rest, 1], s=5, c="#bbbbbb", alpha=0.5, linewidths=0, label="other")
     cmap = plt.get_cmap("tab20")
     for i, name in enumerate(sorted(top, key=_natural)):
-        sel = labels == name
+        sel = label_arr == name
         ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(i % 20), alpha=0.75, linewidths=0, label=name)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
@@ -187,12 +187,12 @@ def thumbnail(path: Path, px: int = 48) -> str | None:
         with Image.open(path) as img:
             photo = img.format == "JPEG"
             img.thumbnail((px, px))
-            img = img.convert("RGB") if photo or img.mode not in ("RGB", "RGBA", "L") else img
+            pic = img.convert("RGB") if photo or img.mode not in ("RGB", "RGBA", "L") else img
             buf = io.BytesIO()
             if photo:
-                img.save(buf, format="JPEG", quality=85)
+                pic.save(buf, format="JPEG", quality=85)
             else:
-                img.save(buf, format="PNG", optimize=True)
+                pic.save(buf, format="PNG", optimize=True)
     except (OSError, UnidentifiedImageError, ValueError):
         return None  # a missing or corrupt poster leaves an empty cell, not a failed report
     return data_uri(buf.getvalue(), "image/jpeg" if photo else "image/png")

@@ -336,16 +336,17 @@ def _run_partitions(table: pa.Table, spec: WorkerSpec, c: CandidatesConfig, on_d
 
     with ray_session():
         # One block per partition: a block is never split between two writes.
-        ds = ray.data.from_arrow([table.slice(i, 1) for i in range(table.num_rows)])
-        ds = ds.map_batches(
+        blocks = ray.data.from_arrow([table.slice(i, 1) for i in range(table.num_rows)])
+        # A running Ray does not see variables set after it started: hand on the fault rules.
+        remote_args: dict[str, Any] = {"runtime_env": {"env_vars": faults.env()}} if faults.env() else {}
+        ds = blocks.map_batches(
             PartitionWriter,
             fn_constructor_kwargs={"spec": spec},
             batch_size=1,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=c.num_workers),
             num_cpus=c.cpus_per_worker,
-            # A running Ray does not see variables set after it started: hand on the fault rules.
-            **({"runtime_env": {"env_vars": faults.env()}} if faults.env() else {}),
+            **remote_args,
         )
         for row in ds.iter_rows():
             on_done(dict(row))

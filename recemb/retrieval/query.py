@@ -1,19 +1,7 @@
 """History -> query vector, shared by the batch Retriever and the online service.
 
-``j`` counts a history's *known* items back from the most recent one
-(``j = 0``). Weights per query mode (see ``recemb.retrieval.retriever``):
-
-============ =====================
-mode         weight of item j
-============ =====================
-last         1 if j == 0 else 0
-mean         1
-mean_last_n  1 if j < last_n else 0
-recency      1 / (j + 1)
-============ =====================
-
-The query is ``sum_j w_j x_j / sum_j w_j`` over the item vectors ``x_j``,
-unit-normalised first for cosine so that every item counts equally.
+The weight of each known item per query mode, and the pooling formula, are
+documented once in :mod:`recemb.pooling` (whose weights this uses).
 """
 
 from __future__ import annotations

@@ -205,6 +205,7 @@ class Retriever:
     def _frame(self, histories, k, exclude, blocked, quotas, user_ids, query, exclude_seen) -> pl.DataFrame:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise RecembError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
         query = query or self.query
         check_query(query, self.last_n)
         b = len(histories)

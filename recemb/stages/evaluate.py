@@ -10,7 +10,7 @@ runner on each split's train part through the model contract
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from recemb.config import PipelineConfig, config_to_dict
 from recemb.data.dataset import Dataset
@@ -41,7 +41,7 @@ def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset) -> dict[str, 
     from recemb.eval.model_scorer import ModelScorer
 
     e = cfg.eval
-    unit = "session" if protocol == "sess" else "user"
+    unit: Literal["session", "user"] = "session" if protocol == "sess" else "user"
     out: dict[str, Scorer] = {}
     for name in e.models:
         spec, variant, content_only = eval_entry(name)

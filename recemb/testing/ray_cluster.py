@@ -276,9 +276,9 @@ def _shutdown(info: ClusterInfo, head: subprocess.Popen, grace_s: float = 5.0) -
     if head.poll() is None:
         head.kill()
     head.wait(timeout=5)
-    left = {p: _cmdline(p) for p, start in procs.items() if _alive(p, start)}
-    if left:
-        raise RecembError(f"processes of the test cluster survived shutdown: {left}")
+    survivors = {p: _cmdline(p) for p, start in procs.items() if _alive(p, start)}
+    if survivors:
+        raise RecembError(f"processes of the test cluster survived shutdown: {survivors}")
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -325,7 +325,9 @@ def submit_job(
         "--",
         *entrypoint,
     ]
-    out = None
+    if retries < 1:
+        raise RecembError(f"submit_job: retries must be at least 1, got {retries}")
+    out: subprocess.CompletedProcess | None = None
     for _ in range(retries):
         out = _ray_job(info, *args)
         if out.returncode == 0:
@@ -333,6 +335,7 @@ def submit_job(
         if "already exists" in out.stdout + out.stderr:  # an earlier try got through
             return submission_id
         time.sleep(2.0)
+    assert out is not None  # retries >= 1: the loop ran
     raise RecembError(f"ray job submit failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
 

@@ -47,7 +47,8 @@ from recemb.errors import ConfigError, DataValidationError, RecembError
 from recemb.io import atomic_path, write_json
 from recemb.models.content.align import aligned_targets, info_nce, make_optimizers, recall_at
 from recemb.models.content.config import ContentConfig
-from recemb.models.content.encoder import ContentEncoder, ContentFeatures, build_features, encode_all, resolve_device
+from recemb.models.content.encoder import ContentEncoder, ContentFeatures, build_features, encode_all
+from recemb.models.device import resolve_device
 from recemb.progress import Progress
 from recemb.train.ray_config import RayTrainConfig
 from recemb.train.runner import WorkerContext, experiment_dir, run_training, worker_context
@@ -99,7 +100,7 @@ def fit_alignment(
         )
     world = ctx.world_size
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    device = torch.device(ctx.device) if ctx.device else resolve_device(cfg.device)
+    device = torch.device(ctx.device) if ctx.device else resolve_device(cfg.device, setting="content.device")
     if world > 1 and device.type == "cuda":
         raise ConfigError(
             "content alignment on several GPU workers needs a sparse all-reduce, which NCCL lacks; "
@@ -123,8 +124,10 @@ def fit_alignment(
                 "delete it or set ray.resume=false to start over"
             )
         enc.load_state_dict(state["encoder"])
-        for obj, saved in zip([*opts, *scheds], [*state["optimizers"], *state["schedulers"]]):
-            obj.load_state_dict(saved)
+        for opt, saved in zip(opts, state["optimizers"]):
+            opt.load_state_dict(saved)
+        for sched, saved in zip(scheds, state["schedulers"]):
+            sched.load_state_dict(saved)
         start, history = int(state["epoch"]), list(state["history"])
         log.info("content: resumed after epoch %d", start)
     t_dev = torch.from_numpy(t_all).to(device)
@@ -199,7 +202,11 @@ def content_embeddings(
     ctx: WorkerContext | None = None,
 ) -> tuple[EmbeddingSet, ContentEncoder, dict[str, Any]]:
     """Align on the items that ``target`` covers; return a content EmbeddingSet of ALL ``items``."""
-    device = torch.device(ctx.device) if ctx is not None and ctx.device else resolve_device(cfg.device)
+    device = (
+        torch.device(ctx.device)
+        if ctx is not None and ctx.device
+        else resolve_device(cfg.device, setting="content.device")
+    )
     feats = build_features(items, root, cfg, cache_dir, device)
     targets, rows = aligned_targets(feats, target)
     enc, info = fit_alignment(feats, targets, cfg, rows, holdout, ctx)
@@ -230,6 +237,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     ds = load_dataset(config["data_dir"])
+    if ds.items is None:  # the driver checked; the data directory changed since
+        raise DataValidationError(f"{config['data_dir']}: the dataset has no items table; content encoders need items")
     behaviour = EmbeddingSet.load(config["target_dir"])
     cache = Path(config["cache_dir"]) if config.get("cache_dir") else None
     es, enc, info = content_embeddings(ds.items, ds.root, behaviour, content, cache, holdout=0.1, ctx=ctx)

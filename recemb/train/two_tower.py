@@ -36,8 +36,9 @@ import torch
 from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import write_json
+from recemb.models.device import resolve_device, resolve_sparse_backend
 from recemb.models.two_tower.config import TwoTowerConfig
-from recemb.models.two_tower.distributed import Engine, resolve_backend, resolve_device
+from recemb.models.two_tower.distributed import Engine
 from recemb.models.two_tower.encode import (
     build_plain_net,
     encode_items,
@@ -163,8 +164,8 @@ def fit_loop(
     one ``two_tower.pt`` per epoch; rank and world size come from the process group.
     """
     ctx = ctx or WorkerContext()
-    device = torch.device(ctx.device) if ctx.device else resolve_device(config.device)
-    backend = resolve_backend(config.backend)
+    device = torch.device(ctx.device) if ctx.device else resolve_device(config.device, setting="two_tower.device")
+    backend = resolve_sparse_backend(config.backend)
     torch.manual_seed(config.seed)  # identical dense initialisation on every rank
     # Only targets train an item's id row; with content, other items are placed by their content.
     id_trained = np.zeros(len(space.items), dtype=bool)
@@ -241,7 +242,7 @@ def fit_loop(
                 "samples_per_s": steps * batch * world / max(seconds, 1e-9),
             }
             full = engine.full_state()  # collective: every rank takes part
-            if rank == 0:
+            if full is not None:  # rank 0: full_state gathers there
                 plain = build_plain_net(space, config, full["model"])
                 if validation is not None:
                     metrics[f"val_recall@{config.eval_k}"] = validation.recall(plain, collate, config.eval_k)
@@ -255,7 +256,7 @@ def fit_loop(
             ctx.report(epoch + 1, metrics, _writer(full, task, history, config))
         if start >= config.epochs:  # resumed after the last epoch: nothing left to train
             full = engine.full_state()  # collective: every rank takes part
-            if rank == 0:
+            if full is not None:  # rank 0: full_state gathers there
                 plain = build_plain_net(space, config, full["model"])
         last = history[-1] if history else {}
         progress.summary = f"{len(history)} epochs" + "".join(
@@ -353,7 +354,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "train_seconds": time.perf_counter() - t0,
         "examples": fitted.examples,
         "items": len(fitted.space.items),
-        "backend": resolve_backend(section.backend),
+        "backend": resolve_sparse_backend(section.backend),
         "epochs": fitted.history,
     }
     if fitted.space.content is not None:

@@ -151,15 +151,19 @@ def read_table_source(cfg: TableSourceConfig, base: Path | None = None) -> Datas
     paths = {t: _resolve(cfg, t, base) for t in TABLE_KEYS}
     tables = {t: _load_table(cfg, t, paths[t]) for t in TABLE_KEYS}
     events, items, impressions = tables["events"], tables["items"], tables["impressions"]
+    events_path = paths["events"]
+    if events is None or events_path is None:  # unreachable through TableSourceConfig, where events is required
+        raise ConfigError("data.table.events: the events file is required")
     meta: dict[str, object] = {
         "source": "table",
         "files": {t: str(p) for t, p in paths.items() if p},
     }
     if items is not None:
         # Checked here (not only in Dataset.validate) so the message names the file.
-        schema.check_references(items, events, "events", paths["events"])
-        if impressions is not None:
-            schema.check_references(items, impressions, "impressions", paths["impressions"])
+        schema.check_references(items, events, "events", events_path)
+        impressions_path = paths["impressions"]
+        if impressions is not None and impressions_path is not None:  # a table is loaded only from a path
+            schema.check_references(items, impressions, "impressions", impressions_path)
     else:
         ids = [events["item_id"]] + ([impressions["item_id"]] if impressions is not None else [])
         items = schema.coerce(pl.DataFrame({"item_id": pl.concat(ids).unique(maintain_order=True)}), "items")

@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def image_weights(cfg: ContentParts) -> Path:
     """The MobileNetV2 state dict of ``cfg``: ``image_weights``, else ``<data>/weights/mobilenet_v2-b0353104.pth``."""
     if cfg.image_weights:
@@ -96,10 +89,10 @@ class ContentFeatures:
         def t(x):
             return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
-        if self.text_ids is not None:
+        if self.text_ids is not None and self.text_offsets is not None:
             ids, off = slice_bags(self.text_ids, self.text_offsets, rows)
             out["text_ids"], out["text_offsets"] = t(ids), t(off)
-        if self.cat_ids is not None:
+        if self.cat_ids is not None and self.cat_offsets is not None:
             ids, off = slice_bags(self.cat_ids, self.cat_offsets, rows)
             out["cat_ids"], out["cat_offsets"] = t(ids), t(off)
         if self.images is not None:
@@ -142,7 +135,7 @@ def build_features(
     if cfg.text:
         tok = HashedTokenizer(cfg.buckets, cfg.min_n, cfg.max_n, cfg.cjk_bigrams)
         feats.text_ids, feats.text_offsets = tok.encode(_texts(items, cfg.text_fields))
-    if getattr(cfg, "category", False):
+    if isinstance(cfg, ContentConfig) and cfg.category:  # ItemContentConfig has no category part
         cats = items["category"].to_list() if "category" in items.columns else [[]] * items.height
         tok = HashedTokenizer(cfg.category_buckets, max_n=0)
         # A category name is one token ("c:Sci-Fi"); hashing keeps the table size fixed.
@@ -204,11 +197,13 @@ class ContentEncoder(nn.Module):
         if feats.image_ok is not None:
             if feats.images is not None:
                 weights = image_weights(cfg)
-                self.backbone = img.make_backbone(cfg.image_backbone, weights, cfg.image_width)
+                self.backbone: img.Backbone | None = img.make_backbone(cfg.image_backbone, weights, cfg.image_width)
                 in_dim = self.backbone.out_dim
-            else:
+            elif feats.image_feats is not None:
                 self.backbone = None
                 in_dim = feats.image_feats.shape[1]
+            else:
+                raise DataValidationError("ContentEncoder: image_ok is set but neither images nor image_feats are")
             self.image = img.ImageHead(in_dim, d)
             parts["image"] = d
         if feats.sentence is not None:
@@ -219,7 +214,8 @@ class ContentEncoder(nn.Module):
 
     def parts(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per-part ``[B, d]`` vectors and ``[B]`` presence masks."""
-        feats, present = {}, {}
+        feats: dict[str, torch.Tensor] = {}
+        present: dict[str, torch.Tensor] = {}
         if "text_ids" in batch:
             feats["text"] = self.text(batch["text_ids"], batch["text_offsets"])
             present["text"] = bag_lengths(batch["text_offsets"]) > 0

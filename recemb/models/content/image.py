@@ -56,8 +56,8 @@ def read_image(path: Path | None, size: int) -> tuple[np.ndarray, bool]:
         return blank, False
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         # OSError covers missing files, truncated data and unknown formats.
         return blank, False
@@ -76,10 +76,10 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def resolve(self, i: int) -> Path | None:
-        p = self.paths[i]
-        if p is None or p == "":
+        name = self.paths[i]
+        if name is None or name == "":
             return None
-        p = Path(p)
+        p = Path(name)
         return p if p.is_absolute() or self.root is None else self.root / p
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
@@ -260,7 +260,10 @@ def load_mobilenet_v2(weights: str | os.PathLike, device: str | torch.device = "
     return model.to(device).eval()
 
 
-def make_backbone(name: str, weights: str | os.PathLike | None = None, width: int = 32, device="cpu") -> nn.Module:
+Backbone = SmallResNet | MobileNetV2  # both have out_dim: the width of their features
+
+
+def make_backbone(name: str, weights: str | os.PathLike | None = None, width: int = 32, device="cpu") -> Backbone:
     """``"small_resnet"`` (random init) or ``"mobilenet_v2"`` (ImageNet weights from ``weights``)."""
     if name == "small_resnet":
         return SmallResNet(width).to(device)
@@ -300,7 +303,7 @@ def backbone_features(
 
 
 def cached_features(
-    backbone: nn.Module,
+    backbone: Backbone,
     tag: str,
     item_ids: Sequence[str],
     paths: Sequence[str | None],
@@ -333,9 +336,10 @@ def cached_features(
     ok = np.zeros(len(keys), dtype=bool)
     hit = rows >= 0
     if hit.any():
+        assert old_feats is not None and old_ok is not None  # rows >= 0 only for keys read from the cache
         feats[hit], ok[hit] = old_feats[rows[hit]], old_ok[rows[hit]]
     if len(todo):
-        images, good = load_images([paths[i] for i in todo], root, size, num_workers)
+        images, good = load_images([paths[i] for i in todo.tolist()], root, size, num_workers)
         feats[todo] = backbone_features(backbone, images, device)
         ok[todo] = good
         feats[todo[~good]] = 0.0

@@ -107,15 +107,16 @@ class ContentModel(EmbeddingModel):
 
     def item_embeddings(self) -> EmbeddingSet:
         """``[N, D]`` unit-norm content vectors of every (catalogue) item of the items table."""
-        self.require_fitted()
+        if self._items is None:
+            raise self.not_fitted_error()
         return self._items
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``embeddings/`` and ``model.json`` (config, alignment metrics) atomically."""
-        self.require_fitted()
+        items = self.item_embeddings()
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
-            self._items.save(tmp / "embeddings")
+            items.save(tmp / "embeddings")
             write_json(tmp / "model.json", self.model_meta(item2vec=self.item2vec.model_dump(mode="json")))
         return directory
 

@@ -75,12 +75,13 @@ def sentence_embeddings(
     if old is not None and not len(todo):
         return old[rows].astype(np.float32)
     model = load_model(device)
-    new = model.encode([texts[i] for i in todo], batch_size=batch_size, normalize_embeddings=True)
+    new = model.encode([texts[i] for i in todo.tolist()], batch_size=batch_size, normalize_embeddings=True)
     new = np.asarray(new, dtype=np.float32)
     out = np.zeros((len(keys), new.shape[1]), dtype=np.float32)
     out[todo] = new
     hit = rows >= 0
     if hit.any():
+        assert old is not None  # rows >= 0 only for keys read from the cache
         out[hit] = old[rows[hit]]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

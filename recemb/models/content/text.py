@@ -30,12 +30,15 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from recemb.errors import ConfigError
+from recemb.models.device import resolve_sparse_backend
+from recemb.models.layers import mlp
 
 # Han (incl. extension A and compatibility ideographs), kana, Hangul syllables.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
@@ -109,7 +112,10 @@ class HashedTokenizer:
         return np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
 
 
-def bag_lengths(offsets: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+_Offsets = TypeVar("_Offsets", np.ndarray, torch.Tensor)
+
+
+def bag_lengths(offsets: _Offsets) -> _Offsets:
     """``[B]`` tokens per bag of a CSR batch (0 = no text)."""
     return offsets[1:] - offsets[:-1]
 
@@ -136,27 +142,6 @@ def make_kjt(ids: torch.Tensor, offsets: torch.Tensor, key: str = TEXT_KEY):
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     return KeyedJaggedTensor.from_offsets_sync(keys=[key], values=ids, offsets=offsets)
-
-
-def torchrec_available() -> bool:
-    """True when ``import torchrec`` works here (it needs a matching fbgemm build)."""
-    try:
-        import torchrec  # noqa: F401
-    except Exception:  # ImportError, or fbgemm's OSError/RuntimeError on a mismatched build
-        return False
-    return True
-
-
-def mlp(dims: Sequence[int], dropout: float = 0.0) -> nn.Module:
-    """Linear layers ``dims[0] -> ... -> dims[-1]`` with ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(dims) - 2:
-            layers.append(nn.ReLU())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers) if layers else nn.Identity()
 
 
 class TextEncoder(nn.Module):
@@ -190,8 +175,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         if backend not in ("torch", "torchrec", "auto"):
             raise ConfigError(f"TextEncoder: backend must be 'torch', 'torchrec' or 'auto', got {backend!r}")
-        if backend == "auto":
-            backend = "torchrec" if torchrec_available() else "torch"
+        backend = resolve_sparse_backend(backend)
         self.backend, self.buckets = backend, buckets
         device = torch.device(device)
         if backend == "torchrec":

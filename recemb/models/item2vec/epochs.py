@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recemb.errors import ConfigError, RecembError
+from recemb.models.device import resolve_device
 from recemb.models.item2vec import sgns_cpu
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.item2vec.corpus import keep_probabilities, negative_table
@@ -68,15 +69,18 @@ def resolve_backend(cfg: Item2VecConfig) -> tuple[str, str]:
                 "item2vec.backend=torch needs PyTorch; install it (pip install torch) or set item2vec.backend=numba"
             )
         return "numba", ""
-    import torch
+    device = resolve_device(cfg.device, setting="item2vec.device")
+    if cfg.backend == "auto" and device.type != "cuda":
+        return "numba", ""
+    return "torch", str(device)
 
-    has_cuda = torch.cuda.is_available()
-    if wants_cuda and not has_cuda:
-        raise ConfigError(f"item2vec.device={cfg.device!r} but CUDA is not available; set item2vec.device=cpu")
-    device = cfg.device if cfg.device != "auto" else ("cuda" if has_cuda else "cpu")
-    if cfg.backend == "auto":
-        return ("torch", device) if device.startswith("cuda") else ("numba", "")
-    return "torch", device
+
+def _bind_history(
+    write: Callable[[Path, list[dict[str, Any]]], None], history: list[dict[str, Any]]
+) -> Callable[[Path], None]:
+    """``write`` with a copy of ``history`` bound (later epochs do not change what it writes)."""
+    snapshot = list(history)
+    return lambda out: write(out, snapshot)
 
 
 def init_vectors(cfg: Item2VecConfig, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -299,7 +303,7 @@ def train_epochs(
                     f"sync {row['sync_seconds']:.2f}s ETA {eta:.1f}s",
                 )
                 metrics = {k: row[k] for k in ("epoch", "loss", "pairs_per_s", "events_per_s")}
-                ctx.report(epoch + 1, metrics, lambda out, h=list(history): write(out, h))
+                ctx.report(epoch + 1, metrics, _bind_history(write, history))
             progress.update(1, loss=row["loss"])
         if history:
             progress.summary = f"loss {history[-1]['loss']:.4f}, {history[-1]['events_per_s']:,.0f} events/s"

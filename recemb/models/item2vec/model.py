@@ -135,9 +135,15 @@ class Item2Vec(EmbeddingModel):
     def is_fitted(self) -> bool:
         return self.vectors is not None and self.vocab is not None
 
+    def _fitted(self) -> tuple[Vocab, np.ndarray]:
+        """``(vocab, vectors [V, D])`` of a fitted or loaded model; :class:`NotFittedError` otherwise."""
+        if self.vocab is None or self.vectors is None:
+            raise self.not_fitted_error()
+        return self.vocab, self.vectors
+
     def item_embeddings(self) -> EmbeddingSet:
         """The input vectors as an EmbeddingSet (kind "item2vec", metric cosine, not normalised)."""
-        self.require_fitted()
+        vocab, vectors = self._fitted()
         last = self.history[-1] if self.history else {}
         metrics = {
             "backend": self.backend,
@@ -148,8 +154,8 @@ class Item2Vec(EmbeddingModel):
             "dropped": self.dropped,
         }
         return EmbeddingSet(
-            self.vocab.ids,
-            self.vectors,
+            vocab.ids,
+            vectors,
             kind="item2vec",
             metric="cosine",
             normalized=False,
@@ -158,8 +164,9 @@ class Item2Vec(EmbeddingModel):
         )
 
     def _row(self, item_id: str) -> int:
-        if item_id in self.vocab:
-            return self.vocab.index(item_id)
+        vocab, _ = self._fitted()
+        if item_id in vocab:
+            return vocab.index(item_id)
         seen = self._seen.get(item_id)
         if seen is None:
             raise KeyError(f"item {item_id!r} has no vector: it never occurs in the training data")
@@ -175,17 +182,17 @@ class Item2Vec(EmbeddingModel):
         Returns ``(ids [k] object, scores [k] float32)``, best first.
         ``KeyError`` explains why an item has no vector.
         """
-        self.require_fitted()
+        vocab, vectors = self._fitted()
         if k < 1:
             raise ConfigError(f"similar: k must be >= 1, got {k}")
         row = self._row(item_id)
-        unit = l2_normalize(self.vectors)
+        unit = l2_normalize(vectors)
         scores = unit @ unit[row]
         scores[row] = -np.inf
         k = min(k, len(scores) - 1)
         top = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.array([], dtype=np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
-        return self.vocab.ids[top], scores[top].astype(np.float32)
+        return vocab.ids[top], scores[top].astype(np.float32)
 
     def save_word2vec_format(self, path: str | os.PathLike) -> Path:
         """Write word2vec's text format (``"V D"`` header, one ``id v1 ... vD`` line per item).
@@ -193,8 +200,8 @@ class Item2Vec(EmbeddingModel):
         Readable by ``gensim.models.KeyedVectors.load_word2vec_format(path)``.
         Ids must not contain whitespace (the format splits on it).
         """
-        self.require_fitted()
-        ids = pl.Series("id", self.vocab.ids.tolist(), dtype=pl.String)
+        vocab, vectors = self._fitted()
+        ids = pl.Series("id", vocab.ids.tolist(), dtype=pl.String)
         bad = ids.str.contains(r"\s")
         if bad.any():
             raise RecembError(
@@ -203,13 +210,14 @@ class Item2Vec(EmbeddingModel):
             )
         path = Path(path)
         # polars formats float32 with the shortest round-tripping repr, column-wise in Rust.
-        frame = pl.DataFrame(self.vectors)
-        values = frame.select(pl.concat_str([pl.col(c).cast(pl.String) for c in frame.columns], separator=" "))
-        values = values.to_series()
+        frame = pl.DataFrame(vectors)
+        values = frame.select(
+            pl.concat_str([pl.col(c).cast(pl.String) for c in frame.columns], separator=" ")
+        ).to_series()
         lines = (ids + " " + values).to_list()
         with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"{len(ids)} {self.vectors.shape[1]}\n")
+                f.write(f"{len(ids)} {vectors.shape[1]}\n")
                 f.write("\n".join(lines))
                 f.write("\n")
         return path

@@ -305,6 +305,6 @@ def set_threads(threads: int) -> int:
     """Use ``threads`` numba threads (0 = numba's default); returns the count in use."""
     # Always set it: numba's thread count is process-global, so an earlier
     # fit with threads=1 must not leak into a later one with threads=0.
-    limit = numba.config.NUMBA_NUM_THREADS
+    limit = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # numba.config sets it at runtime
     numba.set_num_threads(min(threads, limit) if threads > 0 else limit)
     return numba.get_num_threads()

@@ -81,6 +81,12 @@ class ItemContent(nn.Module):
     rebuilt from the items table, so checkpoints stay small).
     """
 
+    id_trained: torch.Tensor  # [N] bool
+    presence: torch.Tensor  # [N, len(static_names)] bool
+    images: torch.Tensor  # [N, 3, S, S] uint8 (trainable backbone)
+    image_feats: torch.Tensor  # [N, F] float32 (frozen features)
+    sentence: torch.Tensor  # [N, P] float32
+
     def __init__(
         self,
         feats: ContentFeatures,
@@ -95,16 +101,18 @@ class ItemContent(nn.Module):
         self.register_buffer("id_trained", torch.as_tensor(sparse_parts["item_id"], dtype=torch.bool))
         static = {k: v for k, v in sparse_parts.items() if k != "item_id"}
         dims = {k: dim for k in self.sparse_names}
-        self.backbone: nn.Module | None = None
+        self.backbone: img.Backbone | None = None
         if feats.image_ok is not None:
             static["image"] = feats.image_ok
             if feats.images is not None:
                 self.backbone = img.make_backbone(cfg.image_backbone, image_weights(cfg), cfg.image_width)
                 self.register_buffer("images", torch.from_numpy(feats.images), persistent=False)
                 in_dim = self.backbone.out_dim
-            else:
+            elif feats.image_feats is not None:
                 self.register_buffer("image_feats", torch.from_numpy(feats.image_feats), persistent=False)
                 in_dim = feats.image_feats.shape[1]
+            else:
+                raise DataValidationError("ItemContent: image_ok is set but neither images nor image_feats are")
             self.image = img.ImageHead(in_dim, dim)
             dims["image"] = dim
         if feats.sentence is not None:

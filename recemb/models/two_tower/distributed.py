@@ -32,23 +32,6 @@ log = logging.getLogger(__name__)
 TABLE_MARK = "embedding_bags"  # in the name of every table parameter, both backends
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> torchrec when it imports (with fbgemm), else plain torch."""
-    if backend != "auto":
-        return backend
-    try:
-        import torchrec  # noqa: F401
-    except Exception:  # ImportError, or fbgemm's OSError on a broken install
-        return "torch"
-    return "torchrec"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def ensure_process_group(device: torch.device) -> bool:
     """Make sure a default process group exists; return True if created here (world size 1).
 
@@ -192,14 +175,19 @@ class Engine:
             sparse = _gather_tree(self.net.fused_optimizer.state_dict()["state"], self.rank)
         if self.rank != 0:
             return None
-        return {"model": model, "sparse_optim": sparse, "dense_optim": self._dense_opt.state_dict()}
+        return {"model": model, "sparse_optim": sparse, "dense_optim": self._dense_optimizer().state_dict()}
 
     def load_full_state(self, state: dict[str, Any]) -> None:
         """Load a :meth:`full_state` on every rank (each keeps its own shards)."""
         _scatter_tree(dict(self._module().state_dict()), state["model"], "model.")
         if self.backend == "torchrec" and state.get("sparse_optim") is not None:
             _scatter_tree(self.net.fused_optimizer.state_dict()["state"], state["sparse_optim"], "sparse_optim.")
-        self._dense_opt.load_state_dict(state["dense_optim"])
+        self._dense_optimizer().load_state_dict(state["dense_optim"])
+
+    def _dense_optimizer(self) -> torch.optim.Optimizer:
+        if self._dense_opt is None:  # set while the net is wrapped, before any state is read
+            raise RuntimeError("Engine: the dense optimizer is not built yet")
+        return self._dense_opt
 
     def close(self) -> None:
         if self.created_group and dist.is_initialized():

@@ -41,7 +41,7 @@ def encode_items(
         idx = np.asarray(item_idx[s : s + ENCODE_BATCH], dtype=np.int64)
         feats = collate.items(idx).to(device)
         out.append(net.item_tower(feats, torch.from_numpy(idx).to(device), drop).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, net.item_tower.mlp[-1].out_features), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, net.item_tower.out_dim), np.float32)
 
 
 @torch.no_grad()
@@ -62,7 +62,7 @@ def encode_users(
         rows = None if user_rows is None else user_rows[sl]
         feats = collate.users(seq, starts[sl], lengths[sl], rows).to(device)
         out.append(tower(feats).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, tower.mlp[-1].out_features), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, tower.out_dim), np.float32)
 
 
 def item_embedding_set(

@@ -337,7 +337,12 @@ class Collator:
             values, offsets = slice_bags(sp.item_cat_values, sp.item_cat_offsets, item_idx)
             parts.append((_hash_rows(values, self._cat_rows), np.diff(offsets)))
         if self.config.content.text:
-            values, offsets = slice_bags(sp.content.text_ids, sp.content.text_offsets, item_idx)
+            content = sp.content
+            if content is None or content.text_ids is None or content.text_offsets is None:
+                raise DataValidationError(
+                    "Collator.items: two_tower.content.text is on but the items have no text features"
+                )
+            values, offsets = slice_bags(content.text_ids, content.text_offsets, item_idx)
             parts.append((values, np.diff(offsets)))  # already bucket ids
         return _jagged(self.space.item_keys(), parts, b)
 

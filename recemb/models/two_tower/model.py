@@ -100,7 +100,7 @@ class TwoTower(EmbeddingModel):
         from recemb.train.runner import WorkerContext
         from recemb.train.two_tower import fit_two_tower
 
-        ctx = WorkerContext(checkpoints=LocalCheckpoints(checkpoint_dir) if checkpoint_dir else None)
+        ctx = WorkerContext(checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None)
         fitted = fit_two_tower(
             self.config, events, items, users, catalogue, validation, root=root, cache_dir=cache_dir, ctx=ctx
         )
@@ -111,6 +111,18 @@ class TwoTower(EmbeddingModel):
     @property
     def is_fitted(self) -> bool:
         return self.net is not None or self._loaded is not None
+
+    def _features(self) -> tuple[FeatureSpace, Collator]:
+        """The feature space and collator of a fitted or loaded model; :class:`NotFittedError` otherwise."""
+        if self.space is None or self.collate is None:
+            raise self.not_fitted_error()
+        return self.space, self.collate
+
+    def _trained_net(self) -> TwoTowerNet:
+        """Both towers of a model fitted here (a loaded one keeps its user tower only)."""
+        if self.net is None:
+            raise self.not_fitted_error()
+        return self.net
 
     # ---------------------------------------------------------------- export
     def item_embeddings(self, drop: tuple[str, ...] = ()) -> EmbeddingSet:
@@ -124,7 +136,7 @@ class TwoTower(EmbeddingModel):
             if drop:
                 raise RecembError("TwoTower.item_embeddings(drop=...): a loaded model holds final vectors only")
             return self._loaded[0]
-        return item_embedding_set(self.net, self.space, self.history, drop)
+        return item_embedding_set(self._trained_net(), self._features()[0], self.history, drop)
 
     def encode_histories(
         self,
@@ -138,7 +150,7 @@ class TwoTower(EmbeddingModel):
         Rows of -1 (items without a vector) are skipped; ``user_ids`` feed the
         user features; the pooling keywords of the contract do not apply.
         """
-        self.require_fitted()
+        space, collate = self._features()
         items = np.asarray(items, dtype=np.int64)
         offsets = np.asarray(offsets, dtype=np.int64)
         if len(items) and items.min() < 0:
@@ -146,23 +158,23 @@ class TwoTower(EmbeddingModel):
             keep = items >= 0
             lengths = np.bincount(owner[keep], minlength=len(offsets) - 1)
             items, offsets = items[keep], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        rows = self.space.user_rows(user_ids, len(offsets) - 1)
-        return encode_users(self._user_tower(), self.collate, items, offsets[:-1], np.diff(offsets), rows)
+        rows = space.user_rows(user_ids, len(offsets) - 1)
+        return encode_users(self._user_tower(), collate, items, offsets[:-1], np.diff(offsets), rows)
 
     def user_embeddings(self, events: pl.DataFrame) -> EmbeddingSet:
         """One ``[U, D]`` vector per user of ``events``, from their latest ``history_length`` items."""
         self.require_fitted()
         if self.net is None:
             raise RecembError("TwoTower.user_embeddings: a loaded model answers queries only; use encode()")
-        return user_embedding_set(self.net, self.space, events)
+        return user_embedding_set(self.net, self._features()[0], events)
 
     def _user_tower(self) -> UserTower:
-        return self._loaded[1] if self._loaded is not None else self.net.user_tower
+        return self._loaded[1] if self._loaded is not None else self._trained_net().user_tower
 
     def save_user_tower(self, out_dir: str | os.PathLike) -> Path:
         """Write ``state_dict.pt`` (plain tensors), ``config.json`` and the vocabularies, atomically."""
         self.require_fitted()
-        return save_user_tower(self._user_tower(), self.space, out_dir)
+        return save_user_tower(self._user_tower(), self._features()[0], out_dir)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``embeddings/`` (every catalogue item), ``user_tower/`` and ``model.json``, atomically."""
@@ -170,7 +182,7 @@ class TwoTower(EmbeddingModel):
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
             self.item_embeddings().save(tmp / "embeddings")
-            save_user_tower(self._user_tower(), self.space, tmp / "user_tower")
+            save_user_tower(self._user_tower(), self._features()[0], tmp / "user_tower")
             write_json(tmp / "model.json", self.model_meta(history=self.history))
         return directory
 

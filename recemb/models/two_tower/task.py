@@ -34,6 +34,10 @@ class FrequencyEstimator(nn.Module):
     State is kept in buffers so it is checkpointed with the task.
     """
 
+    step: torch.Tensor  # [] int64
+    last_seen: torch.Tensor  # [buckets] float64
+    delta: torch.Tensor  # [buckets] float64
+
     def __init__(self, buckets: int = 1 << 16, alpha: float = 0.01):
         super().__init__()
         self.buckets, self.alpha = int(buckets), float(alpha)

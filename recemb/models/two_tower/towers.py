@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recemb.models.layers import mlp as mlp_layers
 from recemb.models.two_tower.content import ItemContent, sparse_presence
 from recemb.models.two_tower.features import JaggedFeatures
 
@@ -64,13 +66,16 @@ class _Bags(nn.Module):
 
     def __init__(self, tables: list[TableSpec], device: torch.device | None):
         super().__init__()
-        self.embedding_bags = nn.ModuleDict(
-            {t.name: nn.EmbeddingBag(t.rows, t.dim, mode="mean", device=device) for t in tables}
-        )
+        bags = {t.name: nn.EmbeddingBag(t.rows, t.dim, mode="mean", device=device) for t in tables}
         for t in tables:
             # torchrec's default initialiser, so both backends start alike.
             bound = (1.0 / t.rows) ** 0.5
-            nn.init.uniform_(self.embedding_bags[t.name].weight, -bound, bound)
+            nn.init.uniform_(bags[t.name].weight, -bound, bound)
+        self.embedding_bags = nn.ModuleDict(bags)
+
+    def weight(self, name: str) -> torch.Tensor:
+        """``[rows, dim]`` weight of table ``name``."""
+        return cast(nn.EmbeddingBag, self.embedding_bags[name]).weight
 
 
 class PlainSparse(nn.Module):
@@ -84,11 +89,11 @@ class PlainSparse(nn.Module):
     def forward(self, feats: JaggedFeatures) -> dict[str, torch.Tensor]:
         out = {}
         for t in self.tables:
-            bag = self.ebc.embedding_bags[t.name]
+            weight = self.ebc.weight(t.name)
             for key in t.features:
                 values, offsets = feats.feature(key)
                 # include_last_offset: offsets is [B + 1]; empty bags pool to zeros.
-                out[key] = F.embedding_bag(values, bag.weight, offsets, mode="mean", include_last_offset=True)
+                out[key] = F.embedding_bag(values, weight, offsets, mode="mean", include_last_offset=True)
         return out
 
 
@@ -122,17 +127,6 @@ class TorchrecSparse(nn.Module):
         return self.ebc(feats.to_kjt()).to_dict()
 
 
-def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
-
-
 def make_sparse(tables: list[TableSpec], backend: str, device: torch.device | None) -> nn.Module:
     if backend == "torchrec":
         return TorchrecSparse(tables)
@@ -162,7 +156,8 @@ class UserTower(nn.Module):
         self.keys = list(keys)
         self.sparse = make_sparse(tables, backend, device)
         width = {k: t.dim for t in tables for k in t.features}
-        self.mlp = _mlp([sum(width[k] for k in self.keys), *mlp, dim], dropout).to(device)
+        self.mlp = mlp_layers([sum(width[k] for k in self.keys), *mlp, dim], dropout).to(device)
+        self.out_dim = dim
 
     def forward(self, feats: JaggedFeatures) -> torch.Tensor:
         """``[B, D]`` unit-norm user embeddings."""
@@ -198,7 +193,8 @@ class ItemTower(nn.Module):
         self.content = content
         width = {k: t.dim for t in tables for k in t.features}
         in_dim = content.out_dim if content is not None else sum(width[k] for k in self.keys)
-        self.mlp = _mlp([in_dim, *mlp, dim], dropout).to(device)
+        self.mlp = mlp_layers([in_dim, *mlp, dim], dropout).to(device)
+        self.out_dim = dim
 
     def forward(
         self, feats: JaggedFeatures, item_idx: torch.Tensor | None = None, drop: Collection[str] = ()
