@@ -22,6 +22,7 @@ from recemb.config import PipelineConfig, config_to_dict
 from recemb.errors import ConfigError
 from recemb.io import write_json
 from recemb.stages import STAGES
+from recemb.stages.evaluate import check_eval_models
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; available: {list(STAGES)}")
+    if "evaluate" in cfg.stages:
+        check_eval_models(cfg)  # a misspelt eval.models entry fails now, not after the training stages
     summary: dict[str, Any] = {}
     upstream = ""
     for name in cfg.stages:

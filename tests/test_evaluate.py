@@ -102,6 +102,16 @@ def test_unknown_baseline_and_missing_embeddings_fail_before_running(run, tmp_pa
         evaluate(_cfg(root, data, embeddings={"x": str(tmp_path / "nope")}))
 
 
+def test_unknown_eval_model_names_the_registered_ones_before_any_stage_runs(run):
+    from recemb.pipeline import run_pipeline
+
+    root, data = run
+    cfg = _cfg(root, data, models=["item2vec", "two-towr"]).model_copy(update={"stages": ["data", "evaluate"]})
+    with pytest.raises(ConfigError, match="unknown model 'two-towr'.*two_tower-text"):
+        run_pipeline(cfg)
+    assert not (root / "runs" / "t" / "stages").exists()  # the data stage never ran
+
+
 def test_baseline_names_per_protocol():
     sess = baseline_scorers(["knn", "knn-recency"], "sess")
     assert (sess["knn"].mode, sess["knn"].unit) == ("last", "session")
