@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -44,3 +46,22 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def ray_cpus_released(request):
+    """Before a slow test, wait (up to 60 s) until the session Ray has its 2 CPUs free again.
+
+    Actors of an earlier test (Ray Data pools, Serve replicas, Train workers) release their
+    CPUs asynchronously; a multi-worker TorchTrainer started meanwhile waited 60 s for its
+    worker group, and Ray Train 2.60 then hung the driver instead of raising (seen once in
+    test_alignment_on_two_ray_workers_survives_a_worker_fault).
+    """
+    if request.node.get_closest_marker("slow") is not None and "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            deadline = time.monotonic() + 60
+            while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+    yield
