@@ -332,7 +332,7 @@ def test_alignment_on_two_ray_workers_survives_a_worker_fault(small_synth, tmp_p
     from recemb.testing import faults
     from recemb.train.ray_config import RayTrainConfig
 
-    ray = RayTrainConfig(workers=2, cpus_per_worker=1, max_failures=1)
+    ray = RayTrainConfig(workers=2, cpus_per_worker=0.5, max_failures=1)
     with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=2, rank=1) as marker:
         out = _align_run(small_synth, tmp_path, ray)
     assert marker.exists()
