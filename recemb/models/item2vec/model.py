@@ -16,7 +16,6 @@ input vectors (``syn0``), as in gensim's ``wv``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ import pydantic
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet, l2_normalize
 from recemb.errors import ConfigError, RecembError
-from recemb.io import atomic_dir, atomic_path
+from recemb.io import atomic_dir, atomic_path, write_json
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.item2vec.corpus import Corpus, build_corpus
 from recemb.models.item2vec.epochs import EpochRunner, train_epochs
@@ -229,8 +228,9 @@ class Item2Vec(EmbeddingModel):
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
             self.item_embeddings().save(tmp / "embeddings")
-            meta = self.model_meta(history=self.history, dropped=self.dropped, backend=self.backend)
-            (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+            write_json(
+                tmp / "model.json", self.model_meta(history=self.history, dropped=self.dropped, backend=self.backend)
+            )
         return directory
 
     @classmethod
