@@ -28,6 +28,7 @@ from recemb.eval.config import EvalConfig
 from recemb.index.config import ExportConfig
 from recemb.models.content.config import ContentConfig, ContentParts
 from recemb.models.item2vec.config import Item2VecConfig
+from recemb.models.sequence.config import SequenceConfig
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.report.config import ReportConfig
 from recemb.retrieval.candidates_config import CandidatesConfig
@@ -57,6 +58,7 @@ class PipelineConfig(Section):
     item2vec: Item2VecConfig = Item2VecConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()
     content: ContentConfig = ContentConfig()
+    sequence: SequenceConfig = SequenceConfig()
     ray: RayTrainConfig = RayTrainConfig()  # how training stages run: in-process or Ray Train workers
     export: ExportConfig = ExportConfig()
     candidates: CandidatesConfig = CandidatesConfig()

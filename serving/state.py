@@ -160,7 +160,7 @@ def load_snapshot(
             raise RecembIndexError(f"index {name!r} returned nothing for its own first item; re-export it")
     tower, tower_query = None, None
     if settings.user_tower.enabled:
-        tower = load_user_tower(settings.run_path, source=settings.user_tower.source)
+        tower = load_user_tower(settings.run_path, settings.user_tower.source, settings.user_tower.model)
         if tower is not None:
             if tower.source not in sources:
                 raise RecembIndexError(

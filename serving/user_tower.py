@@ -1,8 +1,10 @@
 """The two-tower user tower as an online query encoder, with request batching.
 
-The tower is the one piece of the online path that needs torch (DESIGN.md §1):
-``<run>/two_tower/user_tower/`` (a state dict + config JSON) is loaded once,
-with ``torch.load(..., weights_only=True)``, by the two-tower package's own
+The tower is the one piece of the online path that needs torch (DESIGN.md §1).
+``serve.user_tower.model`` picks it: ``two_tower`` loads
+``<run>/two_tower/user_tower/`` (a state dict + config JSON), ``sequence``
+the saved sequence model ``<run>/sequence/`` (weights + item vocabulary),
+each once, with ``torch.load(..., weights_only=True)``, by the model's own
 loader, and queried through a tiny contract so that serving never depends on
 the tower's internals::
 
@@ -32,9 +34,12 @@ from recemb.errors import RecembError
 
 log = logging.getLogger(__name__)
 
-TOWER_DIR = Path("two_tower") / "user_tower"
-#: ``load_user_tower(dir) -> UserTowerModel`` in the two-tower package (torch.load(weights_only=True)).
-LOADER = ("recemb.models.two_tower", "load_user_tower")
+#: model -> (its directory under the run, (module, loader name)); the loader maps the
+#: directory to an object with ``encode(histories) -> [B, D]`` (torch.load(weights_only=True)).
+TOWERS = {
+    "two_tower": (Path("two_tower") / "user_tower", ("recemb.models.two_tower", "load_user_tower")),
+    "sequence": (Path("sequence"), ("recemb.models.sequence.model", "load_sequence_tower")),
+}
 
 #: ``await query(history, user_id) -> [D]``: one request's query vector.
 TowerQueryFn = Callable[[Sequence[str], "str | None"], Awaitable[np.ndarray]]
@@ -48,23 +53,23 @@ class UserTowerQuery(Protocol):
         """``B`` histories (oldest first) and user ids -> query vectors ``[B, D]`` float32."""
 
 
-def find_user_tower(run_dir: str | Path) -> Path | None:
-    """``<run>/two_tower/user_tower/`` when it exists, else None."""
-    d = Path(run_dir) / TOWER_DIR
+def find_user_tower(run_dir: str | Path, model: str = "two_tower") -> Path | None:
+    """The saved tower of ``model`` under ``run_dir`` (e.g. ``<run>/two_tower/user_tower/``), else None."""
+    d = Path(run_dir) / TOWERS[model][0]
     return d if d.is_dir() else None
 
 
-def _loader():
-    """The two-tower package's ``load_user_tower(dir) -> model with encode(histories) -> [B, D]``."""
-    module, name = LOADER
+def _loader(model: str):
+    """``model``'s loader: ``dir -> object with encode(histories) -> [B, D]``."""
+    module, name = TOWERS[model][1]
     return getattr(importlib.import_module(module), name)
 
 
 class TowerQuery:
-    """Adapter from the two-tower ``UserTowerModel`` to :class:`UserTowerQuery`.
+    """Adapter from a model's loaded tower (``encode(histories)``) to :class:`UserTowerQuery`.
 
-    The tower encodes recent items only (user ids are not among its inputs yet),
-    so ``user_ids`` are accepted and ignored.
+    The towers encode recent items only (user ids are not among their inputs
+    yet), so ``user_ids`` are accepted and ignored.
     """
 
     def __init__(self, model, source: str):
@@ -75,20 +80,22 @@ class TowerQuery:
         return self.model.encode(histories)
 
 
-def load_user_tower(run_dir: str | Path, source: str = "two_tower") -> UserTowerQuery | None:
-    """Load the run's user tower once, or None when the run has none (or no loader exists).
+def load_user_tower(
+    run_dir: str | Path, source: str | None = None, model: str = "two_tower"
+) -> UserTowerQuery | None:
+    """Load ``model``'s tower from the run once, or None when the run has none (or no loader exists).
 
-    ``source``: the index its query vectors search (the two-tower item index).
+    ``source``: the index its query vectors search (default: the model's own item index).
     """
-    d = find_user_tower(run_dir)
+    d = find_user_tower(run_dir, model)
     if d is None:
         return None
     try:
-        loader = _loader()
+        loader = _loader(model)
     except (ImportError, AttributeError):
-        log.warning("%s exists but %s.%s is not available; serving without the user tower", d, *LOADER)
+        log.warning("%s exists but %s.%s is not available; serving without the user tower", d, *TOWERS[model][1])
         return None
-    return TowerQuery(loader(d), source)
+    return TowerQuery(loader(d), source or model)
 
 
 def check_batch(out: np.ndarray, b: int, where: str) -> np.ndarray:

@@ -145,6 +145,18 @@ class ModelContract:
         assert scores[0, side_a].mean() > scores[0, side_b].mean()
         assert scores[1, side_b].mean() > scores[1, side_a].mean()
 
+    def test_score_histories_rank_the_catalogue(self, fitted):
+        """``score_histories`` gives ``[B, N]`` finite scores over the item rows that favour the history's side."""
+        es = fitted.item_embeddings()
+        vocab = es.to_vocab()
+        rows = vocab.lookup(pl.Series(["a1", "a2", "a3", "b1", "b2", "b3"]))
+        scores = fitted.score_histories(rows, np.array([0, 3, 6]))
+        assert scores.shape == (2, len(es)) and scores.dtype == np.float32 and np.isfinite(scores).all()
+        side_a = np.array([i.startswith("a") for i in es.ids.tolist()])
+        side_b = np.array([i.startswith("b") for i in es.ids.tolist()])
+        assert scores[0, side_a].mean() > scores[0, side_b].mean()
+        assert scores[1, side_b].mean() > scores[1, side_a].mean()
+
     def test_same_seed_same_vectors(self, fitted, events, catalogue):
         again = self.make_model().fit(events, catalogue=catalogue, **self.side())
         a, b = fitted.item_embeddings(), again.item_embeddings()
@@ -160,6 +172,10 @@ class ModelContract:
         np.testing.assert_array_equal(a.vectors, b.vectors)
         histories = [["a1", "a2"], ["b3", "b4", "b5"], []]
         np.testing.assert_allclose(loaded.encode(histories), fitted.encode(histories), atol=1e-6)
+        rows = a.to_vocab().lookup(pl.Series(["a1", "a2", "b3"]))
+        np.testing.assert_allclose(
+            loaded.score_histories(rows, np.array([0, 2, 3])), fitted.score_histories(rows, np.array([0, 2, 3])), atol=1e-5
+        )
 
     def test_load_refuses_what_it_did_not_save(self, tmp_path):
         from recemb.errors import RecembError

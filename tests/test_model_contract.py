@@ -47,3 +47,13 @@ class TestContentContract(ModelContract):
 
         content = ContentConfig(epochs=5, batch_size=8, buckets=1 << 10, text_dim=16, seed=0)
         return ContentModel(content, Item2VecConfig(dim=16, epochs=5, window=0, threads=1))
+
+
+class TestSequenceContract(ModelContract):
+    model_name = "sequence"
+
+    def make_model(self):
+        from recemb.models.sequence.config import SequenceConfig
+        from recemb.models.sequence.model import SequenceModel
+
+        return SequenceModel(SequenceConfig(dim=16, heads=2, max_length=8, epochs=8, batch_size=16, threads=1, seed=0))

@@ -358,7 +358,7 @@ def test_user_tower_is_loaded_from_the_run_and_batched(tmp_path, monkeypatch, ca
     assert load_user_tower(run) is None and load_snapshot(settings, 1).tower is None  # none exported
     (run / "two_tower/user_tower").mkdir()
 
-    def no_loader():
+    def no_loader(model):
         raise ImportError("no two-tower package")
 
     monkeypatch.setattr(user_tower, "_loader", no_loader)
@@ -369,7 +369,7 @@ def test_user_tower_is_loaded_from_the_run_and_batched(tmp_path, monkeypatch, ca
             return np.ones((len(histories), 4), np.float32)
 
     loaded = []
-    monkeypatch.setattr(user_tower, "_loader", lambda: lambda d: loaded.append(d) or Model())
+    monkeypatch.setattr(user_tower, "_loader", lambda model: lambda d: loaded.append(d) or Model())
     snap = load_snapshot(settings, 1)
     assert loaded == [run / "two_tower/user_tower"] and snap.tower.source == "two_tower"
     assert isinstance(snap.tower_query, MicroBatcher)

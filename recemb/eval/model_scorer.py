@@ -9,7 +9,9 @@ Queries go through the model contract (recemb.models.protocol): a model
 whose query pools its own item vectors (``pooled_query``) is scored as an
 item EmbeddingSet (:class:`EmbeddingScorer`, with ``eval.query``); any other
 model encodes each query's history with ``encode_histories`` (e.g. the
-two-tower's user tower) and scores the catalogue by ``eval.scoring``.
+two-tower's user tower) and scores the catalogue by ``eval.scoring``; a
+model with ``own_scores`` (e.g. the sequence model's repeat path) scores the
+catalogue itself through ``score_histories``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import polars as pl
 
 from recemb.data.vocab import Vocab
 from recemb.errors import NotFittedError
-from recemb.eval.embedding_scorer import CatalogueMatrix, EmbeddingScorer
+from recemb.eval.embedding_scorer import MISSING_SCORE, CatalogueMatrix, EmbeddingScorer
 from recemb.eval.scorers import QueryBatch
 from recemb.models.protocol import EmbeddingModel
 from recemb.pooling import QueryMode
@@ -63,7 +65,9 @@ class ModelScorer:
         events = train.with_columns(session_id=pl.col("user_id")) if self.unit == "user" else train
         self.model = self.build().fit(events, catalogue=catalogue, **self.side)
         items = self.model.item_embeddings()
-        if self.model.pooled_query:
+        if self.model.own_scores:
+            self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
+        elif self.model.pooled_query:
             self._pooled = EmbeddingScorer(
                 items, query=self.query, last_n=self.last_n, scoring=self.scoring, name=self.name
             ).fit(train, catalogue)
@@ -76,7 +80,14 @@ class ModelScorer:
         """``[B, N]`` float32 scores of every catalogue item for each query."""
         if self._pooled is not None:
             return self._pooled.score_queries(queries)
-        if self.model is None or self._items is None or self._rows is None:
+        if self.model is None or self._rows is None:
             raise NotFittedError(f"ModelScorer {self.name!r}: call fit(train, catalogue) before score_queries")
+        if self._items is None:  # own_scores: the model ranks its items; catalogue items it lacks come last
+            rows = self._rows[queries.items]
+            scores = self.model.score_histories(rows, queries.offsets, queries.user_ids, ts=queries.ts)
+            known = self._rows >= 0
+            out = np.full((len(queries), len(self._rows)), MISSING_SCORE, dtype=np.float32)
+            out[:, known] = scores[:, self._rows[known]]
+            return out
         users = self.model.encode_histories(self._rows[queries.items], queries.offsets, queries.user_ids)
         return self._items.score(l2_normalize(users) if self.scoring == "cosine" else users)

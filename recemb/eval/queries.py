@@ -36,12 +36,14 @@ class QuerySet:
         starts: ``[Q]`` int64 window starts into ``items``.
         lengths: ``[Q]`` int64 window lengths (0 = empty query).
         user_ids: ``[Q]`` object array of user/session ids, or None.
+        ts: ``[T]`` float64 event times of ``items`` (seconds since the epoch), or None.
     """
 
     items: np.ndarray
     starts: np.ndarray
     lengths: np.ndarray
     user_ids: np.ndarray | None = None
+    ts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -63,7 +65,8 @@ class QuerySet:
         offsets = np.zeros(b + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=b), out=offsets[1:])
         uids = None if self.user_ids is None else self.user_ids[start:stop]
-        return QueryBatch(items=items.astype(np.int64, copy=False), offsets=offsets, user_ids=uids)
+        ts = None if self.ts is None else self.ts[pos][known]
+        return QueryBatch(items=items.astype(np.int64, copy=False), offsets=offsets, user_ids=uids, ts=ts)
 
     def batches(self, batch_size: int, first: int = 0, end: int | None = None) -> Iterator[tuple[int, int, QueryBatch]]:
         """Yield ``(start, stop, batch)`` over queries ``first..end-1`` in batches of at most ``batch_size``."""
@@ -73,6 +76,11 @@ class QuerySet:
         for start in range(first, end, batch_size):
             stop = min(start + batch_size, end)
             yield start, stop, self.batch(start, stop)
+
+
+def _seconds(ts: pl.Series) -> np.ndarray:
+    """``[T]`` float64 seconds since the epoch of a datetime column."""
+    return (ts.dt.epoch("ms").to_numpy() / 1000.0).astype(np.float64)
 
 
 def _require_columns(events: pl.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -124,6 +132,7 @@ def user_histories(
         starts=q["start"].fill_null(0).to_numpy().astype(np.int64),
         lengths=q["length"].fill_null(0).to_numpy().astype(np.int64),
         user_ids=users.to_numpy().astype(object),
+        ts=_seconds(hist["ts"]) if "ts" in hist.columns else None,
     )
 
 
@@ -160,5 +169,6 @@ def session_prefixes(events: pl.DataFrame, catalogue: Vocab) -> tuple[QuerySet, 
         starts=rows - pos[rows],
         lengths=pos[rows],
         user_ids=ev["session_id"].to_numpy().astype(object)[rows],
+        ts=_seconds(ev["ts"]),
     )
     return queries, items[rows]

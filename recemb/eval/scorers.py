@@ -29,11 +29,14 @@ class QueryBatch:
         offsets: ``[B + 1]`` int64; query b is ``items[offsets[b]:offsets[b+1]]``.
         user_ids: ``[B]`` string ids of the users/sessions (for scorers that
             hold per-user vectors, e.g. a user EmbeddingSet), or None.
+        ts: ``[T]`` float64 event times of ``items`` (seconds since the epoch),
+            for scorers that read the gaps between events, or None.
     """
 
     items: np.ndarray
     offsets: np.ndarray
     user_ids: np.ndarray | None = None
+    ts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

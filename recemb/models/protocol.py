@@ -63,11 +63,15 @@ class EmbeddingModel(ABC):
             own query encoder (e.g. a user tower).
         covers_unseen_items: True when ``item_embeddings`` has a vector for
             catalogue items without events (from content or categories).
+        own_scores: True when :meth:`score_histories` is more than the query
+            vector against the item vectors (e.g. a repeat path over the
+            history); callers that rank a whole catalogue then use it.
     """
 
     name: ClassVar[str]
     pooled_query: ClassVar[bool] = True
     covers_unseen_items: ClassVar[bool] = False
+    own_scores: ClassVar[bool] = False
 
     @abstractmethod
     def fit(
@@ -148,6 +152,25 @@ class EmbeddingModel(ABC):
         weights = csr_weights(items, offsets, known, query, last_n)
         q = weighted_mean(matrix, items, offsets, weights)
         return l2_normalize(q) if cosine else q
+
+    def score_histories(
+        self,
+        items: np.ndarray,
+        offsets: np.ndarray,
+        user_ids: np.ndarray | None = None,
+        *,
+        ts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``[B, N]`` float32 scores of every row of :meth:`item_embeddings` for CSR histories.
+
+        ``ts`` ``[T]``: the history items' event times in seconds, for models
+        that read gaps (None: unknown). The default: :meth:`encode_histories` against the item vectors under the
+        set's metric (cosine: unit rows). Models with ``own_scores`` override it.
+        """
+        es = self.item_embeddings()
+        vectors = np.asarray(es.vectors, dtype=np.float32)
+        matrix = l2_normalize(vectors) if es.metric == "cosine" else vectors
+        return (self.encode_histories(items, offsets, user_ids) @ matrix.T).astype(np.float32, copy=False)
 
     def encode(
         self, histories: Sequence[Sequence[str]], *, query: QueryMode = "mean_last_n", last_n: int = 5

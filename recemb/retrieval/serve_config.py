@@ -29,12 +29,18 @@ ADMIN_TOKEN_ENV = "RECEMB_ADMIN_TOKEN"
 
 
 class UserTowerServeConfig(Section):
-    """Batching of user-tower queries (when ``<run>/two_tower/user_tower/`` exists)."""
+    """The model that encodes request histories, and the batching of its queries.
+
+    ``two_tower``: ``<run>/two_tower/user_tower/``; ``sequence``: ``<run>/sequence/``
+    (its query vector is the explore path; with ``exclude_seen`` the repeat path has
+    nothing to add). Nothing is loaded when the run lacks the model's directory.
+    """
 
     enabled: bool = True
+    model: Literal["two_tower", "sequence"] = "two_tower"
     max_batch_size: int = Field(32, ge=1, le=4096)
     batch_wait_ms: float = Field(2.0, ge=0, le=1000)  # how long a request waits for others to join its batch
-    source: str = "two_tower"  # the index its query vectors search
+    source: str | None = None  # the index its query vectors search; default: the model's own
 
 
 class ServeConfig(Section):

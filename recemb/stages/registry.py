@@ -116,6 +116,18 @@ def _train_content(cfg: PipelineConfig) -> Path:
     return train_content(cfg.content, cfg.ray, cfg.prepared_dir, cfg.run_dir, cfg.content_cache_dir(cfg.content))
 
 
+def _build_sequence(cfg: PipelineConfig, variant: Variant) -> EmbeddingModel:
+    from recemb.models.sequence.model import SequenceModel
+
+    return SequenceModel(MODELS["sequence"].section_config(cfg, variant), **variant.options)
+
+
+def _train_sequence(cfg: PipelineConfig) -> Path:
+    from recemb.train.sequence import train_sequence
+
+    return train_sequence(cfg.sequence, cfg.ray, cfg.prepared_dir, cfg.run_dir)
+
+
 _REGISTRY = (
     ModelSpec(
         name="item2vec",
@@ -155,6 +167,15 @@ _REGISTRY = (
             "content-both": Variant(update={"text": True, "category": True, "image": True}),
             "content-random": Variant(options={"random_control": True}),
         },
+    ),
+    ModelSpec(
+        name="sequence",
+        section="sequence",
+        cli="sequence",
+        summary="causal Transformer over recent items, every position a target, with a repeat path",
+        build=_build_sequence,
+        train=_train_sequence,
+        reads=("ray",),
     ),
 )
 

@@ -1,0 +1,44 @@
+"""``SequenceConfig``: the ``sequence:`` section of a pipeline YAML.
+
+One set of defaults for every dataset (issue 14: no per-dataset tuning): a
+2-layer causal Transformer over the last 50 items, item embeddings tied
+between input and output, cosine scores at temperature 0.1, a full softmax
+over the catalogue up to ``full_softmax_max_items`` items, and the repeat
+path on. ``benchmarks/sequence.py`` measures each switch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from recemb.section import Section
+
+
+class SequenceConfig(Section):
+    """Hyper-parameters and execution settings of the sequence model (recemb.models.sequence)."""
+
+    dim: int = Field(64, ge=2)  # item embedding = hidden size D
+    max_length: int = Field(50, ge=1)  # most recent items a query reads; training windows hold as many
+    layers: int = Field(2, ge=1)  # causal self-attention blocks
+    heads: int = Field(2, ge=1)  # attention heads; dim must divide by it
+    dropout: float = Field(0.2, ge=0, lt=1)  # on embeddings, attention and feed-forward outputs
+    time_gaps: bool = True  # bucketed log2 gap to the previous item as an input embedding
+    gap_buckets: int = Field(24, ge=2)  # bucket 0 = unknown / first item; the rest log2(1 + seconds)
+    repeat: bool = True  # repeat path: p = g * p_repeat(history) + (1 - g) * p_explore(catalogue)
+    # Scores: cosine of unit vectors / temperature (an angular index serves them), or the raw dot.
+    scoring: Literal["cosine", "dot"] = "cosine"
+    temperature: float = Field(0.1, gt=0)
+    # full: softmax over every item; sampled: the target against `negatives` uniform items
+    # (shared by the batch; accidental hits removed); auto: full up to full_softmax_max_items.
+    loss: Literal["auto", "full", "sampled"] = "auto"
+    full_softmax_max_items: int = Field(200_000, ge=1)
+    negatives: int = Field(2048, ge=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)  # training windows per step (per worker under Ray)
+    lr: float = Field(1e-3, gt=0)  # Adam
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default

@@ -1,0 +1,181 @@
+"""The sequence network: item windows -> hidden states -> next-item probabilities.
+
+Shapes: ``B`` windows of ``L`` positions, ``D`` = ``config.dim``, ``N`` items.
+
+- Input at position ``t``: item embedding + position embedding (+ gap
+  embedding), through ``layers`` pre-LayerNorm causal self-attention blocks
+  (SASRec, Kang & McAuley 2018): the state at ``t`` sees items ``0..t`` only.
+- Explore path: ``p_explore = softmax(score(h_t, E))`` over the catalogue,
+  with the *same* item embeddings ``E`` as the input (weight tying);
+  ``score`` is cosine / temperature or the dot product.
+- Repeat path (RepeatNet, Ren et al. 2019): attention of ``h_t`` over the
+  states of its own history with a learned recency bias gives
+  ``p_repeat(x) = sum of attention on the positions holding x``; a gate
+  ``g = sigmoid(w . h_t)`` mixes ``p = g * p_repeat + (1 - g) * p_explore``.
+  An item is often its own best next item (re-clicks): this is the path that
+  lets the model rank it first without distorting the embedding space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recemb.models.sequence.config import SequenceConfig
+from recemb.models.sequence.windows import PAD
+
+LOG_EPS = 1e-9  # floor of a probability before its log (a repeat probability of 0 is common)
+
+
+class CausalBlock(nn.Module):
+    """Pre-LN self-attention + feed-forward; ``[B, L, D] -> [B, L, D]``, position t sees 0..t."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"sequence.dim={dim} must be a multiple of sequence.heads={heads}")
+        self.heads, self.p = heads, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, length, d)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class SequenceNet(nn.Module):
+    """Causal Transformer over item windows with tied item embeddings and a repeat path.
+
+    Args:
+        n_items: catalogue size N (input ids are rows + 1; 0 is padding).
+        config: the ``sequence:`` section.
+    """
+
+    def __init__(self, n_items: int, config: SequenceConfig):
+        super().__init__()
+        d = config.dim
+        self.n_items, self.config = n_items, config
+        self.items = nn.Embedding(n_items + 1, d, padding_idx=PAD)
+        nn.init.normal_(self.items.weight, std=d**-0.5)
+        with torch.no_grad():
+            self.items.weight[PAD].zero_()
+        self.positions = nn.Embedding(config.max_length, d)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.gaps = nn.Embedding(config.gap_buckets, d) if config.time_gaps else None
+        if self.gaps is not None:
+            nn.init.normal_(self.gaps.weight, std=0.02)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(d)
+        if config.repeat:
+            self.repeat_query = nn.Linear(d, d)
+            self.repeat_key = nn.Linear(d, d)
+            self.recency = nn.Embedding(config.max_length, 1)  # bias by distance t - j
+            nn.init.zeros_(self.recency.weight)
+            self.gate = nn.Linear(d, 1)
+
+    # ------------------------------------------------------------ states
+    def hidden(self, inputs: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """``[B, L, D]`` states from ``inputs`` / ``gaps`` ``[B, L]`` int64 (right-padded)."""
+        length = inputs.shape[1]
+        x = self.items(inputs) + self.positions.weight[:length]
+        if self.gaps is not None:
+            x = x + self.gaps(gaps)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def query(self, h: torch.Tensor) -> torch.Tensor:
+        """The query vector of states ``[..., D]`` (unit-norm under cosine)."""
+        return F.normalize(h, dim=-1) if self.config.scoring == "cosine" else h
+
+    def item_matrix(self) -> torch.Tensor:
+        """``[N, D]`` output item vectors: the input table without its padding row (unit-norm under cosine)."""
+        return self.query(self.items.weight[1:])
+
+    def scale(self) -> float:
+        """Logit scale: 1 / temperature under cosine, 1 for the dot product."""
+        return 1.0 / self.config.temperature if self.config.scoring == "cosine" else 1.0
+
+    # ------------------------------------------------------------ repeat path
+    def repeat_attention(self, h: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``[B, L, L]`` attention of each position t over its history j <= t (rows sum to 1 where valid)."""
+        length = inputs.shape[1]
+        q, k = self.repeat_query(h), self.repeat_key(h)
+        logits = q @ k.transpose(1, 2) / math.sqrt(h.shape[-1])
+        pos = torch.arange(length, device=h.device)
+        distance = (pos[:, None] - pos[None, :]).clamp(0, self.config.max_length - 1)
+        logits = logits + self.recency(distance).squeeze(-1)
+        allowed = (pos[None, :] <= pos[:, None])[None] & (inputs != PAD)[:, None, :]
+        return logits.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+
+    def log_gate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log g, log(1 - g))`` of the repeat gate, each ``h.shape[:-1]``."""
+        z = self.gate(h).squeeze(-1)
+        return F.logsigmoid(z), F.logsigmoid(-z)
+
+    # ------------------------------------------------------------ training
+    def forward(
+        self, inputs: torch.Tensor, gaps: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The training forward (what DistributedDataParallel wraps): :meth:`log_likelihood`."""
+        return self.log_likelihood(inputs, gaps, targets, negatives)
+
+    def log_likelihood(
+        self, inputs: torch.Tensor, gaps: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[P]`` log p(target) at every position with a target (``targets >= 0``), in row-major order.
+
+        ``negatives`` ``[K]`` item rows: a sampled softmax (the target against them,
+        accidental hits removed) instead of the full one.
+        """
+        h = self.hidden(inputs, gaps)
+        valid = targets >= 0
+        hv, y = h[valid], targets[valid]
+        q = self.query(hv)
+        if negatives is None:
+            logits = q @ self.item_matrix().T * self.scale()
+            log_explore = logits.log_softmax(-1).gather(1, y[:, None]).squeeze(1)
+        else:
+            pos = (q * self.query(self.items(y + 1))).sum(-1, keepdim=True) * self.scale()
+            neg = q @ self.query(self.items(negatives + 1)).T * self.scale()
+            neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))
+            log_explore = pos.squeeze(1) - torch.cat([pos, neg], dim=1).logsumexp(-1)
+        if not self.config.repeat:
+            return log_explore
+        attention = self.repeat_attention(h, inputs)  # [B, L, L]
+        same = (inputs - 1)[:, None, :] == targets[:, :, None]  # key j holds query t's target
+        p_repeat = (attention * same).sum(-1)[valid]
+        log_g, log_not_g = self.log_gate(hv)
+        return torch.logaddexp(log_g + p_repeat.clamp_min(LOG_EPS).log(), log_not_g + log_explore)
+
+    # ------------------------------------------------------------ inference
+    def last_states(self, inputs: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` state at each window's last item (zeros for an empty window)."""
+        h = self.hidden(inputs, gaps)
+        last = h[torch.arange(len(inputs), device=h.device), (lengths - 1).clamp_min(0)]
+        return last * (lengths > 0)[:, None]
+
+    def scores(self, inputs: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` next-item scores: p(x) with the repeat path, the explore logits without it."""
+        h = self.hidden(inputs, gaps)
+        rows = torch.arange(len(inputs), device=h.device)
+        last = (lengths - 1).clamp_min(0)
+        h_last = h[rows, last]
+        logits = self.query(h_last) @ self.item_matrix().T * self.scale()
+        if not self.config.repeat:
+            return logits
+        attention = self.repeat_attention(h, inputs)[rows, last]  # [B, L]
+        p_repeat = torch.zeros_like(logits).scatter_add_(1, (inputs - 1).clamp_min(0), attention)
+        log_g, log_not_g = self.log_gate(h_last)
+        return log_g.exp()[:, None] * p_repeat + log_not_g.exp()[:, None] * logits.softmax(-1)
