@@ -174,7 +174,9 @@ class ModelContract:
         np.testing.assert_allclose(loaded.encode(histories), fitted.encode(histories), atol=1e-6)
         rows = a.to_vocab().lookup(pl.Series(["a1", "a2", "b3"]))
         np.testing.assert_allclose(
-            loaded.score_histories(rows, np.array([0, 2, 3])), fitted.score_histories(rows, np.array([0, 2, 3])), atol=1e-5
+            loaded.score_histories(rows, np.array([0, 2, 3])),
+            fitted.score_histories(rows, np.array([0, 2, 3])),
+            atol=1e-5,
         )
 
     def test_load_refuses_what_it_did_not_save(self, tmp_path):

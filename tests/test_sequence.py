@@ -1,0 +1,209 @@
+"""The sequence model: windows, causal mask, weight tying, resume, Ray Train, and quality on synthetic sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from model_contract import community_events
+
+from recemb.data import synth
+from recemb.data.config import SynthConfig
+from recemb.data.dataset import load_dataset, write_dataset
+from recemb.data.vocab import Vocab
+from recemb.errors import DataValidationError, RecembError
+from recemb.models.sequence.config import SequenceConfig
+from recemb.models.sequence.model import SequenceModel
+from recemb.models.sequence.net import SequenceNet
+from recemb.models.sequence.windows import (
+    PAD,
+    Sequences,
+    build_sequences,
+    gap_buckets,
+    query_windows,
+    training_windows,
+)
+
+FAST = {"dim": 16, "heads": 2, "max_length": 8, "epochs": 3, "batch_size": 16, "threads": 1, "seed": 0}
+
+
+def csr(seqs: list[list[int]]) -> Sequences:
+    items = np.array([i for s in seqs for i in s], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+    return Sequences(items, np.zeros_like(items), offsets)
+
+
+# --------------------------------------------------------------------------- windows
+@pytest.mark.parametrize("length", [1, 3, 4, 50])
+def test_every_position_is_a_target_exactly_once(length):
+    rng = np.random.default_rng(length)
+    seqs = [list(rng.integers(0, 30, size=n)) for n in [1, 2, 5, 9, 13, 0, 4]]
+    w = training_windows(csr(seqs), length)
+    valid = w.targets >= 0
+    # (previous item, target) pairs in the windows == every consecutive pair of every sequence, once.
+    got = sorted(zip((w.inputs[valid] - 1).tolist(), w.targets[valid].tolist(), strict=True))
+    want = sorted((a, b) for s in seqs for a, b in zip(s[:-1], s[1:], strict=False))
+    assert got == sorted((int(a), int(b)) for a, b in want)
+    assert valid.sum() == sum(max(len(s) - 1, 0) for s in seqs)
+    assert (w.lengths >= 1).all() and (w.lengths <= length).all()
+    # right padding: a window's valid positions come first, and padding has no target
+    assert ((w.inputs != PAD) == (np.arange(w.inputs.shape[1]) < w.lengths[:, None])).all()
+    assert (w.targets[w.inputs == PAD] == -1).all()
+
+
+def test_the_newest_window_is_full():
+    w = training_windows(csr([list(range(7))]), 4)
+    assert w.inputs.tolist() == [[3, 4, 5, 6], [1, 2, 0, 0]]  # input ids are rows + 1
+    assert w.targets.tolist() == [[3, 4, 5, 6], [1, 2, -1, -1]]
+
+
+def test_gap_buckets_and_query_windows():
+    assert gap_buckets(np.array([np.nan, -1.0, 0.0, 1.0, 3.0, 1e12]), 8).tolist() == [0, 0, 1, 2, 3, 7]
+    inputs, gaps, lengths = query_windows(np.array([4, 5, 6, 7]), np.array([0, 0, 3, 4]), 2)
+    assert lengths.tolist() == [0, 2, 1] and inputs.tolist() == [[0, 0], [6, 7], [8, 0]]
+    assert (gaps[:, 0] == 0).all()
+
+
+def test_build_sequences_orders_by_time_and_reads_sessions():
+    ev = community_events(users_per_side=2, clicks=3).sample(fraction=1.0, shuffle=True, seed=1)
+    vocab = Vocab.from_ids(ev["item_id"])
+    seqs = build_sequences(ev, vocab, 8)
+    assert len(seqs.offsets) - 1 == ev["session_id"].n_unique() and seqs.n_targets == ev.height - 4
+    first = ev.filter(pl.col("session_id") == ev.sort("session_id")["session_id"][0]).sort("ts")
+    assert vocab.ids[seqs.items[:3]].tolist() == first["item_id"].to_list()
+    assert seqs.gaps[0] == 0 and (seqs.gaps[1:3] > 0).all()  # a minute apart
+
+
+# --------------------------------------------------------------------------- network
+def net_and_batch(**over):
+    torch.manual_seed(0)
+    config = SequenceConfig(**{**FAST, **over})
+    net = SequenceNet(20, config).eval()
+    inputs = torch.tensor([[3, 5, 7, 9, 11, 0], [2, 4, 0, 0, 0, 0]])
+    return net, inputs, torch.ones_like(inputs)
+
+
+def test_a_position_never_sees_later_items():
+    net, inputs, gaps = net_and_batch()
+    before = net.hidden(inputs, gaps)
+    changed = inputs.clone()
+    changed[0, 3:] = torch.tensor([1, 1, 1])
+    after = net.hidden(changed, gaps)
+    torch.testing.assert_close(after[0, :3], before[0, :3])
+    assert not torch.allclose(after[0, 3], before[0, 3])
+    # the repeat attention of position t puts no weight on positions after t, nor on padding
+    att = net.repeat_attention(before, inputs)
+    assert torch.all(att[0].triu(1) == 0) and torch.all(att[1, :, 2:] == 0)
+    torch.testing.assert_close(att[1, :2].sum(-1), torch.ones(2))
+
+
+def test_item_embeddings_are_tied_between_input_and_output():
+    net, inputs, gaps = net_and_batch()
+    tables = [n for n, p in net.named_parameters() if p.dim() == 2 and p.shape[0] == 21]
+    assert tables == ["items.weight"], "one item table, read by the input and the output"
+    with torch.no_grad():
+        net.items.weight[5] += 1.0
+    out = net.item_matrix()
+    torch.testing.assert_close(out[4], torch.nn.functional.normalize(net.items.weight[5], dim=-1))
+
+
+@pytest.mark.parametrize("repeat", [True, False])
+def test_scores_are_the_likelihood_at_the_last_position(repeat):
+    net, inputs, gaps = net_and_batch(repeat=repeat)
+    lengths = torch.tensor([5, 2])
+    scores = net.scores(inputs, gaps, lengths)  # [2, 20]
+    targets = torch.full_like(inputs, -1)
+    targets[0, 4], targets[1, 1] = 13, 3  # the next item after each window's last
+    log_p = net.log_likelihood(inputs, gaps, targets)
+    p = scores if repeat else scores.log_softmax(-1).exp()
+    torch.testing.assert_close(log_p, torch.stack([p[0, 13], p[1, 3]]).log(), atol=1e-5, rtol=1e-5)
+    if repeat:
+        torch.testing.assert_close(scores.sum(-1), torch.ones(2), atol=1e-5, rtol=1e-5)
+
+
+def test_sampled_softmax_trains_too():
+    ev = community_events()
+    config = SequenceConfig(**{**FAST, "epochs": 8, "loss": "sampled", "negatives": 8, "repeat": False})
+    model = SequenceModel(config).fit(ev)
+    q = model.encode([["a1", "a2"], ["b1", "b2"]])
+    es = model.item_embeddings()
+    side_a = np.array([i.startswith("a") for i in es.ids.tolist()])
+    assert (q[0] @ es.vectors.T)[side_a].mean() > (q[0] @ es.vectors.T)[~side_a].mean()
+
+
+# --------------------------------------------------------------------------- training
+def test_no_session_with_two_events_is_a_clear_error():
+    ev = community_events().unique("session_id")
+    with pytest.raises(DataValidationError, match="2 or more events"):
+        SequenceModel(SequenceConfig(**FAST)).fit(ev)
+
+
+def test_resume_continues_exactly(tmp_path):
+    ev = community_events()
+    straight = SequenceModel(SequenceConfig(**FAST)).fit(ev)
+    SequenceModel(SequenceConfig(**{**FAST, "epochs": 2})).fit(ev, checkpoint_dir=tmp_path)
+    resumed = SequenceModel(SequenceConfig(**FAST)).fit(ev, checkpoint_dir=tmp_path)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    np.testing.assert_array_equal(resumed.item_embeddings().vectors, straight.item_embeddings().vectors)
+    with pytest.raises(RecembError, match="dropout"):  # other settings: refused, not silently mixed
+        SequenceModel(SequenceConfig(**{**FAST, "dropout": 0.5})).fit(ev, checkpoint_dir=tmp_path)
+
+
+def test_injected_fault_in_process_resumes_and_matches(tmp_path):
+    from recemb.testing import faults
+    from recemb.train.ray_config import RayTrainConfig
+    from recemb.train.sequence import train_sequence
+
+    write_dataset(load_synth(tmp_path / "synth"), tmp_path / "data")
+    config = SequenceConfig(**{**FAST, "epochs": 2})
+    clean = SequenceModel.load(train_sequence(config, RayTrainConfig(), tmp_path / "data", tmp_path / "a"))
+    with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=2) as marker:
+        out = train_sequence(config, RayTrainConfig(max_failures=1), tmp_path / "data", tmp_path / "b")
+    assert marker.exists() and (out / "metrics.json").is_file()
+    np.testing.assert_array_equal(SequenceModel.load(out).item_embeddings().vectors, clean.item_embeddings().vectors)
+
+
+def load_synth(out, **over):
+    cfg = SynthConfig(
+        **{"users": 300, "items": 150, "events": 12_000, "topics": 6, "images": False, "impressions": 0, **over}
+    )
+    synth.generate(cfg, out)
+    return load_dataset(out)
+
+
+@pytest.mark.slow
+def test_two_worker_torchtrainer_ddp(ray_local, tmp_path):
+    from recemb.train.ray_config import RayTrainConfig
+    from recemb.train.sequence import train_sequence
+
+    write_dataset(load_synth(tmp_path / "synth"), tmp_path / "data")
+    config = SequenceConfig(**{**FAST, "epochs": 2})
+    ray = RayTrainConfig(workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path / "ray"))
+    out = train_sequence(config, ray, tmp_path / "data", tmp_path / "run")
+    model = SequenceModel.load(out)
+    assert [h["epoch"] for h in model.history] == [1, 2]
+    assert model.history[0]["targets"] < load_dataset(tmp_path / "data").events.height / 2 + 100  # each worker half
+    assert np.isfinite(model.item_embeddings().vectors).all()
+
+
+# --------------------------------------------------------------------------- quality
+@pytest.mark.slow
+def test_sequence_beats_mean_pooled_tower_and_popularity_on_next_clicks(tmp_path):
+    """P-SESS on synthetic sessions (seed 0): the sequence model's Recall@20 is the best of the three."""
+    from recemb.eval.baselines import PopularityScorer
+    from recemb.eval.config import EvalConfig
+    from recemb.eval.evaluate import protocol_inputs, run_rows
+    from recemb.eval.model_scorer import ModelScorer
+    from recemb.models.two_tower.config import TwoTowerConfig
+    from recemb.models.two_tower.model import TwoTower
+
+    ds = load_synth(tmp_path / "synth", users=600, items=300, events=30_000)
+    split, catalogue = protocol_inputs(ds, "sess", EvalConfig())
+    scorers = {
+        "popularity": PopularityScorer(),
+        "two_tower": ModelScorer(lambda: TwoTower(TwoTowerConfig(backend="torch", epochs=4, seed=0)), "two_tower"),
+        "sequence": ModelScorer(lambda: SequenceModel(SequenceConfig(epochs=10, seed=0)), "sequence"),
+    }
+    rows = {r["model"]: r["recall@20"] for r in run_rows("sess", split, catalogue, scorers, [20])}
+    assert rows["sequence"] > 1.1 * rows["two_tower"] and rows["sequence"] > 1.5 * rows["popularity"], rows
