@@ -207,3 +207,33 @@ def test_sequence_beats_mean_pooled_tower_and_popularity_on_next_clicks(tmp_path
     }
     rows = {r["model"]: r["recall@20"] for r in run_rows("sess", split, catalogue, scorers, [20])}
     assert rows["sequence"] > 1.1 * rows["two_tower"] and rows["sequence"] > 1.5 * rows["popularity"], rows
+
+
+# --------------------------------------------------------------------------- end to end
+def test_pipeline_trains_exports_evaluates_and_serves_the_sequence_model(tmp_path, capsys):
+    import asyncio
+
+    from recemb.cli import main
+    from recemb.retrieval.serve_config import ServeConfig
+    from serving.state import load_snapshot
+
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(
+        f"run: {{name: q, dir: {tmp_path}}}\n"
+        "data:\n  source: synth\n  synth: {users: 60, items: 40, events: 3000, impressions: 0, images: false}\n"
+        "sequence: {dim: 16, max_length: 8, epochs: 2, threads: 1}\n"
+        "export: {n_trees: 2, sample: 10}\n"
+        "eval: {protocols: [sess], k: [20], baselines: [popularity], models: [sequence]}\n"
+        "stages: [data, sequence, export, evaluate]\n"
+    )
+    assert main(["pipeline", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "sequence" in out and "popularity" in out
+    run = tmp_path / "q"
+    assert (run / "sequence" / "weights.pt").is_file() and (run / "index" / "sequence" / "items.ann").is_file()
+    tower = ServeConfig().user_tower.model_copy(update={"model": "sequence"})
+    snap = load_snapshot(ServeConfig(run_dir=str(run), user_tower=tower), 1)
+    assert snap.tower is not None and snap.tower.source == "sequence"
+    items = SequenceModel.load(run / "sequence").item_embeddings().ids[:3].tolist()
+    vec = asyncio.run(snap.tower_query(items, None))
+    assert vec.shape == (16,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
