@@ -8,7 +8,13 @@ traffic goes to 127.0.0.1. The client is open-loop (request i is due at
 hide its queue) over ``--conns`` keep-alive connections with raw asyncio
 streams (~30 us of client CPU per request: the client shares the 2 cores).
 Half the requests are ``GET /v1/similar/{id}``, half ``POST /v1/recommend``
-with 5 recent items; k = 10. "max" runs are closed-loop (each connection
+with ``--history`` recent items (5); k = 10. ``--tower sequence`` serves the
+recommend requests through a sequence-model user tower (untrained weights,
+the real network: ``serve.user_tower.model=sequence``), micro-batched::
+
+    .venv/bin/python benchmarks/serve_load.py --tower sequence --history 50 --rate 200 --skip-serve
+
+"max" runs are closed-loop (each connection
 sends as soon as its answer arrives) and measure throughput.
 
 Swap runs re-export the index (new vectors, same ids) half-way and swap it
@@ -44,14 +50,14 @@ from serving.testing import clustered_vectors, make_demo_run  # noqa: E402
 TOKEN = "bench-token"
 
 
-def requests_mix(n_items: int, n: int, seed: int = 0) -> list[bytes]:
+def requests_mix(n_items: int, n: int, seed: int = 0, history: int = 5) -> list[bytes]:
     rng = np.random.default_rng(seed)
     out = []
     for r in range(n):
         if r % 2:
             out.append(f"GET /v1/similar/i{rng.integers(n_items)}?k=10 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         else:
-            body = json.dumps({"items": [f"i{x}" for x in rng.integers(0, n_items, 5)], "k": 10}).encode()
+            body = json.dumps({"items": [f"i{x}" for x in rng.integers(0, n_items, history)], "k": 10}).encode()
             out.append(
                 b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
@@ -129,11 +135,11 @@ def run_load(port, reqs, rate, seconds, conns, swap=None) -> dict:
     return out
 
 
-def reexport(run: Path, seed: int) -> None:
-    emb_dir = run / "item2vec" / "embeddings"
+def reexport(run: Path, seed: int, model: str = "item2vec") -> None:
+    emb_dir = run / model / "embeddings"
     old = EmbeddingSet.load(emb_dir)
-    EmbeddingSet(old.ids, clustered_vectors(len(old), old.dim, seed=seed), kind="item2vec").save(emb_dir)
-    export_all({"item2vec": emb_dir}, run, n_trees=20, sample=200, seed=seed, n_jobs=1)
+    EmbeddingSet(old.ids, clustered_vectors(len(old), old.dim, seed=seed), kind=model).save(emb_dir)
+    export_all({model: emb_dir}, run, n_trees=20, sample=200, seed=seed, n_jobs=1)
 
 
 def get_json(url: str, data: bytes | None = None, headers=None) -> dict:
@@ -159,11 +165,20 @@ def local_port() -> int:
     return free_port("127.0.0.1")
 
 
+def model_of(args) -> str:
+    """The run's one model: the tower's, or item2vec."""
+    return "item2vec" if args.tower == "none" else args.tower
+
+
+def tower_flags(args) -> list[str]:
+    return [] if args.tower == "none" else ["--set", f"serve.user_tower.model={args.tower}"]
+
+
 def bench_uvicorn(run: Path, args, reqs) -> list[tuple]:
     port = local_port()
     env = {**os.environ, "RECEMB_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.uvicorn_main", "--run-dir", str(run), "--port", str(port)],
+        [sys.executable, "-m", "serving.uvicorn_main", "--run-dir", str(run), "--port", str(port), *tower_flags(args)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -178,7 +193,7 @@ def bench_uvicorn(run: Path, args, reqs) -> list[tuple]:
         rows.append(("uvicorn", f"{args.rate:.0f} rps", run_load(port, reqs, args.rate, args.seconds, args.conns)))
 
         def swap():
-            reexport(run, seed=11)
+            reexport(run, seed=11, model=model_of(args))
             r = get_json(url + "/v1/admin/reload", b"", {"Authorization": f"Bearer {TOKEN}"})
             assert r["ok"], r
 
@@ -202,6 +217,10 @@ def bench_serve(run: Path, args, reqs) -> list[tuple]:
     settings = ServeConfig(
         run_dir=str(run), port=local_port(), replicas=args.replicas, num_cpus=0.5, app_name="recemb_bench"
     )
+    if args.tower != "none":
+        settings = settings.model_copy(
+            update={"user_tower": settings.user_tower.model_copy(update={"model": args.tower})}
+        )
     rows = []
     try:
         url = run_serve(settings, reload_token=0)
@@ -212,7 +231,7 @@ def bench_serve(run: Path, args, reqs) -> list[tuple]:
         rows.append(("ray serve", f"{rate:.0f} rps", run_load(port, reqs, rate, args.seconds, args.conns)))
 
         def swap():
-            reexport(run, seed=12)
+            reexport(run, seed=12, model=model_of(args))
             run_serve(settings, reload_token=1)
 
         res = run_load(port, reqs, rate, args.seconds, args.conns, swap)
@@ -239,16 +258,27 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--skip-serve", action="store_true")
+    ap.add_argument("--tower", choices=["none", "sequence"], default="none", help="user tower for /v1/recommend")
+    ap.add_argument("--history", type=int, default=5, help="recent items per recommend request")
     args = ap.parse_args()
-    reqs = requests_mix(args.items, args.max_requests)
+    reqs = requests_mix(args.items, args.max_requests, history=args.history)
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_demo_run(Path(tmp) / "run", n_items=args.items, dim=args.dim, n_trees=20)
+        run = make_demo_run(
+            Path(tmp) / "run",
+            n_items=args.items,
+            dim=args.dim,
+            n_trees=20,
+            model=model_of(args),
+            tower=args.tower != "none",
+        )
         rows = bench_uvicorn(run, args, reqs)
         if not args.skip_serve:
-            reexport(run, seed=0)
+            reexport(run, seed=0, model=model_of(args))
             rows += bench_serve(run, args, reqs)
+    tower = f"{args.tower} user tower, " if args.tower != "none" else ""
     print(
-        f"\n{args.items} items x dim {args.dim}, Annoy 20 trees, k=10, {args.conns} connections, "
+        f"\n{args.items} items x dim {args.dim}, {tower}{args.history}-item histories, Annoy 20 trees, k=10, "
+        f"{args.conns} connections, "
         f"{args.seconds:.0f}s per run, {os.cpu_count()} cores shared with the client"
     )
     print(

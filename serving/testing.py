@@ -5,6 +5,11 @@
     <dir>/data/events.parquet          (item_id column: the popularity fallback)
     <dir>/item2vec/embeddings/          clustered random vectors, ids "i0".."i{N-1}"
     <dir>/index/item2vec/               Annoy export (recemb.index.export.export_all)
+
+``make_demo_run(dir, model="sequence", tower=True)`` writes an untrained
+sequence model instead (``<dir>/sequence/``: weights, items, embeddings), the
+user tower ``serve.user_tower.model=sequence`` loads: the online cost of a
+real tower, with no training.
 """
 
 from __future__ import annotations
@@ -32,12 +37,16 @@ def make_demo_run(
     seed: int = 0,
     model: str = "item2vec",
     n_trees: int = 10,
+    tower: bool = False,
 ) -> Path:
     """Write a run with one exported model (see module docstring); returns ``run_dir``."""
     run_dir = Path(run_dir)
     ids = [f"i{r}" for r in range(n_items)]
     emb_dir = run_dir / model / "embeddings"
-    EmbeddingSet(ids, clustered_vectors(n_items, dim, seed=seed), kind=model).save(emb_dir)
+    if tower:
+        _untrained_sequence_model(ids, dim, seed).save(run_dir / model)
+    else:
+        EmbeddingSet(ids, clustered_vectors(n_items, dim, seed=seed), kind=model).save(emb_dir)
     rng = np.random.default_rng(seed)
     # Zipf-like clicks: low row numbers are the popular items.
     clicks = np.minimum(rng.zipf(1.3, size=20 * n_items) - 1, n_items - 1)
@@ -45,3 +54,17 @@ def make_demo_run(
     pl.DataFrame({"item_id": [ids[c] for c in clicks]}).write_parquet(run_dir / "data" / "events.parquet")
     export_all({model: emb_dir}, run_dir, n_trees=n_trees, sample=min(200, n_items), seed=seed, n_jobs=1)
     return run_dir
+
+
+def _untrained_sequence_model(ids: list[str], dim: int, seed: int):
+    """A SequenceModel over ``ids`` with its initial (random) weights: a real tower, untrained."""
+    import torch
+
+    from recemb.data.vocab import Vocab
+    from recemb.models.sequence.config import SequenceConfig
+    from recemb.models.sequence.model import SequenceModel
+    from recemb.models.sequence.net import SequenceNet
+
+    config = SequenceConfig(dim=dim, seed=seed)
+    torch.manual_seed(seed)
+    return SequenceModel.from_state(config, Vocab(ids), SequenceNet(len(ids), config).state_dict(), [])

@@ -84,8 +84,9 @@ def net_and_batch(**over):
     return net, inputs, torch.ones_like(inputs)
 
 
-def test_a_position_never_sees_later_items():
-    net, inputs, gaps = net_and_batch()
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_a_position_never_sees_later_items(encoder):
+    net, inputs, gaps = net_and_batch(encoder=encoder)
     before = net.hidden(inputs, gaps)
     changed = inputs.clone()
     changed[0, 3:] = torch.tensor([1, 1, 1])

@@ -21,7 +21,8 @@ class SequenceConfig(Section):
 
     dim: int = Field(64, ge=2)  # item embedding = hidden size D
     max_length: int = Field(50, ge=1)  # most recent items a query reads; training windows hold as many
-    layers: int = Field(2, ge=1)  # causal self-attention blocks
+    encoder: Literal["transformer", "gru"] = "transformer"  # causal self-attention blocks, or a GRU (GRU4Rec)
+    layers: int = Field(2, ge=1)  # transformer blocks / GRU layers
     heads: int = Field(2, ge=1)  # attention heads; dim must divide by it
     dropout: float = Field(0.2, ge=0, lt=1)  # on embeddings, attention and feed-forward outputs
     time_gaps: bool = True  # bucketed log2 gap to the previous item as an input embedding

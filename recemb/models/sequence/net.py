@@ -68,13 +68,23 @@ class SequenceNet(nn.Module):
         nn.init.normal_(self.items.weight, std=d**-0.5)
         with torch.no_grad():
             self.items.weight[PAD].zero_()
-        self.positions = nn.Embedding(config.max_length, d)
-        nn.init.normal_(self.positions.weight, std=0.02)
+        # Positions from the window start (a query's last item has the position it had in training);
+        # the GRU has none: the recurrence orders the items.
+        self.positions = nn.Embedding(config.max_length, d) if config.encoder == "transformer" else None
+        if self.positions is not None:
+            nn.init.normal_(self.positions.weight, std=0.02)
         self.gaps = nn.Embedding(config.gap_buckets, d) if config.time_gaps else None
         if self.gaps is not None:
             nn.init.normal_(self.gaps.weight, std=0.02)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout) for _ in range(config.layers))
+        self.blocks = nn.ModuleList()
+        self.gru: nn.GRU | None = None
+        if config.encoder == "gru":  # recurrent, hence causal; positions are implicit in the recurrence
+            self.gru = nn.GRU(
+                d, d, config.layers, batch_first=True, dropout=config.dropout if config.layers > 1 else 0.0
+            )
+        else:
+            self.blocks.extend(CausalBlock(d, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(d)
         if config.repeat:
             self.repeat_query = nn.Linear(d, d)
@@ -87,10 +97,14 @@ class SequenceNet(nn.Module):
     def hidden(self, inputs: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """``[B, L, D]`` states from ``inputs`` / ``gaps`` ``[B, L]`` int64 (right-padded)."""
         length = inputs.shape[1]
-        x = self.items(inputs) + self.positions.weight[:length]
+        x = self.items(inputs)
+        if self.positions is not None:
+            x = x + self.positions.weight[:length]
         if self.gaps is not None:
             x = x + self.gaps(gaps)
         x = self.drop(x)
+        if self.gru is not None:
+            x = self.gru(x)[0]
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
