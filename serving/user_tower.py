@@ -80,9 +80,7 @@ class TowerQuery:
         return self.model.encode(histories)
 
 
-def load_user_tower(
-    run_dir: str | Path, source: str | None = None, model: str = "two_tower"
-) -> UserTowerQuery | None:
+def load_user_tower(run_dir: str | Path, source: str | None = None, model: str = "two_tower") -> UserTowerQuery | None:
     """Load ``model``'s tower from the run once, or None when the run has none (or no loader exists).
 
     ``source``: the index its query vectors search (default: the model's own item index).

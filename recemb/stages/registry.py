@@ -53,6 +53,8 @@ class ModelSpec:
         content_only: True when the model only runs on ``eval.content_protocols``
             (it exists for cold items and costs more than one fit).
         variants: evaluation-only variants by name; they run on ``eval.content_protocols``.
+        warm_only: True when the model is skipped on ``eval.content_protocols`` (an id-only
+            model whose cold-item row would only restate that it has no cold vectors).
     """
 
     name: str
@@ -64,6 +66,7 @@ class ModelSpec:
     reads: tuple[str, ...] = ()
     content_only: bool = False
     variants: Mapping[str, Variant] = field(default_factory=dict)
+    warm_only: bool = False
 
     def section_config(self, cfg: PipelineConfig, variant: Variant = Variant()) -> Any:
         """The model's section of ``cfg`` with ``variant.update`` applied (nested sections merged)."""
@@ -176,6 +179,7 @@ _REGISTRY = (
         build=_build_sequence,
         train=_train_sequence,
         reads=("ray",),
+        warm_only=True,
     ),
 )
 

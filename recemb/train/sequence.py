@@ -111,7 +111,10 @@ def fit_sequence(
     """
     vocab, seqs, windows, digest = training_data(config, events, catalogue)
     if ctx.world_size > 1:
-        share = np.arange(ctx.rank, len(windows), ctx.world_size)
+        # Every rank gets ceil(W / world) windows (the last few wrap around to the first), so every
+        # rank runs the same number of steps: DDP's gradient all-reduce needs all ranks at each one.
+        padded = -(-len(windows) // ctx.world_size) * ctx.world_size
+        share = np.arange(ctx.rank, padded, ctx.world_size) % len(windows)
         windows = Windows(*(a[share] for a in (windows.inputs, windows.gaps, windows.targets, windows.lengths)))
     if config.threads or ctx.threads:
         torch.set_num_threads(config.threads or ctx.threads)
