@@ -56,4 +56,6 @@ class TestSequenceContract(ModelContract):
         from recemb.models.sequence.config import SequenceConfig
         from recemb.models.sequence.model import SequenceModel
 
-        return SequenceModel(SequenceConfig(dim=16, heads=2, max_length=8, epochs=8, batch_size=16, threads=1, seed=0))
+        return SequenceModel(
+            SequenceConfig(dim=16, heads=2, max_length=8, epochs=8, batch_size=16, lr=0.01, threads=1, seed=0)
+        )

@@ -25,7 +25,16 @@ from recemb.models.sequence.windows import (
     training_windows,
 )
 
-FAST = {"dim": 16, "heads": 2, "max_length": 8, "epochs": 3, "batch_size": 16, "threads": 1, "seed": 0}
+FAST = {
+    "dim": 16,
+    "heads": 2,
+    "max_length": 8,
+    "epochs": 3,
+    "batch_size": 16,
+    "threads": 1,
+    "seed": 0,
+    "lr": 0.01,
+}  # a tiny world needs big steps
 
 
 def csr(seqs: list[list[int]]) -> Sequences:

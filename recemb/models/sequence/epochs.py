@@ -8,6 +8,7 @@ epoch e continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -61,7 +62,8 @@ class SequenceTrainer:
         self.net.train()
         t0, total, count = time.perf_counter(), 0.0, 0
         batches = epoch_batches(windows.lengths, self.config.batch_size, self.config.seed * 7919 + rank, epoch)
-        for idx in batches:
+        for step, idx in enumerate(batches):
+            self._set_lr((epoch + step / len(batches)) / self.config.epochs)
             width = int(windows.lengths[idx].max())
             inputs, gaps, targets = (
                 torch.from_numpy(a[idx, :width]).to(self.device)
@@ -78,6 +80,14 @@ class SequenceTrainer:
             total += float(loss.detach()) * len(log_p)
             count += len(log_p)
         return {"loss": total / max(count, 1), "targets": count, "seconds": time.perf_counter() - t0}
+
+    def _set_lr(self, progress: float) -> None:
+        """The learning rate at ``progress`` in [0, 1) of the run: a function of the step alone (exact resume)."""
+        lr = self.config.lr
+        if self.config.lr_schedule == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def state(self) -> dict[str, Any]:
         """Tensors only (``torch.load(weights_only=True)`` reads it back): weights and optimizer."""
