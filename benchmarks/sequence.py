@@ -10,7 +10,8 @@ Questions:
    protocol's train split by the evaluation harness (``run_rows``), the same
    code ``recemb evaluate`` runs. ``--split validation`` scores the
    validation split instead (the last 10% of train sessions by time under
-   P-SESS, the second-to-last item under P-ML), where settings may be chosen.
+   P-SESS, the second-to-last item under P-ML, the later half of the train
+   impressions under P-IMP), where settings may be chosen.
 2. Cost: training targets/s and seconds per epoch as the catalogue grows
    (10k, 100k, 1M items; random sessions of 10 items), full softmax where
    its ``[targets, N]`` logits fit, sampled softmax at every size.
@@ -55,12 +56,14 @@ DATASETS = {  # name -> (protocol, baselines, metric columns)
     "synthetic-sess": ("sess", ["popularity", "knn-last", "knn-recency"], ["recall@20", "mrr@20"]),
     "ml-100k": ("ml", ["popularity", "knn", "knn-recency"], ["recall@10", "recall@20", "ndcg@10"]),
     "synthetic-ml": ("ml", ["popularity", "knn", "knn-recency"], ["recall@10", "recall@20", "ndcg@10"]),
+    "synthetic-imp": ("imp", ["popularity", "knn", "knn-recency"], ["auc", "mrr", "ndcg@10"]),
 }
 ROWS = {  # row -> changes to the sequence defaults (None: the mean-pooled two-tower)
     "two_tower (mean-pooled tower)": None,
     "sequence (defaults)": {},
     "  no repeat path": {"repeat": False},
     "  no time gaps": {"time_gaps": False},
+    "  no query gap": {"query_gap": False},
     "  sampled softmax (2048 uniform)": {"loss": "sampled"},
 }
 
@@ -91,6 +94,8 @@ def validation(protocol: str, split, catalogue: Vocab):
         train = split.train.drop("split") if "split" in split.train.columns else split.train
         val = splits.session_split(train, 0.1)
         return val, Vocab.from_ids(val.train["item_id"])
+    if protocol == "imp":  # the later half of the train impressions
+        return splits.impression_split(split.history, split.train_impressions, 0.5), catalogue
     train = pl.concat([split.train, split.validation], how="diagonal_relaxed")
     return splits.leave_last_out(train), Vocab.from_ids(train["item_id"])
 
@@ -113,7 +118,8 @@ def quality(name: str, rows: list[str], split_name: str, epochs: int | None, see
             config = SequenceConfig(seed=seed, **change, **({"epochs": epochs} if epochs else {}))
             scorers[row] = ModelScorer(lambda config=config: SequenceModel(config), row, unit)
     t0 = time.perf_counter()
-    out = run_rows(protocol, split, catalogue, scorers, EvalConfig().k if protocol == "ml" else [20], seed=seed)
+    ks = {"ml": [10, 20], "sess": [20], "imp": [5, 10]}[protocol]
+    out = run_rows(protocol, split, catalogue, scorers, ks, seed=seed)
     print(f"\n{name} · P-{protocol.upper()} · {split_name} split ({time.perf_counter() - t0:.0f}s)")
     columns = DATASETS[name][2]
     print(f"| model | {' | '.join(columns)} | fit s |\n|---|{'---|' * len(columns)}---|")

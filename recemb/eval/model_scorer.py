@@ -84,7 +84,7 @@ class ModelScorer:
             raise NotFittedError(f"ModelScorer {self.name!r}: call fit(train, catalogue) before score_queries")
         if self._items is None:  # own_scores: the model ranks its items; catalogue items it lacks come last
             rows = self._rows[queries.items]
-            scores = self.model.score_histories(rows, queries.offsets, queries.user_ids, ts=queries.ts)
+            scores = self.model.score_histories(rows, queries.offsets, queries.user_ids, ts=queries.ts, at=queries.at)
             known = self._rows >= 0
             out = np.full((len(queries), len(self._rows)), MISSING_SCORE, dtype=np.float32)
             out[:, known] = scores[:, self._rows[known]]

@@ -306,7 +306,8 @@ def run_imp(
         window = imps["ts"].dt.truncate(refit_every) if refit_every else None
     except pl.exceptions.PolarsError as e:
         raise ConfigError(f"run_imp: refit_every={refit_every!r} is not a polars duration like '1h' ({e})") from None
-    queries: QuerySet = user_histories(split.history, catalogue, imps["user_id"], order=("ts",))
+    # The impression's time is the query's: models that read time gaps see how long the user was away.
+    queries: QuerySet = user_histories(split.history, catalogue, imps["user_id"], order=("ts",), at=imps["ts"])
     shown = test.join(imps.select("impression_id", "_q"), on="impression_id").sort(["_q", "position"])
     q = shown["_q"].to_numpy().astype(np.int64)
     cols = catalogue.lookup(shown["item_id"])

@@ -37,6 +37,7 @@ class QuerySet:
         lengths: ``[Q]`` int64 window lengths (0 = empty query).
         user_ids: ``[Q]`` object array of user/session ids, or None.
         ts: ``[T]`` float64 event times of ``items`` (seconds since the epoch), or None.
+        at: ``[Q]`` float64 time of each query (seconds since the epoch), or None.
     """
 
     items: np.ndarray
@@ -44,6 +45,7 @@ class QuerySet:
     lengths: np.ndarray
     user_ids: np.ndarray | None = None
     ts: np.ndarray | None = None
+    at: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -66,7 +68,8 @@ class QuerySet:
         np.cumsum(np.bincount(rows, minlength=b), out=offsets[1:])
         uids = None if self.user_ids is None else self.user_ids[start:stop]
         ts = None if self.ts is None else self.ts[pos][known]
-        return QueryBatch(items=items.astype(np.int64, copy=False), offsets=offsets, user_ids=uids, ts=ts)
+        at = None if self.at is None else self.at[start:stop]
+        return QueryBatch(items=items.astype(np.int64, copy=False), offsets=offsets, user_ids=uids, ts=ts, at=at)
 
     def batches(self, batch_size: int, first: int = 0, end: int | None = None) -> Iterator[tuple[int, int, QueryBatch]]:
         """Yield ``(start, stop, batch)`` over queries ``first..end-1`` in batches of at most ``batch_size``."""
@@ -97,6 +100,7 @@ def user_histories(
     catalogue: Vocab,
     user_ids: pl.Series | Sequence[str],
     order: Sequence[str] = HISTORY_ORDER,
+    at: pl.Series | None = None,
 ) -> QuerySet:
     """One query per requested user: the user's events, oldest first.
 
@@ -109,6 +113,7 @@ def user_histories(
             as numbers, see :func:`sort_keys`); the sort is stable, so rows that
             tie on all keys keep their table order (``("ts",)`` keeps a listed
             order among equal timestamps).
+        at: ``[Q]`` datetimes: the time of each query (e.g. an impression's), or None.
 
     Returns:
         QuerySet with ``items`` = all histories concatenated (catalogue indices,
@@ -133,6 +138,7 @@ def user_histories(
         lengths=q["length"].fill_null(0).to_numpy().astype(np.int64),
         user_ids=users.to_numpy().astype(object),
         ts=_seconds(hist["ts"]) if "ts" in hist.columns else None,
+        at=_seconds(at) if at is not None else None,
     )
 
 

@@ -31,12 +31,15 @@ class QueryBatch:
             hold per-user vectors, e.g. a user EmbeddingSet), or None.
         ts: ``[T]`` float64 event times of ``items`` (seconds since the epoch),
             for scorers that read the gaps between events, or None.
+        at: ``[B]`` float64 time of each query (e.g. the impression's), or None
+            where the protocol has none that would not reveal the target's.
     """
 
     items: np.ndarray
     offsets: np.ndarray
     user_ids: np.ndarray | None = None
     ts: np.ndarray | None = None
+    at: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -160,12 +160,14 @@ class EmbeddingModel(ABC):
         user_ids: np.ndarray | None = None,
         *,
         ts: np.ndarray | None = None,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
         """``[B, N]`` float32 scores of every row of :meth:`item_embeddings` for CSR histories.
 
-        ``ts`` ``[T]``: the history items' event times in seconds, for models
-        that read gaps (None: unknown). The default: :meth:`encode_histories` against the item vectors under the
-        set's metric (cosine: unit rows). Models with ``own_scores`` override it.
+        ``ts`` ``[T]``: the history items' event times in seconds; ``at`` ``[B]``:
+        each query's time; for models that read time gaps (None: unknown).
+        The default: :meth:`encode_histories` against the item vectors under
+        the set's metric (cosine: unit rows). Models with ``own_scores`` override it.
         """
         es = self.item_embeddings()
         vectors = np.asarray(es.vectors, dtype=np.float32)

@@ -27,6 +27,11 @@ class SequenceConfig(Section):
     dropout: float = Field(0.2, ge=0, lt=1)  # on embeddings, attention and feed-forward outputs
     time_gaps: bool = True  # bucketed log2 gap to the previous item as an input embedding
     gap_buckets: int = Field(24, ge=2)  # bucket 0 = unknown / first item; the rest log2(1 + seconds)
+    # The gap from the last item to the moment of the query (in training: to the target), when the
+    # caller knows it (an impression's time): a long absence predicts a new interest, not the last one.
+    # Hidden in training with query_gap_dropout, so queries without a time work as well.
+    query_gap: bool = True
+    query_gap_dropout: float = Field(0.5, ge=0, le=1)
     repeat: bool = True  # repeat path: p = g * p_repeat(history) + (1 - g) * p_explore(catalogue)
     # Scores: cosine of unit vectors / temperature (an angular index serves them), or the raw dot.
     scoring: Literal["cosine", "dot"] = "cosine"

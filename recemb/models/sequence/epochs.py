@@ -65,14 +65,16 @@ class SequenceTrainer:
         for step, idx in enumerate(batches):
             self._set_lr((epoch + step / len(batches)) / self.config.epochs)
             width = int(windows.lengths[idx].max())
-            inputs, gaps, targets = (
+            inputs, gaps, targets, target_gaps = (
                 torch.from_numpy(a[idx, :width]).to(self.device)
-                for a in (windows.inputs, windows.gaps, windows.targets)
+                for a in (windows.inputs, windows.gaps, windows.targets, windows.target_gaps)
             )
             negatives = None
             if not self.full:
                 negatives = torch.randint(self.module.n_items, (self.config.negatives,), device=self.device)
-            log_p = self.net(inputs, gaps, targets, negatives)
+            # The query gap is hidden (unknown) at random, as it is for callers that do not know it.
+            hide = torch.rand(target_gaps.shape, device=self.device) < self.config.query_gap_dropout
+            log_p = self.net(inputs, gaps, targets, negatives, target_gaps.masked_fill(hide, 0))
             loss = -log_p.mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -30,7 +30,7 @@ from recemb.io import atomic_dir, write_json
 from recemb.models.protocol import EmbeddingModel, _checked_csr
 from recemb.models.sequence.config import SequenceConfig
 from recemb.models.sequence.net import SequenceNet
-from recemb.models.sequence.windows import history_gaps, query_windows
+from recemb.models.sequence.windows import history_gaps, query_gaps, query_windows
 
 WEIGHTS_FILE = "weights.pt"
 QUERY_BATCH = 1024  # histories per forward pass when scoring
@@ -121,15 +121,16 @@ class SequenceModel(EmbeddingModel):
             metrics={"final_loss": last.get("loss"), "loss_per_epoch": [h["loss"] for h in self.history]},
         )
 
-    def _batches(self, items: np.ndarray, offsets: np.ndarray, ts: np.ndarray | None):
-        """Yield ``(start, stop, inputs, gaps, lengths)`` tensors of at most QUERY_BATCH histories."""
+    def _batches(self, items: np.ndarray, offsets: np.ndarray, ts: np.ndarray | None, at: np.ndarray | None):
+        """Yield ``(start, stop, inputs, gaps, lengths, query_gaps)`` tensors of at most QUERY_BATCH histories."""
         vocab, net = self._fitted()
         items, offsets = _checked_csr(items, offsets, len(vocab))
-        gaps = None
-        if ts is not None and self.config.time_gaps:
-            if len(ts) != len(items):
-                raise RecembError(f"sequence model: ts has {len(ts)} times for {len(items)} history items")
-            gaps = history_gaps(ts, offsets, self.config.gap_buckets)
+        if ts is not None and len(ts) != len(items):
+            raise RecembError(f"sequence model: ts has {len(ts)} times for {len(items)} history items")
+        if at is not None and len(at) != len(offsets) - 1:
+            raise RecembError(f"sequence model: at has {len(at)} query times for {len(offsets) - 1} histories")
+        gaps = history_gaps(ts, offsets, self.config.gap_buckets) if ts is not None else None
+        last_gaps = query_gaps(ts, offsets, at, self.config.gap_buckets)
         if len(items) and items.min() < 0:  # rows without a vector: dropped, as the contract says
             owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
             keep = items >= 0
@@ -142,7 +143,7 @@ class SequenceModel(EmbeddingModel):
             sub = offsets[start : stop + 1]
             part = gaps[sub[0] : sub[-1]] if gaps is not None else None
             window = query_windows(items[sub[0] : sub[-1]], sub - sub[0], self.config.max_length, part)
-            yield start, stop, *(torch.from_numpy(a).to(device) for a in window)
+            yield start, stop, *(torch.from_numpy(a).to(device) for a in (*window, last_gaps[start:stop]))
 
     def encode_histories(
         self,
@@ -151,20 +152,22 @@ class SequenceModel(EmbeddingModel):
         user_ids: np.ndarray | None = None,
         *,
         ts: np.ndarray | None = None,
+        at: np.ndarray | None = None,
         **pooling: Any,
     ) -> np.ndarray:
         """``[B, D]`` query vectors (unit-norm under cosine) from CSR histories of item rows.
 
         ``ts`` ``[T]``: the items' event times in seconds (their gaps feed the
-        network); None = unknown gaps. Empty histories give zeros; the pooling
+        network); ``at`` ``[B]``: each query's time (with ``ts``: the gap since the
+        last item); None = unknown. Empty histories give zeros; the pooling
         keywords do not apply.
         """
         _, net = self._fitted()
         out = np.zeros((len(offsets) - 1, self.config.dim), dtype=np.float32)
         net.eval()
         with torch.no_grad():
-            for start, stop, inputs, g, lengths in self._batches(items, offsets, ts):
-                q = net.query(net.last_states(inputs, g, lengths))
+            for start, stop, inputs, g, lengths, qg in self._batches(items, offsets, ts, at):
+                q = net.query(net.last_states(inputs, g, lengths, qg))
                 out[start:stop] = (q * (lengths > 0)[:, None]).cpu().numpy()
         return out
 
@@ -175,10 +178,11 @@ class SequenceModel(EmbeddingModel):
         user_ids: np.ndarray | None = None,
         *,
         ts: np.ndarray | None = None,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
         """``[B, N]`` float32 next-item scores over the rows of :meth:`item_embeddings`.
 
-        ``ts`` as in :meth:`encode_histories`.
+        ``ts``, ``at`` as in :meth:`encode_histories`.
 
         With the repeat path: ``p(x) = g * p_repeat(x) + (1 - g) * p_explore(x)``;
         without it, the explore logits. An empty history scores all zeros.
@@ -187,8 +191,8 @@ class SequenceModel(EmbeddingModel):
         out = np.zeros((len(offsets) - 1, len(vocab)), dtype=np.float32)
         net.eval()
         with torch.no_grad():
-            for start, stop, inputs, g, lengths in self._batches(items, offsets, ts):
-                s = net.scores(inputs, g, lengths) * (lengths > 0)[:, None]
+            for start, stop, inputs, g, lengths, qg in self._batches(items, offsets, ts, at):
+                s = net.scores(inputs, g, lengths, qg) * (lengths > 0)[:, None]
                 out[start:stop] = s.float().cpu().numpy()
         return out
 

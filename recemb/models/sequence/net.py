@@ -76,6 +76,11 @@ class SequenceNet(nn.Module):
         self.gaps = nn.Embedding(config.gap_buckets, d) if config.time_gaps else None
         if self.gaps is not None:
             nn.init.normal_(self.gaps.weight, std=0.02)
+        self.query_gaps = nn.Embedding(config.gap_buckets, d, padding_idx=0) if config.query_gap else None
+        if self.query_gaps is not None:  # bucket 0 (unknown) adds nothing
+            nn.init.normal_(self.query_gaps.weight, std=0.02)
+            with torch.no_grad():
+                self.query_gaps.weight[0].zero_()
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList()
         self.gru: nn.GRU | None = None
@@ -109,6 +114,15 @@ class SequenceNet(nn.Module):
             x = block(x)
         return self.norm(x)
 
+    def readout(self, h: torch.Tensor, query_gaps: torch.Tensor | None) -> torch.Tensor:
+        """States ``[..., D]`` as queries: plus the query-gap embedding (``query_gaps`` ``h.shape[:-1]``).
+
+        Added after the causal blocks, so a position's query gap reaches its own prediction only.
+        """
+        if self.query_gaps is None or query_gaps is None:
+            return h
+        return h + self.query_gaps(query_gaps)
+
     def query(self, h: torch.Tensor) -> torch.Tensor:
         """The query vector of states ``[..., D]`` (unit-norm under cosine)."""
         return F.normalize(h, dim=-1) if self.config.scoring == "cosine" else h
@@ -122,10 +136,13 @@ class SequenceNet(nn.Module):
         return 1.0 / self.config.temperature if self.config.scoring == "cosine" else 1.0
 
     # ------------------------------------------------------------ repeat path
-    def repeat_attention(self, h: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """``[B, L, L]`` attention of each position t over its history j <= t (rows sum to 1 where valid)."""
+    def repeat_attention(self, h: torch.Tensor, inputs: torch.Tensor, hq: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L, L]`` attention of each position t over its history j <= t (rows sum to 1 where valid).
+
+        ``hq``: the query-side states (:meth:`readout`; default ``h``); keys are always ``h``.
+        """
         length = inputs.shape[1]
-        q, k = self.repeat_query(h), self.repeat_key(h)
+        q, k = self.repeat_query(h if hq is None else hq), self.repeat_key(h)
         logits = q @ k.transpose(1, 2) / math.sqrt(h.shape[-1])
         pos = torch.arange(length, device=h.device)
         distance = (pos[:, None] - pos[None, :]).clamp(0, self.config.max_length - 1)
@@ -140,22 +157,34 @@ class SequenceNet(nn.Module):
 
     # ------------------------------------------------------------ training
     def forward(
-        self, inputs: torch.Tensor, gaps: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        gaps: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        query_gaps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The training forward (what DistributedDataParallel wraps): :meth:`log_likelihood`."""
-        return self.log_likelihood(inputs, gaps, targets, negatives)
+        return self.log_likelihood(inputs, gaps, targets, negatives, query_gaps)
 
     def log_likelihood(
-        self, inputs: torch.Tensor, gaps: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        gaps: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        query_gaps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[P]`` log p(target) at every position with a target (``targets >= 0``), in row-major order.
 
         ``negatives`` ``[K]`` item rows: a sampled softmax (the target against them,
-        accidental hits removed) instead of the full one.
+        accidental hits removed) instead of the full one. ``query_gaps`` ``[B, L]``:
+        each position's gap bucket to its target (0 = unknown).
         """
         h = self.hidden(inputs, gaps)
+        hq = self.readout(h, query_gaps)
         valid = targets >= 0
-        hv, y = h[valid], targets[valid]
+        hv, y = hq[valid], targets[valid]
         q = self.query(hv)
         if negatives is None:
             logits = q @ self.item_matrix().T * self.scale()
@@ -167,29 +196,38 @@ class SequenceNet(nn.Module):
             log_explore = pos.squeeze(1) - torch.cat([pos, neg], dim=1).logsumexp(-1)
         if not self.config.repeat:
             return log_explore
-        attention = self.repeat_attention(h, inputs)  # [B, L, L]
+        attention = self.repeat_attention(h, inputs, hq)  # [B, L, L]
         same = (inputs - 1)[:, None, :] == targets[:, :, None]  # key j holds query t's target
         p_repeat = (attention * same).sum(-1)[valid]
         log_g, log_not_g = self.log_gate(hv)
         return torch.logaddexp(log_g + p_repeat.clamp_min(LOG_EPS).log(), log_not_g + log_explore)
 
     # ------------------------------------------------------------ inference
-    def last_states(self, inputs: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` state at each window's last item (zeros for an empty window)."""
+    def last_states(
+        self, inputs: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor, query_gaps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, D]`` query state at each window's last item (zeros for an empty window)."""
         h = self.hidden(inputs, gaps)
-        last = h[torch.arange(len(inputs), device=h.device), (lengths - 1).clamp_min(0)]
+        last = self.readout(h[torch.arange(len(inputs), device=h.device), (lengths - 1).clamp_min(0)], query_gaps)
         return last * (lengths > 0)[:, None]
 
-    def scores(self, inputs: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` next-item scores: p(x) with the repeat path, the explore logits without it."""
+    def scores(
+        self, inputs: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor, query_gaps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, N]`` next-item scores: p(x) with the repeat path, the explore logits without it.
+
+        ``query_gaps`` ``[B]``: gap bucket from each history's last item to the query (0 = unknown).
+        """
         h = self.hidden(inputs, gaps)
         rows = torch.arange(len(inputs), device=h.device)
         last = (lengths - 1).clamp_min(0)
-        h_last = h[rows, last]
+        h_last = self.readout(h[rows, last], query_gaps)
         logits = self.query(h_last) @ self.item_matrix().T * self.scale()
         if not self.config.repeat:
             return logits
-        attention = self.repeat_attention(h, inputs)[rows, last]  # [B, L]
+        hq = h.clone()
+        hq[rows, last] = h_last
+        attention = self.repeat_attention(h, inputs, hq)[rows, last]  # [B, L]
         p_repeat = torch.zeros_like(logits).scatter_add_(1, (inputs - 1).clamp_min(0), attention)
         log_g, log_not_g = self.log_gate(h_last)
         return log_g.exp()[:, None] * p_repeat + log_not_g.exp()[:, None] * logits.softmax(-1)

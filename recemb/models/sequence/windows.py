@@ -105,12 +105,18 @@ class Windows:
         gaps: ``[W, L]`` int64 gap buckets of the inputs.
         targets: ``[W, L]`` int64 item row of the next item (-1 where no target).
         lengths: ``[W]`` int64 valid positions of each window (>= 1).
+        target_gaps: ``[W, L]`` int64 gap bucket from each input to its target (the query gap).
     """
 
     inputs: np.ndarray
     gaps: np.ndarray
     targets: np.ndarray
     lengths: np.ndarray
+    target_gaps: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Windows:
+        """The windows at ``rows``."""
+        return Windows(*(getattr(self, f)[rows] for f in ("inputs", "gaps", "targets", "lengths", "target_gaps")))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -132,8 +138,21 @@ def training_windows(seqs: Sequences, length: int) -> Windows:
     inputs = np.where(valid, seqs.items[idx] + 1, PAD)
     gaps = np.where(valid, seqs.gaps[idx], UNKNOWN_GAP)
     gaps[:, 0] = UNKNOWN_GAP  # as in a query: a window's first item has no earlier item in view
-    targets = np.where(valid, seqs.items[np.minimum(idx + 1, len(seqs.items) - 1)], NO_TARGET)
-    return Windows(inputs, gaps, targets, lengths)
+    after = np.minimum(idx + 1, len(seqs.items) - 1)
+    targets = np.where(valid, seqs.items[after], NO_TARGET)
+    target_gaps = np.where(valid, seqs.gaps[after], UNKNOWN_GAP)
+    return Windows(inputs, gaps, targets, lengths, target_gaps)
+
+
+def query_gaps(ts: np.ndarray | None, offsets: np.ndarray, at: np.ndarray | None, buckets: int) -> np.ndarray:
+    """``[B]`` gap bucket from each history's last item time to its query time ``at`` (0 where unknown)."""
+    b = len(offsets) - 1
+    if ts is None or at is None:
+        return np.zeros(b, dtype=np.int64)
+    lengths = np.diff(offsets)
+    last = np.full(b, np.nan)
+    last[lengths > 0] = np.asarray(ts, dtype=np.float64)[offsets[1:][lengths > 0] - 1]
+    return gap_buckets(np.asarray(at, dtype=np.float64) - last, buckets)
 
 
 def query_windows(
