@@ -144,8 +144,8 @@ def scale(sizes: list[int], windows: int, steps: int, seed: int) -> list[dict]:
             torch.manual_seed(seed)
             net = SequenceNet(n, config)
             trainer = SequenceTrainer(net, net, config, torch.device("cpu"))
-            sub = type(w)(*(a[: config.batch_size * steps] for a in (w.inputs, w.gaps, w.targets, w.lengths)))
-            trainer.run_epoch(type(w)(*(a[: config.batch_size] for a in (w.inputs, w.gaps, w.targets, w.lengths))), 0)
+            sub = w.take(np.arange(config.batch_size * steps))
+            trainer.run_epoch(w.take(np.arange(config.batch_size)), 0)  # warm-up
             stats = trainer.run_epoch(sub, 1)
             rate = stats["targets"] / stats["seconds"]
             row = {"items": n, "loss": loss, "targets_per_s": rate, "step_s": stats["seconds"] / steps}

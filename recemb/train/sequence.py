@@ -1,182 +1,36 @@
-"""Sequence-model training: ``fit_sequence`` (in-process and per worker), ``train_loop``, the driver.
+"""Sequence-model training on Ray: ``train_loop`` (one worker) and the ``train sequence`` driver.
 
-- :func:`fit_sequence` builds the vocabulary and the training windows from
-  canonical events, takes this worker's share (windows ``rank::world``),
-  wraps the network in DistributedDataParallel when there are several
-  workers (gloo on CPU, NCCL on GPU), and runs the epoch loop
-  (recemb.models.sequence.epochs), resuming from the newest checkpoint.
 - :func:`train_loop` (``config: dict``) is what each ``TorchTrainer`` worker
   runs (recemb.train.runner): it reads the prepared events and calls
-  :func:`fit_sequence`.
+  :func:`recemb.models.sequence.fit.fit_sequence`, the loop ``SequenceModel.fit``
+  also runs (the checkpoint layout is described there).
 - :func:`train_sequence` (``recemb train sequence``) runs the loop through
   :func:`~recemb.train.runner.run_training` and writes ``<run>/sequence/``:
   the saved model (``SequenceModel.save``: weights, item vocabulary,
   ``embeddings/``) and ``metrics.json``.
-
-Checkpoint directory (tensors and JSON only)::
-
-    checkpoint_epoch_0003/
-      state.pt       {"net": state dict, "optimizer": Adam state}  (torch.load(weights_only=True))
-      items.parquet  the item vocabulary
-      state.json     epoch done, sequence config, data sha256, per-epoch history
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import polars as pl
 import torch
 
 from recemb.data.vocab import Vocab
-from recemb.errors import DataValidationError, RecembError
+from recemb.errors import RecembError
 from recemb.io import write_json
-from recemb.models.device import resolve_device
 from recemb.models.sequence.config import SequenceConfig
-from recemb.models.sequence.epochs import SequenceTrainer, uses_full_softmax
-from recemb.models.sequence.net import SequenceNet
-from recemb.models.sequence.windows import Sequences, Windows, build_sequences, training_windows
-from recemb.progress import Progress
+from recemb.models.sequence.fit import fit_sequence, resume_problem, training_data
+from recemb.models.sequence.model import SequenceModel
 from recemb.train.checkpoints import latest_checkpoint
 from recemb.train.ray_config import RayTrainConfig
-from recemb.train.runner import WorkerContext, discard_checkpoints, experiment_dir, run_training, worker_context
+from recemb.train.runner import discard_checkpoints, experiment_dir, run_training, worker_context
 
 log = logging.getLogger("recemb.sequence")
-
-SCHEMA_VERSION = 1
-# Settings that change what a checkpoint's weights mean; epochs may grow (that extends a run).
-MODEL_KEYS = tuple(
-    k for k in SequenceConfig.model_fields if k not in ("epochs", "device", "threads", "full_softmax_max_items")
-)
-
-
-def data_digest(windows: Windows, vocab: Vocab) -> str:
-    """sha256 over the training windows and item ids: a checkpoint resumes only on the same data."""
-    h = hashlib.sha256()
-    for a in (windows.inputs, windows.gaps, windows.targets):
-        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-    h.update("\n".join(vocab.ids.tolist()).encode())
-    return h.hexdigest()
-
-
-def _resume_problem(state: dict[str, Any], config: SequenceConfig, digest: str) -> str | None:
-    """Why a checkpoint cannot continue training ``config`` on data ``digest`` (None if it can)."""
-    if state.get("schema_version") != SCHEMA_VERSION:
-        return f"checkpoint schema {state.get('schema_version')} is not {SCHEMA_VERSION}"
-    if state.get("data_sha256") != digest:
-        return "it was trained on other events"
-    old = state.get("config", {})
-    diff = [f"{k}={old.get(k)!r} (now {getattr(config, k)!r})" for k in MODEL_KEYS if old.get(k) != getattr(config, k)]
-    return "it was trained with " + ", ".join(diff) if diff else None
-
-
-def training_data(
-    config: SequenceConfig, events: pl.DataFrame, catalogue: Vocab | None = None
-) -> tuple[Vocab, Sequences, Windows, str]:
-    """``(vocab, sequences, windows, digest)`` of canonical ``events`` (items limited to ``catalogue``).
-
-    The vocabulary is the event items in frequency order; every rank of a run
-    builds the same, and the digest ties checkpoints to them.
-    """
-    if events.height == 0:
-        raise DataValidationError("sequence model: the events table is empty; nothing to train on")
-    ids = events["item_id"]
-    if catalogue is not None:
-        ids = ids.filter(ids.is_in(pl.Series(catalogue.ids.tolist(), dtype=pl.String).implode()))
-    vocab = Vocab.from_ids(ids)
-    seqs = build_sequences(events, vocab, config.gap_buckets)
-    windows = training_windows(seqs, config.max_length)
-    if len(windows) == 0:
-        raise DataValidationError(
-            "sequence model: no session or history has 2 or more events, so there is no next item to learn; "
-            "check session_id (or sessionize with a longer gap)"
-        )
-    return vocab, seqs, windows, data_digest(windows, vocab)
-
-
-def fit_sequence(
-    config: SequenceConfig, events: pl.DataFrame, ctx: WorkerContext, catalogue: Vocab | None = None
-) -> tuple[Vocab, SequenceNet, list[dict[str, Any]]]:
-    """Train on ``events`` as worker ``ctx.rank`` of ``ctx.world_size``; return ``(vocab, net, history)``.
-
-    ``catalogue`` limits the items to it (evaluation); the vocabulary is the
-    event items in frequency order. Every rank builds the same windows and
-    trains on its share; rank 0 writes a checkpoint after each epoch.
-    """
-    vocab, seqs, windows, digest = training_data(config, events, catalogue)
-    if ctx.world_size > 1:
-        # Every rank gets ceil(W / world) windows (the last few wrap around to the first), so every
-        # rank runs the same number of steps: DDP's gradient all-reduce needs all ranks at each one.
-        padded = -(-len(windows) // ctx.world_size) * ctx.world_size
-        share = np.arange(ctx.rank, padded, ctx.world_size) % len(windows)
-        windows = Windows(*(a[share] for a in (windows.inputs, windows.gaps, windows.targets, windows.lengths)))
-    if config.threads or ctx.threads:
-        torch.set_num_threads(config.threads or ctx.threads)
-    device = torch.device(ctx.device) if ctx.device else resolve_device(config.device, setting="sequence.device")
-    torch.manual_seed(config.seed)  # the initial weights; every rank starts from the same ones
-    net = SequenceNet(len(vocab), config).to(device)
-    wrapped: torch.nn.Module = net
-    if ctx.world_size > 1 and torch.distributed.is_initialized():
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    trainer = SequenceTrainer(wrapped, net, config, device)
-
-    start, history = 0, []
-    ckpt = ctx.latest_checkpoint()
-    if ckpt is not None:
-        state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
-        why = _resume_problem(state, config, digest)
-        if why:
-            raise RecembError(f"checkpoint {ckpt} cannot be resumed: {why}; delete it or set ray.resume=false")
-        trainer.load_state(torch.load(ckpt / "state.pt", map_location=device, weights_only=True))
-        start, history = int(state["epoch"]), list(state["history"])
-        if ctx.rank == 0:
-            log.info("sequence: resuming from %s at epoch %d/%d", ckpt.name, start + 1, config.epochs)
-
-    progress = Progress("sequence", config.epochs, unit="epoch")
-    loss_kind = "full softmax" if uses_full_softmax(config, len(vocab)) else f"sampled softmax ({config.negatives})"
-    ctx.note(progress, f"sequence: {len(vocab)} items, {seqs.n_targets} targets in {len(windows)} windows, {loss_kind}")
-    for epoch in ctx.epochs(start, config.epochs):
-        stats = trainer.run_epoch(windows, epoch, ctx.rank)
-        row = {"epoch": epoch + 1, **stats, "targets_per_s": stats["targets"] / max(stats["seconds"], 1e-9)}
-        history.append(row)
-        ctx.note(progress, f"sequence epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}, {row['seconds']:.1f}s")
-
-        def write(out: Path, history: list[dict[str, Any]] = history) -> None:
-            torch.save(_to_cpu(trainer.state()), out / "state.pt")
-            vocab.save(out / "items.parquet")
-            write_json(
-                out / "state.json",
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "epoch": history[-1]["epoch"],
-                    "config": config.model_dump(mode="json"),
-                    "data_sha256": digest,
-                    "history": history,
-                    "workers": ctx.world_size,
-                },
-            )
-
-        ctx.report(epoch + 1, {"epoch": epoch + 1, "loss": row["loss"]}, write)
-    return vocab, net.eval().cpu(), history
-
-
-def _to_cpu(obj: Any) -> Any:
-    """A nested state with every tensor moved to the CPU (a checkpoint loads on any device)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
 
 
 # ----------------------------------------------------------------- Ray Train
@@ -196,7 +50,6 @@ def train_sequence(config: SequenceConfig, ray: RayTrainConfig, data_dir: str | 
     and started again resumes where it stopped (``ray.resume``).
     """
     from recemb.data.dataset import load_dataset
-    from recemb.models.sequence.model import SequenceModel
 
     out = Path(run_dir) / "sequence"
     experiment = experiment_dir(ray, run_dir, "sequence")
@@ -231,7 +84,7 @@ def _discard_stale(experiment: Path, config: SequenceConfig, digest: str) -> Non
         return
     state_file = last / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    why = _resume_problem(state, config, digest)
+    why = resume_problem(state, config, digest)
     if why:
         log.warning("sequence: not resuming from %s: %s; starting afresh", last, why)
         discard_checkpoints(experiment, why)

@@ -13,8 +13,8 @@ Layout, one job per module:
                    target exactly once) and query windows; time-gap buckets
 - :mod:`.net`      ``SequenceNet``: causal blocks, tied item table, explore / repeat paths
 - :mod:`.epochs`   ``SequenceTrainer``: the one epoch loop (seeded per epoch: exact resume)
+- :mod:`.fit`      ``fit_sequence``: windows, this worker's share, DDP, resume, checkpoints
 - :mod:`.model`    ``SequenceModel``: fit, item vectors, queries, scores, save / load
 
-Training on Ray Train (``train_loop``, the driver, checkpoints) is in
-:mod:`recemb.train.sequence`.
+Training on Ray Train (``train_loop``, the driver) is in :mod:`recemb.train.sequence`.
 """

@@ -73,9 +73,9 @@ class SequenceModel(EmbeddingModel):
         only orders the vocabulary. ``checkpoint_dir``: write
         ``checkpoint_epoch_NNNN/`` there after each epoch and resume from the newest.
         """
+        from recemb.models.sequence.fit import fit_sequence
         from recemb.train.checkpoints import LocalCheckpoints
         from recemb.train.runner import WorkerContext
-        from recemb.train.sequence import fit_sequence
 
         ctx = WorkerContext(checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None)
         self.vocab, self.net, self.history = fit_sequence(self.config, events, ctx, catalogue=catalogue)
