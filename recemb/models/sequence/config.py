@@ -41,7 +41,7 @@ class SequenceConfig(Section):
     loss: Literal["auto", "full", "sampled"] = "auto"
     full_softmax_max_items: int = Field(200_000, ge=1)
     negatives: int = Field(2048, ge=1)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(30, ge=1)  # Yoochoose validation Recall@20 0.6725 at 30 vs 0.6625 at 20; 60 adds nothing
     batch_size: int = Field(128, ge=1)  # training windows per step (per worker under Ray)
     lr: float = Field(1e-3, gt=0)  # Adam
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 at the last epoch
