@@ -9,6 +9,7 @@ frequent item and the order is reproducible.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,14 @@ class Vocab:
         s = ids if isinstance(ids, pl.Series) else pl.Series("id", ids, dtype=pl.String)
         joined = pl.DataFrame({"id": s.cast(pl.String)}).join(self._frame, on="id", how="left", maintain_order="left")
         return joined["index"].fill_null(missing).to_numpy().astype(np.int64)
+
+    def rows(self, ids: Sequence[str], missing: int = -1) -> np.ndarray:
+        """``[len(ids)]`` int64 indices of a short list of ids through the dict (no DataFrame join).
+
+        The per-request path (a query's few recent items); :meth:`lookup` is the bulk one.
+        """
+        get = self._lookup.get
+        return np.fromiter((get(i, missing) for i in ids), dtype=np.int64, count=len(ids))
 
     def to_frame(self) -> pl.DataFrame:
         """``id: str, index: i64, count: i64`` in index order."""

@@ -182,7 +182,7 @@ class EmbeddingModel(ABC):
         Ids without a vector are skipped; a history with none gives the zero vector.
         """
         self.require_fitted()
-        items, offsets = history_rows(self.item_embeddings().to_vocab(), histories)
+        items, offsets = history_rows(self.item_vocab(), histories)
         known = items >= 0
         # Drop unknown ids here, so that encoders that read rows directly never see -1.
         owner = np.repeat(np.arange(len(histories)), np.diff(offsets))
@@ -191,6 +191,10 @@ class EmbeddingModel(ABC):
         # Histories without a known item: zero, for every model (the documented contract).
         out[lengths == 0] = 0.0
         return out
+
+    def item_vocab(self) -> Vocab:
+        """The ids of :meth:`item_embeddings`' rows; read per query, so models that hold one return it."""
+        return self.item_embeddings().to_vocab()
 
     # ------------------------------------------------------------------ helpers
     def require_fitted(self) -> None:
@@ -236,7 +240,7 @@ def history_rows(vocab: Vocab, histories: Sequence[Sequence[str]]) -> tuple[np.n
     flat = [i for h in histories for i in h]
     if not flat:
         return np.zeros(0, dtype=np.int64), offsets
-    return vocab.lookup(pl.Series("id", flat, dtype=pl.String)).astype(np.int64), offsets
+    return vocab.rows(flat), offsets
 
 
 def _checked_csr(items: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

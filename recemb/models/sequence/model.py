@@ -105,6 +105,9 @@ class SequenceModel(EmbeddingModel):
         return self.vocab, self.net
 
     # ---------------------------------------------------------------- outputs
+    def item_vocab(self) -> Vocab:
+        return self._fitted()[0]
+
     def item_embeddings(self) -> EmbeddingSet:
         """``[N, D]`` the tied item table (unit rows under cosine), every item with events."""
         vocab, net = self._fitted()
