@@ -114,7 +114,7 @@ class ModelContract:
         assert warm <= set(es.ids.tolist()), "every item with events has a vector"
 
     def test_unseen_items_follow_covers_unseen_items(self, fitted):
-        assert (COLD in set(fitted.item_embeddings().ids.tolist())) == type(fitted).covers_unseen_items
+        assert (COLD in set(fitted.item_embeddings().ids.tolist())) == fitted.covers_unseen_items
 
     def test_encode_shapes_and_unknown_ids(self, fitted):
         dim = fitted.item_embeddings().dim

@@ -59,3 +59,18 @@ class TestSequenceContract(ModelContract):
         return SequenceModel(
             SequenceConfig(dim=16, heads=2, max_length=8, epochs=8, batch_size=16, lr=0.01, threads=1, seed=0)
         )
+
+
+class TestSequenceCategoriesContract(ModelContract):
+    """The sequence model with item categories: cold items get a vector from their categories."""
+
+    model_name = "sequence"
+
+    def make_model(self):
+        from recemb.models.sequence.config import SequenceConfig
+        from recemb.models.sequence.model import SequenceModel
+
+        config = SequenceConfig(
+            dim=16, heads=2, max_length=8, epochs=8, batch_size=16, lr=0.01, threads=1, seed=0, item_categories=True
+        )
+        return SequenceModel(config)

@@ -62,7 +62,8 @@ class EmbeddingModel(ABC):
             caller may pool the item set itself); False when the model has its
             own query encoder (e.g. a user tower).
         covers_unseen_items: True when ``item_embeddings`` has a vector for
-            catalogue items without events (from content or categories).
+            catalogue items without events (from content or categories); a
+            model whose settings decide it sets it per instance.
         own_scores: True when :meth:`score_histories` is more than the query
             vector against the item vectors (e.g. a repeat path over the
             history); callers that rank a whole catalogue then use it.
@@ -70,7 +71,7 @@ class EmbeddingModel(ABC):
 
     name: ClassVar[str]
     pooled_query: ClassVar[bool] = True
-    covers_unseen_items: ClassVar[bool] = False
+    covers_unseen_items: bool = False
     own_scores: ClassVar[bool] = False
 
     @abstractmethod

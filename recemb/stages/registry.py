@@ -180,6 +180,7 @@ _REGISTRY = (
         train=_train_sequence,
         reads=("ray",),
         warm_only=True,
+        variants={"sequence-category": Variant(update={"item_categories": True})},
     ),
 )
 

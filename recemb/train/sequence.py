@@ -40,7 +40,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
     ctx = worker_context(config)
     cfg = SequenceConfig.model_validate(config["sequence"])
-    fit_sequence(cfg, load_dataset(config["data_dir"]).events, ctx)
+    ds = load_dataset(config["data_dir"])
+    fit_sequence(cfg, ds.events, ctx, items=ds.items)
 
 
 def train_sequence(config: SequenceConfig, ray: RayTrainConfig, data_dir: str | Path, run_dir: str | Path) -> Path:
@@ -54,7 +55,8 @@ def train_sequence(config: SequenceConfig, ray: RayTrainConfig, data_dir: str | 
     out = Path(run_dir) / "sequence"
     experiment = experiment_dir(ray, run_dir, "sequence")
     if ray.resume:
-        _discard_stale(experiment, config, training_data(config, load_dataset(data_dir).events)[3])
+        ds = load_dataset(data_dir)
+        _discard_stale(experiment, config, training_data(config, ds.events, items=ds.items)[3])
     t0 = time.perf_counter()
     last = run_training(
         train_loop,

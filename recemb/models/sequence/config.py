@@ -32,6 +32,9 @@ class SequenceConfig(Section):
     # Hidden in training with query_gap_dropout, so queries without a time work as well.
     query_gap: bool = True
     query_gap_dropout: float = Field(0.5, ge=0, le=1)
+    # The items table's categories in every item vector (input and output): catalogue items
+    # without events then get a vector from their categories alone (covers cold items).
+    item_categories: bool = False
     repeat: bool = True  # repeat path: p = g * p_repeat(history) + (1 - g) * p_explore(catalogue)
     # Scores: cosine of unit vectors / temperature (an angular index serves them), or the raw dot.
     scoring: Literal["cosine", "dot"] = "cosine"

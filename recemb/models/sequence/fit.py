@@ -27,12 +27,12 @@ import polars as pl
 import torch
 
 from recemb.data.vocab import Vocab
-from recemb.errors import DataValidationError, RecembError
+from recemb.errors import ConfigError, DataValidationError, RecembError
 from recemb.io import write_json
 from recemb.models.device import resolve_device
 from recemb.models.sequence.config import SequenceConfig
 from recemb.models.sequence.epochs import SequenceTrainer, uses_full_softmax
-from recemb.models.sequence.net import SequenceNet
+from recemb.models.sequence.net import ItemCategories, SequenceNet
 from recemb.models.sequence.windows import Sequences, Windows, build_sequences, training_windows
 from recemb.progress import Progress
 from recemb.train.runner import WorkerContext
@@ -46,10 +46,13 @@ MODEL_KEYS = tuple(
 )
 
 
-def data_digest(windows: Windows, vocab: Vocab) -> str:
-    """sha256 over the training windows and item ids: a checkpoint resumes only on the same data."""
+def data_digest(windows: Windows, vocab: Vocab, categories: ItemCategories | None = None) -> str:
+    """sha256 over the training windows, item ids and categories: a checkpoint resumes only on the same data."""
     h = hashlib.sha256()
-    for a in (windows.inputs, windows.gaps, windows.targets):
+    arrays = [windows.inputs, windows.gaps, windows.targets]
+    if categories is not None:
+        arrays += [categories.offsets, categories.values]
+    for a in arrays:
         h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
     h.update("\n".join(vocab.ids.tolist()).encode())
     return h.hexdigest()
@@ -67,12 +70,17 @@ def resume_problem(state: dict[str, Any], config: SequenceConfig, digest: str) -
 
 
 def training_data(
-    config: SequenceConfig, events: pl.DataFrame, catalogue: Vocab | None = None
-) -> tuple[Vocab, Sequences, Windows, str]:
-    """``(vocab, sequences, windows, digest)`` of canonical ``events`` (items limited to ``catalogue``).
+    config: SequenceConfig,
+    events: pl.DataFrame,
+    catalogue: Vocab | None = None,
+    items: pl.DataFrame | None = None,
+) -> tuple[Vocab, Sequences, Windows, str, ItemCategories | None]:
+    """``(vocab, sequences, windows, digest, categories)`` of canonical ``events`` (items limited to ``catalogue``).
 
-    The vocabulary is the event items in frequency order; every rank of a run
-    builds the same, and the digest ties checkpoints to them.
+    The vocabulary is the event items in frequency order; with
+    ``item_categories`` the ``items`` table's other items follow them (cold
+    items, placed by their categories). Every rank of a run builds the same,
+    and the digest ties checkpoints to them.
     """
     if events.height == 0:
         raise DataValidationError("sequence model: the events table is empty; nothing to train on")
@@ -80,6 +88,9 @@ def training_data(
     if catalogue is not None:
         ids = ids.filter(ids.is_in(pl.Series(catalogue.ids.tolist(), dtype=pl.String).implode()))
     vocab = Vocab.from_ids(ids)
+    categories = None
+    if config.item_categories:
+        vocab, categories = with_categories(vocab, items, catalogue)
     seqs = build_sequences(events, vocab, config.gap_buckets)
     windows = training_windows(seqs, config.max_length)
     if len(windows) == 0:
@@ -87,11 +98,38 @@ def training_data(
             "sequence model: no session or history has 2 or more events, so there is no next item to learn; "
             "check session_id (or sessionize with a longer gap)"
         )
-    return vocab, seqs, windows, data_digest(windows, vocab)
+    digest = data_digest(windows, vocab, categories)
+    return vocab, seqs, windows, digest, categories
+
+
+def with_categories(vocab: Vocab, items: pl.DataFrame | None, catalogue: Vocab | None) -> tuple[Vocab, ItemCategories]:
+    """The event vocabulary extended by the items table's other items, and everyone's categories (CSR)."""
+    if items is None or "category" not in items.columns:
+        raise ConfigError(
+            "sequence.item_categories=true needs an items table with a `category` column; "
+            "the dataset has none (set sequence.item_categories=false)"
+        )
+    table = items.select("item_id", "category")
+    if catalogue is not None:
+        table = table.filter(pl.col("item_id").is_in(pl.Series(catalogue.ids.tolist(), dtype=pl.String).implode()))
+    cold = table.filter(~pl.col("item_id").is_in(pl.Series(vocab.ids.tolist(), dtype=pl.String).implode()))
+    cold_ids = cold["item_id"].unique(maintain_order=True).to_list()
+    full = Vocab([*vocab.ids.tolist(), *cold_ids], np.concatenate([vocab.counts, np.zeros(len(cold_ids), np.int64)]))
+    pairs = table.explode("category").drop_nulls("category")
+    names = Vocab.from_ids(pairs["category"])
+    rows, values = full.lookup(pairs["item_id"]), names.lookup(pairs["category"])
+    keep = rows >= 0
+    order = np.argsort(rows[keep], kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=len(full)))]).astype(np.int64)
+    return full, ItemCategories(offsets, values[keep][order], len(names), trained=len(vocab))
 
 
 def fit_sequence(
-    config: SequenceConfig, events: pl.DataFrame, ctx: WorkerContext, catalogue: Vocab | None = None
+    config: SequenceConfig,
+    events: pl.DataFrame,
+    ctx: WorkerContext,
+    catalogue: Vocab | None = None,
+    items: pl.DataFrame | None = None,
 ) -> tuple[Vocab, SequenceNet, list[dict[str, Any]]]:
     """Train on ``events`` as worker ``ctx.rank`` of ``ctx.world_size``; return ``(vocab, net, history)``.
 
@@ -99,7 +137,7 @@ def fit_sequence(
     event items in frequency order. Every rank builds the same windows and
     trains on its share; rank 0 writes a checkpoint after each epoch.
     """
-    vocab, seqs, windows, digest = training_data(config, events, catalogue)
+    vocab, seqs, windows, digest, categories = training_data(config, events, catalogue, items)
     if ctx.world_size > 1:
         # Every rank gets ceil(W / world) windows (the last few wrap around to the first), so every
         # rank runs the same number of steps: DDP's gradient all-reduce needs all ranks at each one.
@@ -110,7 +148,7 @@ def fit_sequence(
         torch.set_num_threads(config.threads or ctx.threads)
     device = torch.device(ctx.device) if ctx.device else resolve_device(config.device, setting="sequence.device")
     torch.manual_seed(config.seed)  # the initial weights; every rank starts from the same ones
-    net = SequenceNet(len(vocab), config).to(device)
+    net = SequenceNet(len(vocab), config, categories).to(device)
     wrapped: torch.nn.Module = net
     if ctx.world_size > 1 and torch.distributed.is_initialized():
         from torch.nn.parallel import DistributedDataParallel

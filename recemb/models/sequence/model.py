@@ -29,7 +29,7 @@ from recemb.errors import RecembError
 from recemb.io import atomic_dir, write_json
 from recemb.models.protocol import EmbeddingModel, _checked_csr
 from recemb.models.sequence.config import SequenceConfig
-from recemb.models.sequence.net import SequenceNet
+from recemb.models.sequence.net import ItemCategories, SequenceNet
 from recemb.models.sequence.windows import history_gaps, query_gaps, query_windows
 
 WEIGHTS_FILE = "weights.pt"
@@ -39,8 +39,10 @@ QUERY_BATCH = 1024  # histories per forward pass when scoring
 class SequenceModel(EmbeddingModel):
     """The ``sequence`` registry model (module docstring).
 
-    Contract (recemb.models.protocol): id-only, so items without events get
-    no vector (``covers_unseen_items`` False); queries come from the network,
+    Contract (recemb.models.protocol): id-only by default, so items without
+    events get no vector (``covers_unseen_items`` False); with
+    ``item_categories`` the items table's categories join every item vector and
+    cold items get theirs from their categories. Queries come from the network,
     not from pooling (``pooled_query`` False), and :meth:`score_histories`
     adds the repeat path on top of the query-item scores.
     """
@@ -52,6 +54,7 @@ class SequenceModel(EmbeddingModel):
 
     def __init__(self, config: SequenceConfig | None = None):
         self.config = config or SequenceConfig()
+        self.covers_unseen_items = self.config.item_categories
         self.vocab: Vocab | None = None
         self.net: SequenceNet | None = None
         self.history: list[dict[str, Any]] = []
@@ -69,8 +72,8 @@ class SequenceModel(EmbeddingModel):
     ) -> SequenceModel:
         """Train on canonical ``events`` (sessions, or users' histories without session ids).
 
-        The side tables are accepted and ignored (an id-only model); ``catalogue``
-        only orders the vocabulary. ``checkpoint_dir``: write
+        ``items`` is read with ``item_categories`` (its ``category`` lists), the
+        other side tables are ignored; ``catalogue`` limits the items. ``checkpoint_dir``: write
         ``checkpoint_epoch_NNNN/`` there after each epoch and resume from the newest.
         """
         from recemb.models.sequence.fit import fit_sequence
@@ -78,7 +81,7 @@ class SequenceModel(EmbeddingModel):
         from recemb.train.runner import WorkerContext
 
         ctx = WorkerContext(checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None)
-        self.vocab, self.net, self.history = fit_sequence(self.config, events, ctx, catalogue=catalogue)
+        self.vocab, self.net, self.history = fit_sequence(self.config, events, ctx, catalogue=catalogue, items=items)
         return self
 
     @classmethod
@@ -87,10 +90,11 @@ class SequenceModel(EmbeddingModel):
     ) -> SequenceModel:
         """A fitted model from a network state dict (a checkpoint's or a saved model's)."""
         model = cls(config)
-        net = SequenceNet(len(vocab), config)
         try:
+            categories = ItemCategories.from_weights(weights) if config.item_categories else None
+            net = SequenceNet(len(vocab), config, categories)
             net.load_state_dict(weights)
-        except RuntimeError as e:
+        except (RuntimeError, KeyError, ValueError) as e:
             raise RecembError(f"sequence model: weights do not fit {len(vocab)} items and its settings ({e})") from None
         model.vocab, model.net, model.history = vocab, net.eval(), list(history)
         return model

@@ -19,7 +19,9 @@ Shapes: ``B`` windows of ``L`` positions, ``D`` = ``config.dim``, ``N`` items.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,15 +54,51 @@ class CausalBlock(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
+@dataclass(frozen=True)
+class ItemCategories:
+    """The items' categories in CSR layout, for ``item_categories``.
+
+    Attributes:
+        offsets: ``[N + 1]`` int64; item row r has categories ``values[offsets[r]:offsets[r + 1]]``.
+        values: ``[C]`` int64 category indices.
+        count: number of distinct categories.
+        trained: items ``0..trained-1`` have events (their id row is learned); the rest are
+            cold and get their vector from their categories alone.
+    """
+
+    offsets: np.ndarray
+    values: np.ndarray
+    count: int
+    trained: int
+
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor]) -> ItemCategories:
+        """The categories a saved network holds (its buffers), to rebuild it before loading the weights."""
+        return cls(
+            offsets=weights["category_offsets"][1:].numpy(),
+            values=weights["category_values"].numpy(),
+            count=int(weights["categories.weight"].shape[0]),
+            trained=int(weights["id_mask"].sum()),
+        )
+
+
 class SequenceNet(nn.Module):
     """Causal Transformer over item windows with tied item embeddings and a repeat path.
 
     Args:
         n_items: catalogue size N (input ids are rows + 1; 0 is padding).
         config: the ``sequence:`` section.
+        categories: with ``config.item_categories``: every item's categories; an item's
+            vector (input and output alike) is its id row plus the mean of its category
+            rows, and a cold item's is the category part alone.
     """
 
-    def __init__(self, n_items: int, config: SequenceConfig):
+    # buffers with item_categories (saved in the state dict with the weights)
+    category_offsets: torch.Tensor  # [N + 2] int64: CSR offsets of input ids 0..N (0 = padding, empty)
+    category_values: torch.Tensor  # [C] int64 category rows
+    id_mask: torch.Tensor  # [N + 1] float32: 1 where the id row is learned (items with events)
+
+    def __init__(self, n_items: int, config: SequenceConfig, categories: ItemCategories | None = None):
         super().__init__()
         d = config.dim
         self.n_items, self.config = n_items, config
@@ -68,6 +106,18 @@ class SequenceNet(nn.Module):
         nn.init.normal_(self.items.weight, std=d**-0.5)
         with torch.no_grad():
             self.items.weight[PAD].zero_()
+        self.categories: nn.Embedding | None = None
+        if config.item_categories:
+            if categories is None or len(categories.offsets) != n_items + 1:
+                raise ValueError("sequence.item_categories: SequenceNet needs the categories of its N items")
+            self.categories = nn.Embedding(max(categories.count, 1), d)
+            nn.init.normal_(self.categories.weight, std=d**-0.5)
+            # Row 0 (padding) is an empty bag; id rows of cold items are masked out.
+            offsets = np.concatenate([[0], categories.offsets]).astype(np.int64)
+            self.register_buffer("category_offsets", torch.from_numpy(offsets))
+            self.register_buffer("category_values", torch.from_numpy(categories.values.astype(np.int64)))
+            mask = (np.arange(n_items + 1) >= 1) & (np.arange(n_items + 1) <= categories.trained)
+            self.register_buffer("id_mask", torch.from_numpy(mask.astype(np.float32)))
         # Positions from the window start (a query's last item has the position it had in training);
         # the GRU has none: the recurrence orders the items.
         self.positions = nn.Embedding(config.max_length, d) if config.encoder == "transformer" else None
@@ -99,10 +149,22 @@ class SequenceNet(nn.Module):
             self.gate = nn.Linear(d, 1)
 
     # ------------------------------------------------------------ states
-    def hidden(self, inputs: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """``[B, L, D]`` states from ``inputs`` / ``gaps`` ``[B, L]`` int64 (right-padded)."""
+    def item_table(self) -> torch.Tensor:
+        """``[N + 1, D]`` every input id's vector (row 0: padding): the id table, plus categories when on."""
+        if self.categories is None:
+            return self.items.weight
+        bags = F.embedding_bag(
+            self.category_values, self.categories.weight, self.category_offsets, mode="mean", include_last_offset=True
+        )
+        return self.items.weight * self.id_mask[:, None] + bags
+
+    def hidden(self, inputs: torch.Tensor, gaps: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L, D]`` states from ``inputs`` / ``gaps`` ``[B, L]`` int64 (right-padded).
+
+        ``table``: :meth:`item_table`, when the caller has it already.
+        """
         length = inputs.shape[1]
-        x = self.items(inputs)
+        x = F.embedding(inputs, self.item_table() if table is None else table)
         if self.positions is not None:
             x = x + self.positions.weight[:length]
         if self.gaps is not None:
@@ -127,9 +189,9 @@ class SequenceNet(nn.Module):
         """The query vector of states ``[..., D]`` (unit-norm under cosine)."""
         return F.normalize(h, dim=-1) if self.config.scoring == "cosine" else h
 
-    def item_matrix(self) -> torch.Tensor:
+    def item_matrix(self, table: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, D]`` output item vectors: the input table without its padding row (unit-norm under cosine)."""
-        return self.query(self.items.weight[1:])
+        return self.query((self.item_table() if table is None else table)[1:])
 
     def scale(self) -> float:
         """Logit scale: 1 / temperature under cosine, 1 for the dot product."""
@@ -181,17 +243,18 @@ class SequenceNet(nn.Module):
         accidental hits removed) instead of the full one. ``query_gaps`` ``[B, L]``:
         each position's gap bucket to its target (0 = unknown).
         """
-        h = self.hidden(inputs, gaps)
+        table = self.item_table()
+        h = self.hidden(inputs, gaps, table)
         hq = self.readout(h, query_gaps)
         valid = targets >= 0
         hv, y = hq[valid], targets[valid]
         q = self.query(hv)
         if negatives is None:
-            logits = q @ self.item_matrix().T * self.scale()
+            logits = q @ self.item_matrix(table).T * self.scale()
             log_explore = logits.log_softmax(-1).gather(1, y[:, None]).squeeze(1)
         else:
-            pos = (q * self.query(self.items(y + 1))).sum(-1, keepdim=True) * self.scale()
-            neg = q @ self.query(self.items(negatives + 1)).T * self.scale()
+            pos = (q * self.query(table[y + 1])).sum(-1, keepdim=True) * self.scale()
+            neg = q @ self.query(table[negatives + 1]).T * self.scale()
             neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))
             log_explore = pos.squeeze(1) - torch.cat([pos, neg], dim=1).logsumexp(-1)
         if not self.config.repeat:
@@ -218,11 +281,12 @@ class SequenceNet(nn.Module):
 
         ``query_gaps`` ``[B]``: gap bucket from each history's last item to the query (0 = unknown).
         """
-        h = self.hidden(inputs, gaps)
+        table = self.item_table()
+        h = self.hidden(inputs, gaps, table)
         rows = torch.arange(len(inputs), device=h.device)
         last = (lengths - 1).clamp_min(0)
         h_last = self.readout(h[rows, last], query_gaps)
-        logits = self.query(h_last) @ self.item_matrix().T * self.scale()
+        logits = self.query(h_last) @ self.item_matrix(table).T * self.scale()
         if not self.config.repeat:
             return logits
         hq = h.clone()
