@@ -42,7 +42,9 @@ class SequenceConfig(Section):
     # full: softmax over every item; sampled: the target against `negatives` uniform items
     # (shared by the batch; accidental hits removed); auto: full up to full_softmax_max_items.
     loss: Literal["auto", "full", "sampled"] = "auto"
-    full_softmax_max_items: int = Field(200_000, ge=1)
+    # above it a full softmax costs over 5x a sampled one per target (benchmarks/sequence.py: 2.6x at
+    # 10k items, 15x at 100k on 2 cores)
+    full_softmax_max_items: int = Field(20_000, ge=1)
     negatives: int = Field(2048, ge=1)
     epochs: int = Field(30, ge=1)  # Yoochoose validation Recall@20 0.6725 at 30 vs 0.6625 at 20; 60 adds nothing
     batch_size: int = Field(128, ge=1)  # training windows per step (per worker under Ray)
