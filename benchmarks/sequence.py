@@ -60,8 +60,9 @@ DATASETS = {  # name -> (protocol, baselines, metric columns)
 }
 ROWS = {  # row -> changes to the sequence defaults (None: the mean-pooled two-tower)
     "two_tower (mean-pooled tower)": None,
-    "sequence (defaults)": {},
+    "sequence (defaults)": {},  # repeat path auto: on where the train data repeats items
     "  no repeat path": {"repeat": False},
+    "  repeat path always on": {"repeat": True},
     "  no time gaps": {"time_gaps": False},
     "  no query gap": {"query_gap": False},
     "  sampled softmax (2048 uniform)": {"loss": "sampled"},

@@ -67,6 +67,18 @@ def test_the_newest_window_is_full():
     assert w.targets.tolist() == [[3, 4, 5, 6], [1, 2, -1, -1]]
 
 
+def test_repeat_rate_and_the_auto_repeat_path():
+    from recemb.models.sequence.fit import uses_repeat_path
+    from recemb.models.sequence.windows import repeat_rate
+
+    seqs = csr([[1, 2, 1], [3, 3], [4]])
+    assert repeat_rate(seqs) == pytest.approx(2 / 3)  # 3 targets: 2 repeat their own history
+    assert repeat_rate(csr([[1, 2, 3], [1, 2]])) == 0.0  # another session's item is no repeat
+    auto = SequenceConfig(**FAST)
+    assert auto.repeat == "auto" and uses_repeat_path(auto, seqs) and not uses_repeat_path(auto, csr([[1, 2, 3]]))
+    assert uses_repeat_path(SequenceConfig(**{**FAST, "repeat": True}), csr([[1, 2, 3]]))
+
+
 def test_gap_buckets_and_query_windows():
     assert gap_buckets(np.array([np.nan, -1.0, 0.0, 1.0, 3.0, 1e12]), 8).tolist() == [0, 0, 1, 2, 3, 7]
     inputs, gaps, lengths = query_windows(np.array([4, 5, 6, 7]), np.array([0, 0, 3, 4]), 2)
@@ -88,7 +100,7 @@ def test_build_sequences_orders_by_time_and_reads_sessions():
 def net_and_batch(**over):
     torch.manual_seed(0)
     config = SequenceConfig(**{**FAST, **over})
-    net = SequenceNet(20, config).eval()
+    net = SequenceNet(20, config, repeat=True).eval()  # repeat="auto" in config: on here
     inputs = torch.tensor([[3, 5, 7, 9, 11, 0], [2, 4, 0, 0, 0, 0]])
     return net, inputs, torch.ones_like(inputs)
 

@@ -33,7 +33,7 @@ from recemb.models.device import resolve_device
 from recemb.models.sequence.config import SequenceConfig
 from recemb.models.sequence.epochs import SequenceTrainer, uses_full_softmax
 from recemb.models.sequence.net import ItemCategories, SequenceNet
-from recemb.models.sequence.windows import Sequences, Windows, build_sequences, training_windows
+from recemb.models.sequence.windows import Sequences, Windows, build_sequences, repeat_rate, training_windows
 from recemb.progress import Progress
 from recemb.train.runner import WorkerContext
 
@@ -124,6 +124,13 @@ def with_categories(vocab: Vocab, items: pl.DataFrame | None, catalogue: Vocab |
     return full, ItemCategories(offsets, values[keep][order], len(names), trained=len(vocab))
 
 
+def uses_repeat_path(config: SequenceConfig, seqs: Sequences) -> bool:
+    """``config.repeat``, or under ``"auto"``: does the data repeat items (rate >= ``repeat_min_rate``)?"""
+    if isinstance(config.repeat, bool):
+        return config.repeat
+    return repeat_rate(seqs) >= config.repeat_min_rate
+
+
 def fit_sequence(
     config: SequenceConfig,
     events: pl.DataFrame,
@@ -148,7 +155,7 @@ def fit_sequence(
         torch.set_num_threads(config.threads or ctx.threads)
     device = torch.device(ctx.device) if ctx.device else resolve_device(config.device, setting="sequence.device")
     torch.manual_seed(config.seed)  # the initial weights; every rank starts from the same ones
-    net = SequenceNet(len(vocab), config, categories).to(device)
+    net = SequenceNet(len(vocab), config, categories, repeat=uses_repeat_path(config, seqs)).to(device)
     wrapped: torch.nn.Module = net
     if ctx.world_size > 1 and torch.distributed.is_initialized():
         from torch.nn.parallel import DistributedDataParallel
@@ -170,7 +177,11 @@ def fit_sequence(
 
     progress = Progress("sequence", config.epochs, unit="epoch")
     loss_kind = "full softmax" if uses_full_softmax(config, len(vocab)) else f"sampled softmax ({config.negatives})"
-    ctx.note(progress, f"sequence: {len(vocab)} items, {seqs.n_targets} targets in {len(windows)} windows, {loss_kind}")
+    repeats = f"repeat path {'on' if net.repeat else 'off'} ({repeat_rate(seqs):.1%} of targets repeat)"
+    ctx.note(
+        progress,
+        f"sequence: {len(vocab)} items, {seqs.n_targets} targets in {len(windows)} windows, {loss_kind}, {repeats}",
+    )
     for epoch in ctx.epochs(start, config.epochs):
         stats = trainer.run_epoch(windows, epoch, ctx.rank)
         row = {"epoch": epoch + 1, **stats, "targets_per_s": stats["targets"] / max(stats["seconds"], 1e-9)}

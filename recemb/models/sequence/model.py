@@ -92,7 +92,7 @@ class SequenceModel(EmbeddingModel):
         model = cls(config)
         try:
             categories = ItemCategories.from_weights(weights) if config.item_categories else None
-            net = SequenceNet(len(vocab), config, categories)
+            net = SequenceNet(len(vocab), config, categories, repeat="gate.weight" in weights)
             net.load_state_dict(weights)
         except (RuntimeError, KeyError, ValueError) as e:
             raise RecembError(f"sequence model: weights do not fit {len(vocab)} items and its settings ({e})") from None

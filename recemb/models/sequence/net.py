@@ -91,6 +91,8 @@ class SequenceNet(nn.Module):
         categories: with ``config.item_categories``: every item's categories; an item's
             vector (input and output alike) is its id row plus the mean of its category
             rows, and a cold item's is the category part alone.
+        repeat: whether the repeat path is on, where ``config.repeat`` is ``"auto"``
+            (:func:`recemb.models.sequence.fit.uses_repeat_path` decides from the data).
     """
 
     # buffers with item_categories (saved in the state dict with the weights)
@@ -98,10 +100,17 @@ class SequenceNet(nn.Module):
     category_values: torch.Tensor  # [C] int64 category rows
     id_mask: torch.Tensor  # [N + 1] float32: 1 where the id row is learned (items with events)
 
-    def __init__(self, n_items: int, config: SequenceConfig, categories: ItemCategories | None = None):
+    def __init__(
+        self,
+        n_items: int,
+        config: SequenceConfig,
+        categories: ItemCategories | None = None,
+        repeat: bool | None = None,
+    ):
         super().__init__()
         d = config.dim
         self.n_items, self.config = n_items, config
+        self.repeat = config.repeat if isinstance(config.repeat, bool) else bool(repeat)
         self.items = nn.Embedding(n_items + 1, d, padding_idx=PAD)
         nn.init.normal_(self.items.weight, std=d**-0.5)
         with torch.no_grad():
@@ -141,7 +150,7 @@ class SequenceNet(nn.Module):
         else:
             self.blocks.extend(CausalBlock(d, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(d)
-        if config.repeat:
+        if self.repeat:
             self.repeat_query = nn.Linear(d, d)
             self.repeat_key = nn.Linear(d, d)
             self.recency = nn.Embedding(config.max_length, 1)  # bias by distance t - j
@@ -257,7 +266,7 @@ class SequenceNet(nn.Module):
             neg = q @ self.query(table[negatives + 1]).T * self.scale()
             neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))
             log_explore = pos.squeeze(1) - torch.cat([pos, neg], dim=1).logsumexp(-1)
-        if not self.config.repeat:
+        if not self.repeat:
             return log_explore
         attention = self.repeat_attention(h, inputs, hq)  # [B, L, L]
         same = (inputs - 1)[:, None, :] == targets[:, :, None]  # key j holds query t's target
@@ -287,7 +296,7 @@ class SequenceNet(nn.Module):
         last = (lengths - 1).clamp_min(0)
         h_last = self.readout(h[rows, last], query_gaps)
         logits = self.query(h_last) @ self.item_matrix(table).T * self.scale()
-        if not self.config.repeat:
+        if not self.repeat:
             return logits
         hq = h.clone()
         hq[rows, last] = h_last

@@ -96,6 +96,15 @@ def build_sequences(events: pl.DataFrame, vocab: Vocab, buckets: int) -> Sequenc
     return Sequences(ev["_row"].to_numpy().astype(np.int64), gaps, offsets)
 
 
+def repeat_rate(seqs: Sequences) -> float:
+    """Share of the training targets that repeat an item earlier in their own sequence (0 if none)."""
+    if seqs.n_targets == 0:
+        return 0.0
+    seq = np.repeat(np.arange(len(seqs.offsets) - 1), np.diff(seqs.offsets))
+    first = pl.DataFrame({"s": seq, "i": seqs.items}).select(pl.struct("s", "i").is_first_distinct())
+    return float((~first.to_series().to_numpy()).sum()) / seqs.n_targets
+
+
 @dataclass(frozen=True)
 class Windows:
     """Padded training windows, ``W`` of them, ``L`` wide.
