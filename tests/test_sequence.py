@@ -259,3 +259,20 @@ def test_pipeline_trains_exports_evaluates_and_serves_the_sequence_model(tmp_pat
     items = SequenceModel.load(run / "sequence").item_embeddings().ids[:3].tolist()
     vec = asyncio.run(snap.tower_query(items, None))
     assert vec.shape == (16,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+
+
+def test_warm_only_model_skips_p_cold_but_its_category_variant_runs_there():
+    from recemb.config import build_config
+    from recemb.stages.evaluate import model_scorers
+
+    cfg = build_config({"eval": {"models": ["sequence", "sequence-category"]}})
+    ds = load_synth_dataset_stub()
+    assert list(model_scorers(cfg, "cold", ds)) == ["sequence-category"]
+    assert list(model_scorers(cfg, "ml", ds)) == ["sequence"]
+
+
+def load_synth_dataset_stub():
+    """The side tables model_scorers reads (nothing is fitted here)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(items=None, users=None, root=None)

@@ -47,8 +47,8 @@ def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset) -> dict[str, 
         spec, variant, content_only = eval_entry(name)
         if content_only and protocol not in e.content_protocols:
             continue
-        if spec.warm_only and protocol in e.content_protocols:
-            continue
+        if spec.warm_only and not content_only and protocol in e.content_protocols:
+            continue  # the id-only model itself; its content variants (content_only) do run there
 
         def build(spec: ModelSpec = spec, variant: Variant = variant):
             return spec.build(cfg, variant)
