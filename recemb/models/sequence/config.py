@@ -36,7 +36,7 @@ class SequenceConfig(Section):
     # without events then get a vector from their categories alone (covers cold items).
     item_categories: bool = False
     # Repeat path: p = g * p_repeat(history) + (1 - g) * p_explore(catalogue). auto: on when at least
-    # repeat_min_rate of the training targets repeat an item of their own history (Yoochoose 0.3,
+    # repeat_min_rate of the training targets repeat an item of their own history (Yoochoose 0.36,
     # ML-100K 0: there it only took probability mass; validation Recall@20 0.25 with it, 0.28 without).
     repeat: bool | Literal["auto"] = "auto"
     repeat_min_rate: float = Field(0.01, ge=0, le=1)
