@@ -27,12 +27,20 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set data.synth.users=500 (repeatable)",
     )
+    p.add_argument(
+        "--overlay",
+        dest="overlays",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="merge a config overlay over CONFIG before --set, e.g. runs/ml-100k/tune/best.yaml (repeatable)",
+    )
 
 
 def _load(args: argparse.Namespace):
     from recemb.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides, args.overlays)
 
 
 # ---------------------------------------------------------------- data
@@ -145,6 +153,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from recemb.tune.search import TuneRequest, tune_run
+
+    request = TuneRequest(
+        models=args.models,
+        trials=args.trials,
+        time_budget=args.time_budget,
+        concurrent=args.workers,
+        searcher=args.searcher,
+        resume=not args.fresh,
+    )
+    tune_run(_load(args), request)
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from recemb.pipeline import run_pipeline
 
@@ -229,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve recommendations over HTTP on 127.0.0.1 (uvicorn)")
     _add_config_args(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("tune", help="search model settings on the validation split (Ray Tune) -> <run>/tune/best.yaml")
+    _add_config_args(p)
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="models to tune (default: tune.models or eval.models)")
+    p.add_argument("--trials", type=int, help="trials per model (default tune.trials)")
+    p.add_argument("--time-budget", help="wall-clock limit of the whole search, e.g. 20m (default tune.time_budget)")
+    p.add_argument("--workers", type=int, help="trials at once (default: as many as Ray's CPUs allow)")
+    p.add_argument(
+        "--searcher", choices=["random", "tpe"], help="random search or Optuna's TPE (default tune.searcher)"
+    )
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted search")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("pipeline", help="run every stage the config enables")
     _add_config_args(p)

@@ -35,9 +35,18 @@ from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.serve_config import ServeConfig
 from recemb.section import Section, config_to_dict
 from recemb.train.ray_config import RayTrainConfig
+from recemb.tune.config import TuneConfig
 
 # config_to_dict is defined with Section (a leaf module) and re-exported for stage-level callers.
-__all__ = ["PipelineConfig", "RunConfig", "build_config", "config_to_dict", "load_config", "parse_overrides"]
+__all__ = [
+    "PipelineConfig",
+    "RunConfig",
+    "build_config",
+    "config_to_dict",
+    "load_config",
+    "merge_tree",
+    "parse_overrides",
+]
 
 
 class RunConfig(Section):
@@ -64,6 +73,7 @@ class PipelineConfig(Section):
     candidates: CandidatesConfig = CandidatesConfig()
     serve: ServeConfig = ServeConfig()
     report: ReportConfig = ReportConfig()
+    tune: TuneConfig = TuneConfig()  # `recemb tune`: search on the validation split
     # Stages that `recemb pipeline` runs, in order, when they exist.
     stages: list[str] = Field(default_factory=lambda: ["data", "evaluate"])
 
@@ -92,6 +102,29 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> Non
             raise ConfigError(f"{source}: cannot set {dotted!r}: {k!r} is a value, not a section")
         node = child
     node[keys[-1]] = value
+
+
+def merge_tree(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` merged in (nested mappings merged, values replaced); a new dict."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_tree(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, data:, eval:)")
+    return tree
 
 
 def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
@@ -135,15 +168,15 @@ def build_config(
         raise _explain(e, source) from None
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a pipeline YAML, apply ``--set`` overrides, validate."""
+def load_config(
+    path: str | os.PathLike, overrides: list[str] | None = None, overlays: list[str | os.PathLike] | None = None
+) -> PipelineConfig:
+    """Read a pipeline YAML, merge ``overlays`` (YAML files, in order; e.g. ``recemb tune``'s
+    ``best.yaml``), apply ``--set`` overrides, validate. An overlay's unknown key is an error."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file; the shipped ones are in configs/")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, data:, eval:)")
-    return build_config(tree, overrides, str(path))
+    tree = _read_yaml(path, "config file; the shipped ones are in configs/")
+    source = str(path)
+    for overlay in overlays or []:
+        tree = merge_tree(tree, _read_yaml(Path(overlay), "overlay file"))
+        source += f" + {overlay}"
+    return build_config(tree, overrides, source)

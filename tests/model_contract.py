@@ -133,6 +133,24 @@ class ModelContract:
         q = fitted.encode_histories(rows, np.array([0, 2, 3]))
         np.testing.assert_allclose(q, fitted.encode([["a1", "a2"], ["b3"]]), atol=1e-6)
 
+    def test_on_epoch_sees_the_model_so_far(self, events, catalogue, fitted):
+        """``fit(on_epoch=hook)``: 1-based, increasing epochs, each with a fitted model; the last one
+        scores like the returned model (what a tuning trial reports is what the fit gives)."""
+        seen: list[tuple[int, np.ndarray]] = []
+
+        def hook(epoch: int, model: EmbeddingModel) -> None:
+            assert model.is_fitted
+            seen.append((epoch, model.encode([["a1", "a2"], ["b3"]])))
+
+        model = self.make_model().fit(events, catalogue=catalogue, on_epoch=hook, **self.side())
+        epochs = [e for e, _ in seen]
+        assert epochs and epochs[0] == 1 and epochs == sorted(set(epochs))
+        np.testing.assert_allclose(seen[-1][1], model.encode([["a1", "a2"], ["b3"]]), atol=1e-5)
+        # The hook changes nothing about training: same seed, same vectors as a fit without it.
+        np.testing.assert_allclose(
+            model.item_embeddings().vectors, fitted.item_embeddings().vectors, atol=self.determinism_atol
+        )
+
     def test_queries_find_their_community(self, fitted):
         """A history of community A scores A's items above B's (the model learned something)."""
         es = fitted.item_embeddings()

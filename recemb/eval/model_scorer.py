@@ -61,13 +61,29 @@ class ModelScorer:
         self._items: CatalogueMatrix | None = None
         self._rows: np.ndarray | None = None  # [N] model item row of each catalogue item (-1: none)
 
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ModelScorer:
+    def fit(self, train: pl.DataFrame, catalogue: Vocab, on_epoch: Callable[[int], None] | None = None) -> ModelScorer:
+        """Fit a fresh model on ``train``; ``on_epoch(epoch)`` after each epoch, with this scorer
+        already scoring the model as trained so far (a tuning trial's validation, recemb.tune)."""
         events = train.with_columns(session_id=pl.col("user_id")) if self.unit == "user" else train
-        self.model = self.build().fit(events, catalogue=catalogue, **self.side)
-        items = self.model.item_embeddings()
-        if self.model.own_scores:
+
+        side = dict(self.side)
+        if on_epoch is not None:
+
+            def epoch_done(epoch: int, model: EmbeddingModel) -> None:
+                self._attach(model, train, catalogue)
+                on_epoch(epoch)
+
+            side["on_epoch"] = epoch_done
+        model = self.build().fit(events, catalogue=catalogue, **side)
+        return self._attach(model, train, catalogue)
+
+    def _attach(self, model: EmbeddingModel, train: pl.DataFrame, catalogue: Vocab) -> ModelScorer:
+        """Score with the fitted ``model`` from now on."""
+        self.model, self._pooled, self._items, self._rows = model, None, None, None
+        items = model.item_embeddings()
+        if model.own_scores:
             self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
-        elif self.model.pooled_query:
+        elif model.pooled_query:
             self._pooled = EmbeddingScorer(
                 items, query=self.query, last_n=self.last_n, scoring=self.scoring, name=self.name
             ).fit(train, catalogue)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -50,6 +50,20 @@ from recemb.vectors import l2_normalize
 
 MODEL_FILE = "model.json"
 MODEL_FORMAT = 1
+
+# ``fit(..., on_epoch=hook)``: ``hook(epoch, model)`` after each 1-based epoch, with the model as
+# trained so far (fitted: every output method works). Tuning trials score it on their validation split.
+EpochHook = Callable[[int, "EmbeddingModel"], None]
+
+
+def epoch_observer(hook: EpochHook | None) -> Callable[[int, Callable[[], Any]], None] | None:
+    """The training loop's ``WorkerContext.on_epoch`` for a fit's ``on_epoch`` hook (None: none).
+
+    The loop hands a snapshot function; it is called only when there is a hook.
+    """
+    if hook is None:
+        return None
+    return lambda epoch, snapshot: hook(epoch, snapshot())
 
 
 class EmbeddingModel(ABC):
@@ -84,6 +98,7 @@ class EmbeddingModel(ABC):
         catalogue: Vocab | None = None,
         root: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        on_epoch: EpochHook | None = None,
     ) -> Self:
         """Train on canonical ``events``; return ``self``.
 
@@ -95,6 +110,9 @@ class EmbeddingModel(ABC):
                 the model sees.
             root: where the items table's ``image_path`` is relative to.
             cache_dir: where frozen content features are cached.
+            on_epoch: ``on_epoch(epoch, model)`` after each epoch with the model as
+                trained so far (:data:`EpochHook`); a model without epochs calls
+                it once, after fitting.
         """
 
     @property

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from recemb.config import PipelineConfig
 from recemb.errors import ConfigError
+from recemb.models.item2vec.config import SEARCH_SPACE as ITEM2VEC_SPACE
+from recemb.models.sequence.config import SEARCH_SPACE as SEQUENCE_SPACE
+from recemb.models.two_tower.config import SEARCH_SPACE as TWO_TOWER_SPACE
 
 if TYPE_CHECKING:
     from recemb.models.protocol import EmbeddingModel
@@ -55,6 +58,8 @@ class ModelSpec:
         variants: evaluation-only variants by name; they run on ``eval.content_protocols``.
         warm_only: True when the model is skipped on ``eval.content_protocols`` (an id-only
             model whose cold-item row would only restate that it has no cold vectors).
+        search_space: what ``recemb tune`` varies (recemb.tune.space), declared beside the
+            model's config; empty: the model is tuned only with ``tune.spaces.<name>``.
     """
 
     name: str
@@ -67,6 +72,7 @@ class ModelSpec:
     content_only: bool = False
     variants: Mapping[str, Variant] = field(default_factory=dict)
     warm_only: bool = False
+    search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def section_config(self, cfg: PipelineConfig, variant: Variant = Variant()) -> Any:
         """The model's section of ``cfg`` with ``variant.update`` applied (nested sections merged)."""
@@ -140,6 +146,7 @@ _REGISTRY = (
         build=_build_item2vec,
         train=_train_item2vec,
         reads=("ray",),
+        search_space=ITEM2VEC_SPACE,
     ),
     ModelSpec(
         name="two_tower",
@@ -149,6 +156,7 @@ _REGISTRY = (
         build=_build_two_tower,
         train=_train_two_tower,
         reads=("ray",),
+        search_space=TWO_TOWER_SPACE,
         variants={
             "two_tower-text": Variant(update={"content": {"text": True, "image": False}}),
             "two_tower-image": Variant(update={"content": {"text": False, "image": True}}),
@@ -180,6 +188,7 @@ _REGISTRY = (
         train=_train_sequence,
         reads=("ray",),
         warm_only=True,
+        search_space=SEQUENCE_SPACE,
         variants={"sequence-category": Variant(update={"item_categories": True})},
     ),
 )

@@ -54,6 +54,7 @@ class WorkerContext:
         threads: compute threads for this worker (0: the model's own setting).
         checkpoints: where to resume from and report to; None: no checkpoints (a plain ``fit``).
         progress_file: rank 0 appends its epoch lines here for the driver (Ray runs only).
+        on_epoch: ``(epoch, snapshot)`` after each epoch on rank 0 (:meth:`epoch_done`).
     """
 
     rank: int = 0
@@ -62,6 +63,7 @@ class WorkerContext:
     threads: int = 0
     checkpoints: LocalCheckpoints | RayCheckpoints | None = None
     progress_file: str | None = None
+    on_epoch: Callable[[int, Callable[[], Any]], None] | None = None
 
     def epochs(self, start: int, stop: int) -> Iterator[int]:
         """0-based epochs ``start .. stop-1``; before each, the ``train.epoch`` fault point (1-based epoch)."""
@@ -77,6 +79,16 @@ class WorkerContext:
         """End of 1-based ``epoch``: rank 0 writes a checkpoint with ``write``. Collective under Ray."""
         if self.checkpoints is not None:
             self.checkpoints.save(epoch, metrics, write if self.rank == 0 else None)
+
+    def epoch_done(self, epoch: int, snapshot: Callable[[], Any]) -> None:
+        """End of 1-based ``epoch``: hand ``snapshot`` (``() -> the model as trained so far``) to ``on_epoch``.
+
+        Rank 0 only. The observer (a tuning trial scoring its validation split,
+        recemb.tune) calls ``snapshot`` only when it wants the model, so a plain
+        fit pays nothing for it.
+        """
+        if self.on_epoch is not None and self.rank == 0:
+            self.on_epoch(epoch, snapshot)
 
     def note(self, progress: Progress, line: str) -> None:
         """Show an epoch line (rank 0), and hand it to the driver through the progress file."""

@@ -31,7 +31,7 @@ from recemb.errors import DataValidationError, RecembError
 from recemb.io import atomic_dir, write_json
 from recemb.models.content.config import ContentConfig
 from recemb.models.item2vec.config import Item2VecConfig
-from recemb.models.protocol import EmbeddingModel
+from recemb.models.protocol import EmbeddingModel, EpochHook
 from recemb.vectors import l2_normalize
 
 
@@ -72,12 +72,26 @@ class ContentModel(EmbeddingModel):
         catalogue: Vocab | None = None,
         root: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        on_epoch: EpochHook | None = None,
     ) -> ContentModel:
         """Align content to item2vec fitted on ``events`` (or to ``target``); vectors for every item.
 
         ``items`` is required (title, text, category, image_path); with a
-        ``catalogue`` only its items are encoded.
+        ``catalogue`` only its items are encoded. ``on_epoch`` is called once, at the end.
         """
+        self._fit(events, items, catalogue, root, cache_dir)
+        if on_epoch is not None:
+            on_epoch(1, self)
+        return self
+
+    def _fit(
+        self,
+        events: pl.DataFrame,
+        items: pl.DataFrame | None,
+        catalogue: Vocab | None,
+        root: str | os.PathLike | None,
+        cache_dir: str | os.PathLike | None,
+    ) -> None:
         from recemb.models.item2vec.model import Item2Vec
         from recemb.train.content import content_embeddings
 
@@ -95,11 +109,10 @@ class ContentModel(EmbeddingModel):
             vectors = l2_normalize(rng.standard_normal((len(ids_list), behaviour.dim)).astype(np.float32))
             self._items = EmbeddingSet(ids_list, vectors, kind="content-random", normalized=True)
             self.info = {"random": True}
-            return self
+            return
         cache = Path(cache_dir) if cache_dir else None
         root_path = Path(root) if root else None
         self._items, self.encoder, self.info = content_embeddings(items, root_path, behaviour, self.config, cache)
-        return self
 
     @property
     def is_fitted(self) -> bool:

@@ -236,6 +236,7 @@ def train_epochs(
     sync: str = "mean",
     syncs_per_epoch: int = 1,
     write: Callable[[Path, list[dict[str, Any]]], None] | None = None,
+    snapshot: Callable[[], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train epochs ``start .. epochs-1`` on this worker's sessions; return the per-epoch history.
 
@@ -247,6 +248,7 @@ def train_epochs(
         start, history: epochs already done and their rows (resume).
         sync, syncs_per_epoch: table synchronisation between workers (module docstring).
         write: ``write(dir, history)`` writes a checkpoint after each epoch (rank 0, with checkpoints).
+        snapshot: ``() -> the model so far``, handed to ``ctx.epoch_done`` after each epoch.
     """
     cfg = runner.config
     rank, world = ctx.rank, ctx.world_size
@@ -305,6 +307,8 @@ def train_epochs(
                 metrics = {k: row[k] for k in ("epoch", "loss", "pairs_per_s", "events_per_s")}
                 ctx.report(epoch + 1, metrics, _bind_history(write, history))
             progress.update(1, loss=row["loss"])
+            if snapshot is not None:
+                ctx.epoch_done(epoch + 1, snapshot)
         if history:
             progress.summary = f"loss {history[-1]['loss']:.4f}, {history[-1]['events_per_s']:,.0f} events/s"
     return history

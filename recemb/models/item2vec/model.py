@@ -33,7 +33,7 @@ from recemb.io import atomic_dir, atomic_path, write_json
 from recemb.models.item2vec.config import Item2VecConfig
 from recemb.models.item2vec.corpus import Corpus, build_corpus
 from recemb.models.item2vec.epochs import EpochRunner, train_epochs
-from recemb.models.protocol import EmbeddingModel
+from recemb.models.protocol import EmbeddingModel, EpochHook, epoch_observer
 
 log = logging.getLogger("recemb.item2vec")
 
@@ -79,7 +79,8 @@ class Item2Vec(EmbeddingModel):
         Side tables (``items``, ``users``, ``catalogue``, ...: the model contract's
         keywords) are accepted and ignored: item2vec learns from sessions alone.
 
-        Empty sessions and sessions of one event are skipped (no context);
+        ``on_epoch(epoch, model)`` (the contract's hook, in ``side``) sees the
+        vectors after each epoch. Empty sessions and sessions of one event are skipped (no context);
         items seen fewer than ``min_count`` times get no vector. Both are
         counted in ``self.dropped`` and logged. Returns ``self``.
         """
@@ -96,8 +97,14 @@ class Item2Vec(EmbeddingModel):
         started = time.perf_counter()
         runner = EpochRunner(cfg, corpus.vocab.counts)
         self.backend = runner.backend
+        hook: EpochHook | None = side.get("on_epoch")
+        ctx = WorkerContext(on_epoch=epoch_observer(hook))
+
+        def snapshot() -> Item2Vec:
+            return Item2Vec.from_state(cfg, corpus.vocab, runner.input_vectors(), backend=runner.backend)
+
         # The data-parallel loop with one worker and no checkpoints: the same floats as one Ray worker.
-        self.history = train_epochs(WorkerContext(), runner, corpus.indptr, corpus.indices, corpus.n_events)
+        self.history = train_epochs(ctx, runner, corpus.indptr, corpus.indices, corpus.n_events, snapshot=snapshot)
         self.vectors = runner.input_vectors()
         self.train_seconds = time.perf_counter() - started
         return self

@@ -58,3 +58,15 @@ class SequenceConfig(Section):
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+
+
+# What `recemb tune` varies (recemb.tune.space); dims divide by the default 2 heads.
+SEARCH_SPACE: dict[str, dict[str, list]] = {
+    "temperature": {"loguniform": [0.03, 0.5]},
+    "epochs": {"lograndint": [5, 60]},
+    "lr": {"loguniform": [3e-4, 3e-3]},
+    "dim": {"choice": [32, 64, 128]},
+    "dropout": {"uniform": [0.0, 0.5]},
+    "max_length": {"choice": [10, 20, 50, 100]},
+    "negatives": {"choice": [512, 2048, 8192]},  # read only under a sampled softmax
+}

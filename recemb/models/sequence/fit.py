@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,15 @@ def fit_sequence(
             )
 
         ctx.report(epoch + 1, {"epoch": epoch + 1, "loss": row["loss"]}, write)
+        ctx.epoch_done(epoch + 1, partial(_snapshot, config, vocab, net, history))
     return vocab, net.eval().cpu(), history
+
+
+def _snapshot(config: SequenceConfig, vocab: Vocab, net: SequenceNet, history: list[dict[str, Any]]):
+    """The model as trained so far, sharing ``net`` (the next epoch puts it back in training mode)."""
+    from recemb.models.sequence.model import SequenceModel  # model.py imports this module lazily
+
+    return SequenceModel.from_trained(config, vocab, net, history)
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -27,7 +27,7 @@ from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
 from recemb.io import atomic_dir, write_json
-from recemb.models.protocol import EmbeddingModel, _checked_csr
+from recemb.models.protocol import EmbeddingModel, EpochHook, _checked_csr, epoch_observer
 from recemb.models.sequence.config import SequenceConfig
 from recemb.models.sequence.net import ItemCategories, SequenceNet
 from recemb.models.sequence.windows import history_gaps, query_gaps, query_windows
@@ -69,20 +69,34 @@ class SequenceModel(EmbeddingModel):
         root: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
+        on_epoch: EpochHook | None = None,
     ) -> SequenceModel:
         """Train on canonical ``events`` (sessions, or users' histories without session ids).
 
         ``items`` is read with ``item_categories`` (its ``category`` lists), the
         other side tables are ignored; ``catalogue`` limits the items. ``checkpoint_dir``: write
         ``checkpoint_epoch_NNNN/`` there after each epoch and resume from the newest.
+        ``on_epoch``: the contract's hook, ``on_epoch(epoch, model so far)`` after each epoch.
         """
         from recemb.models.sequence.fit import fit_sequence
         from recemb.train.checkpoints import LocalCheckpoints
         from recemb.train.runner import WorkerContext
 
-        ctx = WorkerContext(checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None)
+        ctx = WorkerContext(
+            checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None,
+            on_epoch=epoch_observer(on_epoch),
+        )
         self.vocab, self.net, self.history = fit_sequence(self.config, events, ctx, catalogue=catalogue, items=items)
         return self
+
+    @classmethod
+    def from_trained(
+        cls, config: SequenceConfig, vocab: Vocab, net: SequenceNet, history: list[dict[str, Any]]
+    ) -> SequenceModel:
+        """A fitted model sharing a network in training (a per-epoch snapshot; scoring sets eval mode)."""
+        model = cls(config)
+        model.vocab, model.net, model.history = vocab, net, list(history)
+        return model
 
     @classmethod
     def from_state(

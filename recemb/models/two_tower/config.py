@@ -53,3 +53,16 @@ class TwoTowerConfig(Section):
     # Content parts of the item tower (text, image, sentence embeddings), fused with
     # the id and category parts under modality dropout; all off by default.
     content: ItemContentConfig = ItemContentConfig()
+
+
+# What `recemb tune` varies (recemb.tune.space).
+SEARCH_SPACE: dict[str, dict[str, list]] = {
+    "temperature": {"loguniform": [0.01, 0.5]},
+    "epochs": {"randint": [1, 30]},
+    "lr": {"loguniform": [1e-4, 1e-2]},
+    "emb_lr": {"loguniform": [0.005, 0.5]},
+    "dim": {"choice": [32, 64, 128]},
+    "dropout": {"uniform": [0.0, 0.5]},
+    "mixed_negatives": {"choice": [0, 128, 1024]},
+    "history_length": {"choice": [10, 20, 50, 100]},
+}

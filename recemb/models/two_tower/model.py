@@ -30,7 +30,7 @@ from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
 from recemb.io import atomic_dir, write_json
 from recemb.models.content.config import ItemContentConfig
-from recemb.models.protocol import EmbeddingModel
+from recemb.models.protocol import EmbeddingModel, EpochHook, epoch_observer
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.encode import (
     USER_TOWER_FORMAT,
@@ -79,6 +79,7 @@ class TwoTower(EmbeddingModel):
         checkpoint_dir: str | os.PathLike | None = None,
         root: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        on_epoch: EpochHook | None = None,
     ) -> TwoTower:
         """Train on canonical ``events`` (every interaction a target after its history).
 
@@ -95,17 +96,29 @@ class TwoTower(EmbeddingModel):
             validation: one held-out event per user; its Recall@K is reported per epoch.
             checkpoint_dir: write ``checkpoint_epoch_NNNN/`` there after each epoch (the
                 newest 2 kept) and resume from the newest.
+            on_epoch: the contract's hook: ``on_epoch(epoch, model so far)`` after each epoch.
         """
         from recemb.train.checkpoints import LocalCheckpoints
         from recemb.train.runner import WorkerContext
         from recemb.train.two_tower import fit_two_tower
 
-        ctx = WorkerContext(checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None)
+        ctx = WorkerContext(
+            checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None,
+            on_epoch=epoch_observer(on_epoch),
+        )
         fitted = fit_two_tower(
             self.config, events, items, users, catalogue, validation, root=root, cache_dir=cache_dir, ctx=ctx
         )
-        self.space, self.net, self.history = fitted.space, fitted.net, fitted.history
-        self.collate = Collator(self.space)
+        return self._set_trained(fitted.space, fitted.net, fitted.history)
+
+    @classmethod
+    def from_trained(cls, config: TwoTowerConfig, space: FeatureSpace, net: TwoTowerNet, history: list) -> TwoTower:
+        """A fitted model around trained towers (a training loop's per-epoch snapshot)."""
+        return cls(config)._set_trained(space, net, history)
+
+    def _set_trained(self, space: FeatureSpace, net: TwoTowerNet | None, history: list) -> TwoTower:
+        self.space, self.net, self.history = space, net, list(history)
+        self.collate = Collator(space)
         return self
 
     @property

@@ -1,0 +1,65 @@
+"""The ``tune:`` section of a pipeline config (what ``recemb tune`` searches, and how)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from recemb.section import Section
+
+# Selection metric of each protocol when ``tune.metric`` is unset (all higher-is-better).
+DEFAULT_METRICS = {"ml": "ndcg@10", "sess": "mrr@20", "imp": "auc"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """``"20m"`` / ``"90s"`` / ``"1.5h"`` / ``600`` -> seconds; None stays None (no limit)."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a duration like '90s', '20m' or '1h'")
+        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"a time budget must be positive, got {text!r}")
+    return seconds
+
+
+class TuneConfig(Section):
+    """``tune:``: search settings (recemb.tune). Every trial reads the validation split only."""
+
+    # Models to tune; empty: every base model in eval.models that declares a search space.
+    models: list[str] = Field(default_factory=list)
+    trials: int = Field(20, ge=1)  # trials per model (the first one is the configured setting)
+    time_budget: str | float | None = "15m"  # the whole search, split evenly across models; None: no limit
+    protocol: Literal["auto", "ml", "sess", "imp"] = "auto"  # auto: the first of eval.protocols among these
+    metric: str | None = None  # selection metric; default DEFAULT_METRICS[protocol]
+    searcher: Literal["random", "tpe"] = "random"  # tpe: Optuna's TPE through Ray Tune (pip install optuna)
+    # asha: stop weak trials early. Trials are compared at equal shares of their own epochs (their
+    # learning-rate schedules are at the same point then), at rungs grace, grace*rf, ... of 1.
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace: float = Field(0.1, gt=0, le=1)  # ASHA: no trial is stopped before this share of its epochs
+    reduction_factor: int = Field(3, ge=2)  # ASHA: keep the best 1/rf at each rung
+    cpus_per_trial: float = Field(1.0, gt=0)  # Ray resource; also the trial's compute threads (floor, >= 1)
+    gpus_per_trial: float = Field(0.0, ge=0)  # fractional GPUs per trial, where the cluster has them
+    concurrent: int = Field(0, ge=0)  # trials at once; 0: as many as the cluster's CPUs allow
+    validation_fraction: float = Field(0.1, gt=0, lt=1)  # sess / imp: the latest share of train sessions / impressions
+    max_failures: int = Field(1, ge=0)  # retries of a crashed trial
+    seed: int = 0  # the searcher's seed
+    # model -> {setting: dimension}: replaces (or adds to) the model's declared search space
+    spaces: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+    @field_validator("time_budget")
+    @classmethod
+    def _check_budget(cls, value: str | float | None) -> str | float | None:
+        parse_duration(value)
+        return value
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return parse_duration(self.time_budget)

@@ -1,0 +1,370 @@
+"""The ``recemb tune`` driver: one Ray Tune experiment per model on the validation split.
+
+For each model: its search space (:mod:`.space`), trials that fit on the
+validation split's train part and report the selection metric after ASHA's
+rung epochs and their last epoch (:mod:`.trial`), the configured setting as
+the first trial (so the table shows what the search gained), the rest drawn
+by the searcher (random, or Optuna's TPE). Trials run in parallel on Ray
+(``tune.cpus_per_trial`` each), a crashed trial is retried
+(``tune.max_failures``), and a search that was interrupted resumes from Ray
+Tune's experiment state when it is run again with the same settings.
+
+Outputs under ``<run>/tune/``::
+
+    trials.parquet    one row per trial: model, status, score, epochs, metrics, settings (JSON)
+    history.parquet   one row per report: model, trial, epoch, score, seconds since the search began
+    best.yaml         the best completed trial's settings per model, as a config overlay
+    summary.json      per model: default vs best validation score, trial counts, wall time
+    ray/<model>/      Ray Tune's experiment state (restore)
+
+Only completed trials (all their epochs) can win: a trial ASHA stopped early
+was scored after fewer epochs than its settings say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from recemb.config import PipelineConfig, config_to_dict, merge_tree
+from recemb.errors import ConfigError, RecembError
+from recemb.io import atomic_path, write_json
+from recemb.stages.registry import MODELS, ModelSpec, eval_entry, model_spec
+from recemb.testing import faults
+from recemb.tune.config import DEFAULT_METRICS, TuneConfig
+from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, to_ray
+from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, run_trial, rungs
+from recemb.tune.validation import PROTOCOLS, validation_inputs
+
+log = logging.getLogger("recemb.tune")
+FINGERPRINT_FILE = "recemb_tune.json"
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """Command-line choices over the ``tune:`` section (None: the section's value)."""
+
+    models: list[str] | None = None
+    trials: int | None = None
+    time_budget: str | None = None
+    concurrent: int | None = None
+    searcher: str | None = None
+    resume: bool = True
+
+    def apply(self, t: TuneConfig) -> TuneConfig:
+        update = {
+            "models": self.models,
+            "trials": self.trials,
+            "time_budget": self.time_budget,
+            "concurrent": self.concurrent,
+            "searcher": self.searcher,
+        }
+        try:
+            return TuneConfig.model_validate({**t.model_dump(), **{k: v for k, v in update.items() if v is not None}})
+        except Exception as e:  # pydantic's message names the bad option
+            raise ConfigError(f"recemb tune: invalid option ({e})") from None
+
+
+def tuned_models(cfg: PipelineConfig) -> list[ModelSpec]:
+    """``tune.models``, or every base model of ``eval.models`` with a declared search space."""
+    if cfg.tune.models:
+        return [model_spec(name) for name in cfg.tune.models]
+    out = []
+    for name in cfg.eval.models:
+        spec, _, variant_or_content = eval_entry(name)
+        if name == spec.name and spec.search_space and not spec.content_only and spec not in out:
+            out.append(spec)
+    if not out:
+        raise ConfigError(
+            "tune: nothing to tune; set tune.models (or --models) to some of "
+            f"{[s.name for s in MODELS.values() if s.search_space]}"
+        )
+    return out
+
+
+def tune_protocol(cfg: PipelineConfig) -> str:
+    """``tune.protocol``, or the first of ``eval.protocols`` that has a validation split."""
+    if cfg.tune.protocol != "auto":
+        return cfg.tune.protocol
+    for p in cfg.eval.protocols:
+        if p in PROTOCOLS:
+            return p
+    raise ConfigError(f"tune: eval.protocols {cfg.eval.protocols} has none of {PROTOCOLS}; set tune.protocol")
+
+
+def _fingerprint(cfg: PipelineConfig, spec: ModelSpec, space: Space, protocol: str, metric: str) -> str:
+    """What a resumable experiment must share with this run: base config, space, split, metric."""
+    tree = config_to_dict(cfg)
+    tree.pop("tune", None)
+    t = cfg.tune
+    payload: dict[str, Any] = {
+        "config": tree,
+        "model": spec.name,
+        "space": space,
+        "protocol": protocol,
+        "metric": metric,
+        "search": [t.trials, t.searcher, t.scheduler, t.grace, t.reduction_factor, t.seed, t.validation_fraction],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _searcher(t: TuneConfig, space: Space, first: dict[str, Any]):
+    if t.searcher == "tpe":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise ConfigError(
+                "tune.searcher: tpe needs optuna; `pip install optuna`, or use searcher: random"
+            ) from None
+        # TPE's categorical dimensions cannot hold a configured value outside their choices.
+        points = [first] if contains(space, first) else None
+        return OptunaSearch(points_to_evaluate=points, seed=t.seed)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(points_to_evaluate=[first], random_state=t.seed)
+
+
+def _tune_model(
+    cfg: PipelineConfig,
+    spec: ModelSpec,
+    base: TrialSetup,
+    budget_s: float | None,
+    out: Path,
+    resume: bool,
+    started: float,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run one model's experiment; return (trial rows, report rows)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = cfg.tune
+    space = model_space(spec, t.spaces.get(spec.name))
+    first = defaults(cfg, spec, space)
+    protocol, metric = base.protocol, base.metric
+    percents = rungs(t.grace, t.reduction_factor) if t.scheduler == "asha" else [100]
+    setup = replace(base, report_percents=tuple(percents))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup), {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
+    )
+    scheduler = (
+        ASHAScheduler(time_attr=PROGRESS, max_t=100, grace_period=percents[0], reduction_factor=t.reduction_factor)
+        if t.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    tune_config = tune.TuneConfig(
+        metric=SCORE,
+        mode="max",
+        num_samples=t.trials,
+        scheduler=scheduler,
+        search_alg=_searcher(t, space, first),
+        max_concurrent_trials=t.concurrent or None,
+        time_budget_s=budget_s,
+    )
+    storage = out / "ray"
+    path = storage / spec.name
+    fp = _fingerprint(cfg, spec, space, protocol, metric)
+    marker = path / FINGERPRINT_FILE
+    same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp
+    if resume and same and tune.Tuner.can_restore(str(path)):
+        log.info("tune %s: resuming the interrupted search in %s", spec.name, path)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    else:
+        if path.exists():
+            log.info("tune %s: starting afresh (%s)", spec.name, "settings changed" if not same else "not resumable")
+            shutil.rmtree(path)
+        run_config = tune.RunConfig(
+            name=spec.name,
+            storage_path=str(storage.resolve()),
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            verbose=0,
+        )
+        tuner = tune.Tuner(trainable, param_space=to_ray(space), tune_config=tune_config, run_config=run_config)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"fingerprint": fp})
+    grid = tuner.fit()
+    trials, reports = [], []
+    for i in range(len(grid)):
+        result = grid[i]
+        params = {k: v for k, v in (result.config or {}).items() if k in space}
+        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path or "?").name)
+        history = result.metrics_dataframe
+        last = result.metrics or {}
+        status = "error" if result.error else ("completed" if last.get("epoch") == last.get("epochs") else "stopped")
+        if history is not None and len(history) and SCORE in history:
+            for _, row in history.iterrows():
+                reports.append(
+                    {
+                        "model": spec.name,
+                        "trial": trial_id,
+                        "epoch": int(row["epoch"]),
+                        "score": float(row[SCORE]),
+                        "at_s": float(row["wall"]) - started,
+                    }
+                )
+        trials.append(
+            {
+                "model": spec.name,
+                "trial": trial_id,
+                "status": status,
+                "default": params == first,
+                "score": float(last.get(SCORE, math.nan)) if last else math.nan,
+                "epoch": int(last.get("epoch", 0) or 0),
+                "epochs": int(last.get("epochs", 0) or 0),
+                "seconds": float(last.get("time_total_s", 0.0) or 0.0),
+                "fit_rows": int(last.get("fit_rows", 0) or 0),
+                "scored_rows": int(last.get("scored_rows", 0) or 0),
+                "params": json.dumps(overlay_tree(spec, params), sort_keys=True),
+                "error": str(result.error)[:500] if result.error else None,
+                "metrics": json.dumps({k: v for k, v in last.items() if "@" in k or k in ("auc", "mrr")}),
+            }
+        )
+    return trials, reports
+
+
+def best_trials(trials: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per model: the completed trial with the highest score (None where no trial completed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for model in trials["model"].unique(maintain_order=True).to_list():
+        done = trials.filter((pl.col("model") == model) & (pl.col("status") == "completed"))
+        done = done.filter(pl.col("score").is_finite())
+        if done.height:
+            out[model] = done.sort(["score", "default"], descending=True).row(0, named=True)
+    return out
+
+
+def write_best(path: Path, best: dict[str, dict[str, Any]], protocol: str, metric: str) -> dict[str, Any]:
+    """``best.yaml``: the overlay of every model's best settings, with a header saying where it came from."""
+    tree: dict[str, Any] = {}
+    for row in best.values():
+        tree = merge_tree(tree, json.loads(row["params"]))
+    header = [
+        "# recemb tune: the best completed trial of each model, selected on the validation split",
+        f"# ({protocol} {metric}; the test part was never read). Apply with",
+        "#   recemb pipeline CONFIG --overlay " + str(path),
+    ]
+    header += [f"#   {model}: validation {metric} {row['score']:.4f}" for model, row in best.items()]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(header) + "\n" + (yaml.safe_dump(tree, sort_keys=True) if tree else "{}\n"))
+    return tree
+
+
+def summarise(trials: pl.DataFrame, best: dict[str, dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
+    """Per model: trial counts, the configured setting's and the best validation score, wall time."""
+    out: dict[str, Any] = {}
+    for model in trials["model"].unique(maintain_order=True).to_list():
+        mine = trials.filter(pl.col("model") == model)
+        default = mine.filter(pl.col("default") & (pl.col("status") == "completed"))
+        counts = {s: int((mine["status"] == s).sum()) for s in ("completed", "stopped", "error")}
+        row = best.get(model)
+        out[model] = {
+            "trials": mine.height,
+            **counts,
+            "default_score": float(default["score"][0]) if default.height else None,
+            "best_score": float(row["score"]) if row else None,
+            "best_settings": json.loads(row["params"]) if row else None,
+            "seconds": round(seconds.get(model, 0.0), 1),
+        }
+    return out
+
+
+def format_summary(summary: dict[str, Any], protocol: str, metric: str) -> str:
+    """The table printed at the end of a search."""
+    head = (
+        f"{'model':<12} {'trials':>6} {'done':>5} {'stopped':>7} {'failed':>6} {'default':>8} {'best':>8} {'wall':>7}"
+    )
+    lines = [f"validation {protocol} {metric} (default = the configured setting)", head, "-" * len(head)]
+    for model, s in summary.items():
+
+        def cell(v: float | None) -> str:
+            return f"{v:8.4f}" if v is not None else f"{'-':>8}"
+
+        lines.append(
+            f"{model:<12} {s['trials']:>6} {s['completed']:>5} {s['stopped']:>7} {s['error']:>6} "
+            f"{cell(s['default_score'])} {cell(s['best_score'])} {s['seconds']:>6.0f}s"
+        )
+    for model, s in summary.items():
+        if s["best_settings"]:
+            lines.append(f"{model}: {json.dumps(s['best_settings'], sort_keys=True)}")
+    return "\n".join(lines)
+
+
+def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[str, Any]:
+    """Search every tuned model's settings on the validation split; write ``<run>/tune/``; return the summary."""
+    from recemb.data.dataset import load_dataset
+    from recemb.ray_runtime import ray_session
+    from recemb.stages.evaluate import _cache_dir
+
+    cfg = cfg.model_copy(update={"tune": request.apply(cfg.tune)})
+    t = cfg.tune
+    specs = tuned_models(cfg)
+    for spec in specs:
+        model_space(spec, t.spaces.get(spec.name))  # a bad space fails before any data is read
+    unknown = set(t.spaces) - {s.name for s in MODELS.values()}
+    if unknown:
+        raise ConfigError(f"tune.spaces: unknown model(s) {sorted(unknown)}; registered: {list(MODELS)}")
+    protocol = tune_protocol(cfg)
+    metric = t.metric or DEFAULT_METRICS[protocol]
+    check_metric(protocol, metric)
+    if not (cfg.prepared_dir / "events.parquet").is_file():
+        from recemb.stages import STAGES
+
+        STAGES["data"].run(cfg, False)
+    ds = load_dataset(cfg.prepared_dir)
+    split, catalogue = validation_inputs(ds, protocol, cfg.eval, t.validation_fraction, cfg.data.sessionize.gap_minutes)
+    out = cfg.run_dir / "tune"
+    out.mkdir(parents=True, exist_ok=True)
+    budget = t.budget_seconds / len(specs) if t.budget_seconds else None
+    threads = max(1, int(t.cpus_per_trial))
+    started = time.time()
+    all_trials: list[dict[str, Any]] = []
+    all_reports: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {}
+    with ray_session():
+        for spec in specs:
+            side = {
+                "items": ds.items,
+                "users": ds.users,
+                "root": ds.root,
+                "cache_dir": _cache_dir(cfg, spec.section_config(cfg)),
+            }
+
+            base = TrialSetup(cfg, spec.name, protocol, metric, split, catalogue, side, (), threads, faults.env())
+            print(f"== tune {spec.name}: up to {t.trials} trials on validation {protocol} {metric}", flush=True)
+            t0 = time.perf_counter()
+            trials, reports = _tune_model(cfg, spec, base, budget, out, request.resume, started)
+            seconds[spec.name] = time.perf_counter() - t0
+            all_trials += trials
+            all_reports += reports
+    if not all_trials:
+        raise RecembError("tune: no trial ran (is the time budget too small?)")
+    trials_df = pl.DataFrame(all_trials)
+    trials_df.write_parquet(out / "trials.parquet")
+    pl.DataFrame(
+        all_reports,
+        schema={"model": pl.String, "trial": pl.String, "epoch": pl.Int64, "score": pl.Float64, "at_s": pl.Float64},
+    ).write_parquet(out / "history.parquet")
+    best = best_trials(trials_df)
+    write_best(out / "best.yaml", best, protocol, metric)
+    models = summarise(trials_df, best, seconds)
+    summary = {
+        "protocol": protocol,
+        "metric": metric,
+        "validation_fraction": t.validation_fraction,
+        "searcher": t.searcher,
+        "scheduler": t.scheduler,
+        "models": models,
+    }
+    write_json(out / "summary.json", summary)
+    print(format_summary(models, protocol, metric))
+    print(f"wrote {out / 'best.yaml'} (apply: recemb pipeline CONFIG --overlay {out / 'best.yaml'})")
+    return summary

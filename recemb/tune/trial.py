@@ -1,0 +1,182 @@
+"""One tuning trial: a model with the trial's settings, fitted on the validation split's train part,
+scored on its validation queries after the epochs the scheduler looks at, each score reported to Ray Tune.
+
+The split handed to a trial is built by the driver (recemb.tune.validation)
+and holds no test rows; every report carries how many rows the trial fitted
+on and scored (``fit_rows``, ``scored_rows``), so a test can check that.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recemb.config import PipelineConfig
+from recemb.data.vocab import Vocab
+from recemb.errors import ConfigError
+from recemb.eval.protocols import run_protocol
+from recemb.eval.scorers import QueryBatch
+from recemb.stages.registry import Variant, model_spec
+from recemb.tune.space import apply_params
+from recemb.tune.validation import fit_events, scored_events
+
+SCORE = "score"  # the key every report carries the selection metric under (Ray Tune's ``metric``)
+_METRICS = {
+    "ml": r"(recall|ndcg|mrr|hit_rate)@\d+",
+    "sess": r"(recall|ndcg|mrr)@\d+",
+    "imp": r"auc|mrr|(ndcg|ctr)@\d+",
+}
+
+
+def check_metric(protocol: str, metric: str) -> None:
+    """A clear error for a selection metric the protocol runner does not produce."""
+    if not re.fullmatch(_METRICS[protocol], metric):
+        raise ConfigError(f"tune.metric: {metric!r} is not a {protocol} metric; expected one like {_METRICS[protocol]}")
+
+
+def cutoffs(protocol: str, metric: str, configured: list[int]) -> list[int]:
+    """The runner's cut-offs: the configured ones plus the metric's own (``ndcg@10`` needs 10)."""
+    ks = set(configured)
+    if "@" in metric:
+        ks.add(int(metric.split("@")[1]))
+    return sorted(ks)
+
+
+PROGRESS = "progress"  # ASHA's time attribute: percent of the trial's own epochs done (0..100)
+
+
+def rungs(grace: float, reduction_factor: int) -> list[int]:
+    """ASHA's rungs in percent of a trial's epochs: ``grace * rf**k`` below 100 (then 100)."""
+    out, share = [], grace
+    while share < 1:
+        out.append(max(1, round(100 * share)))
+        share *= reduction_factor
+    return [*out, 100]
+
+
+def report_epochs(percents: tuple[int, ...], epochs: int) -> set[int]:
+    """The epochs at which a trial of ``epochs`` reports: the first at or past each rung, and the last."""
+    return {min(epochs, max(1, math.ceil(p * epochs / 100))) for p in percents} | {epochs}
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of one model shares (handed over once through Ray's object store).
+
+    Attributes:
+        config: the base pipeline config; a trial's settings are applied over it.
+        model: the registry name.
+        protocol, metric: what a trial is scored on and selected by.
+        split, catalogue: the validation split (no test rows) and its item space.
+        side: side inputs of ``fit`` (items, users, root, cache_dir).
+        report_percents: shares of its epochs (percent) after which a trial reports (ASHA's rungs);
+            it always reports after its last epoch.
+        threads: compute threads of a trial.
+        env: environment variables a trial sets first (``RECEMB_FAULTS`` of fault-injection tests:
+            an already running Ray does not pass on variables set after it started).
+    """
+
+    config: PipelineConfig
+    model: str
+    protocol: str
+    metric: str
+    split: Any
+    catalogue: Vocab
+    side: dict[str, Any] = field(default_factory=dict)
+    report_percents: tuple[int, ...] = ()
+    threads: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class _Fitted:
+    """A scorer the runner must not refit: the trial fitted it already (per epoch)."""
+
+    def __init__(self, scorer: Any):
+        self.scorer, self.name = scorer, scorer.name
+
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> _Fitted:
+        return self
+
+    def score_queries(self, queries: QueryBatch) -> np.ndarray:
+        return self.scorer.score_queries(queries)
+
+
+def trial_config(setup: TrialSetup, params: dict[str, Any]) -> PipelineConfig:
+    """The base config with the trial's settings and the trial's thread count."""
+    spec = model_spec(setup.model)
+    section = spec.section_config(setup.config)
+    extra = {"threads": setup.threads} if "threads" in type(section).model_fields else {}
+    return apply_params(setup.config, spec, {**params, **extra})
+
+
+def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> dict[str, Any]:
+    """Fit and score one setting; ``report(metrics)`` after the epochs of ``setup.report_percents``.
+
+    ``report`` defaults to ``ray.tune.report`` (inside a Tune trial). Returns the last report.
+    """
+    import torch
+
+    from recemb.eval.model_scorer import ModelScorer
+
+    if report is None:
+        from ray import tune
+
+        report = tune.report
+    os.environ.update(setup.env)
+    torch.set_num_threads(setup.threads)
+    spec = model_spec(setup.model)
+    cfg = trial_config(setup, params)
+    e = cfg.eval
+    epochs = int(getattr(spec.section_config(cfg), "epochs", 1))
+    report_at = report_epochs(setup.report_percents, epochs)
+    ks = cutoffs(setup.protocol, setup.metric, list(e.imp_k if setup.protocol == "imp" else e.k))
+    train = fit_events(setup.protocol, setup.split)
+    rows = {"fit_rows": train.height, "scored_rows": scored_events(setup.protocol, setup.split).height}
+    scorer = ModelScorer(
+        lambda: spec.build(cfg, Variant()),
+        spec.name,
+        "session" if setup.protocol == "sess" else "user",
+        query=e.query,
+        last_n=e.query_last_n,
+        scoring=e.scoring,
+        side=setup.side,
+    )
+    started = time.perf_counter()
+    last: dict[str, Any] = {}
+
+    def score(epoch: int) -> None:
+        nonlocal last
+        res = run_protocol(
+            setup.protocol, setup.split, _Fitted(scorer), setup.catalogue, ks, batch_size=e.batch_size, seed=e.seed
+        )
+        if setup.metric not in res:
+            raise ConfigError(f"tune.metric: {setup.metric!r} is not among {sorted(res)}")
+        value = float(res[setup.metric])
+        metrics = {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not k.endswith("_s")}
+        last = {
+            **metrics,
+            SCORE: value if math.isfinite(value) else float("-inf"),
+            "epoch": epoch,
+            "epochs": epochs,
+            PROGRESS: round(100 * epoch / epochs),
+            "trial_s": time.perf_counter() - started,
+            "wall": time.time(),
+            **rows,
+        }
+        report(last)
+
+    def on_epoch(epoch: int) -> None:
+        if epoch in report_at:
+            score(epoch)
+
+    scorer.fit(train, setup.catalogue, on_epoch=on_epoch)
+    if last.get("epoch") != epochs:  # a model that calls the hook less often than its epochs say
+        score(epochs)
+    return last

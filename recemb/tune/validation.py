@@ -1,0 +1,66 @@
+"""Validation splits: the protocol's split rebuilt inside its train part, so tuning never reads test rows.
+
+=========  =================================================================
+protocol   validation split (what a trial fits on / scores)
+=========  =================================================================
+ml         leave-last-out on train + validation: each user's validation item
+           (their second-to-last event) is the target, earlier events train
+sess       the latest ``fraction`` of train sessions by start time are scored
+           (an official ``split`` column is ignored: it marks the test part)
+imp        the latest ``fraction`` of train impressions are scored; the
+           earlier ones and the history train
+=========  =================================================================
+
+The catalogue of sess is the validation train part's items (as
+:func:`recemb.eval.evaluate.protocol_inputs` does for the test split); ml and
+imp keep the protocol's catalogue of item ids (ids only, no events).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from recemb.data import splits
+from recemb.data.dataset import Dataset
+from recemb.data.vocab import Vocab
+from recemb.errors import ConfigError
+from recemb.eval.config import EvalConfig
+from recemb.eval.evaluate import protocol_inputs
+from recemb.eval.protocols import impression_fit_events
+
+PROTOCOLS = ("ml", "sess", "imp")
+
+
+def validation_split(protocol: str, split: Any, catalogue: Vocab, fraction: float = 0.1) -> tuple[Any, Vocab]:
+    """``(split, catalogue)`` of the validation split inside ``split``'s train part (module docstring)."""
+    if protocol == "sess":
+        train = split.train.drop("split") if "split" in split.train.columns else split.train
+        val = splits.session_split(train, fraction)
+        return val, Vocab.from_ids(val.train["item_id"])
+    if protocol == "imp":
+        return splits.impression_split(split.history, split.train_impressions, fraction), catalogue
+    if protocol == "ml":
+        return splits.leave_last_out(pl.concat([split.train, split.validation], how="diagonal_relaxed")), catalogue
+    raise ConfigError(f"tune: no validation split for protocol {protocol!r}; choose one of {PROTOCOLS}")
+
+
+def validation_inputs(
+    ds: Dataset, protocol: str, e: EvalConfig, fraction: float = 0.1, gap_minutes: float = 30.0
+) -> tuple[Any, Vocab]:
+    """The validation split of ``protocol`` on ``ds`` and its catalogue; the test part is dropped here."""
+    split, catalogue = protocol_inputs(ds, protocol, e, gap_minutes)
+    return validation_split(protocol, split, catalogue, fraction)
+
+
+def fit_events(protocol: str, split: Any) -> pl.DataFrame:
+    """What a model is fitted on under ``protocol`` (as the protocol runner fits it)."""
+    return impression_fit_events(split) if protocol == "imp" else split.train
+
+
+def scored_events(protocol: str, split: Any) -> pl.DataFrame:
+    """The rows a validation split scores (targets / shown items): never rows of the test part."""
+    if protocol == "imp":
+        return split.test_impressions
+    return split.test
