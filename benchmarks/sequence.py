@@ -33,13 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 
-from recemb.data import splits
 from recemb.data.paths import data_dir
 from recemb.data.sources import prepare_source
-from recemb.data.vocab import Vocab
 from recemb.eval.config import EvalConfig
 from recemb.eval.evaluate import baseline_scorers, protocol_inputs, run_rows
 from recemb.eval.model_scorer import ModelScorer
@@ -50,6 +47,7 @@ from recemb.models.sequence.net import SequenceNet
 from recemb.models.sequence.windows import Sequences, training_windows
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.model import TwoTower
+from recemb.tune.validation import validation_split
 
 DATASETS = {  # name -> (protocol, baselines, metric columns)
     "yoochoose": ("sess", ["popularity", "knn-last", "knn-recency"], ["recall@20", "mrr@20"]),
@@ -89,18 +87,6 @@ def load(name: str):
     return protocol, split, catalogue
 
 
-def validation(protocol: str, split, catalogue: Vocab):
-    """The validation split inside the train part (the test part is never read)."""
-    if protocol == "sess":
-        train = split.train.drop("split") if "split" in split.train.columns else split.train
-        val = splits.session_split(train, 0.1)
-        return val, Vocab.from_ids(val.train["item_id"])
-    if protocol == "imp":  # the later half of the train impressions
-        return splits.impression_split(split.history, split.train_impressions, 0.5), catalogue
-    train = pl.concat([split.train, split.validation], how="diagonal_relaxed")
-    return splits.leave_last_out(train), Vocab.from_ids(train["item_id"])
-
-
 def quality(name: str, rows: list[str], split_name: str, epochs: int | None, seed: int) -> list[dict]:
     loaded = load(name)
     if loaded is None:
@@ -108,7 +94,7 @@ def quality(name: str, rows: list[str], split_name: str, epochs: int | None, see
         return []
     protocol, split, catalogue = loaded
     if split_name == "validation":
-        split, catalogue = validation(protocol, split, catalogue)
+        split, catalogue = validation_split(protocol, split, catalogue, 0.5 if protocol == "imp" else 0.1)
     unit = "session" if protocol == "sess" else "user"
     scorers = dict(baseline_scorers(DATASETS[name][1], protocol, seed))
     for row in rows:

@@ -13,10 +13,11 @@ from recemb.errors import RecembError
 
 
 def run_job(description: str, body: Callable[[PipelineConfig], object], argv: list[str] | None = None) -> int:
-    """Parse ``--config PATH [--set k=v ...]``, join/start Ray, run ``body(cfg)``; exit code."""
+    """Parse ``--config PATH [--overlay YAML ...] [--set k=v ...]``, join/start Ray, run ``body(cfg)``; exit code."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/quickstart.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--overlay", dest="overlays", action="append", default=[], metavar="YAML")
     ap.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else start locally)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -24,7 +25,7 @@ def run_job(description: str, body: Callable[[PipelineConfig], object], argv: li
     from recemb.ray_runtime import ray_session
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, args.overlays)
         with ray_session(address=args.address):
             result = body(cfg)
     except RecembError as e:

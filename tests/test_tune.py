@@ -231,3 +231,19 @@ def test_cli_tune_refuses_bad_options_clearly(tmp_path, capsys):
     assert "duration" in capsys.readouterr().err
     assert main(["tune", str(cfg), "--models", "nosuch"]) == 2
     assert "unknown model 'nosuch'" in capsys.readouterr().err
+
+
+def test_query_pooling_is_searched_inside_each_trial(synth_ds):
+    from recemb.tune.space import query_grid, split_space
+
+    space = model_space(model_spec("item2vec"))
+    drawn, inside = split_space(space)
+    assert "eval.query" in inside and "eval.query" not in drawn and "window" in drawn
+    grid = query_grid(inside)
+    assert {g["eval.query"] for g in grid} == {"last", "mean", "mean_last_n", "recency"}
+    cfg = build_config({"item2vec": {"dim": 16, "epochs": 3}, "eval": {"k": [20], "query": "mean"}})
+    setup = TrialSetup(**{**vars(_setup(synth_ds, cfg, "item2vec", percents=(100,))), "query_grid": grid})
+    last = run_trial({}, setup, report=lambda _: None)
+    assert last["score"] >= last["configured_score"]
+    if last["score"] > last["configured_score"]:  # a better pooling was found: it is named
+        assert last["query"] in {"last", "mean_last_n", "recency"} and last["ndcg@10"] == last["score"]

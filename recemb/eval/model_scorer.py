@@ -23,11 +23,11 @@ import numpy as np
 import polars as pl
 
 from recemb.data.vocab import Vocab
-from recemb.errors import NotFittedError
+from recemb.errors import ConfigError, NotFittedError
 from recemb.eval.embedding_scorer import MISSING_SCORE, CatalogueMatrix, EmbeddingScorer
 from recemb.eval.scorers import QueryBatch
 from recemb.models.protocol import EmbeddingModel
-from recemb.pooling import QueryMode
+from recemb.pooling import QUERY_MODES, QueryMode
 from recemb.vectors import l2_normalize
 
 
@@ -91,6 +91,19 @@ class ModelScorer:
             self._items = CatalogueMatrix(items, catalogue, self.scoring, f"ModelScorer {self.name!r}")
             self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
         return self
+
+    @property
+    def pools_queries(self) -> bool:
+        """True when the fitted model's queries pool its item vectors (``query``/``last_n`` apply)."""
+        return self._pooled is not None
+
+    def set_query(self, query: QueryMode, last_n: int) -> None:
+        """Pool queries another way from now on (no refit: the item vectors stay)."""
+        if query not in QUERY_MODES or last_n < 1:
+            raise ConfigError(f"ModelScorer {self.name!r}: query must be one of {QUERY_MODES} and last_n >= 1")
+        self.query, self.last_n = query, last_n
+        if self._pooled is not None:  # it reads both per batch
+            self._pooled.query, self._pooled.last_n = query, last_n
 
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """``[B, N]`` float32 scores of every catalogue item for each query."""

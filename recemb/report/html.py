@@ -500,10 +500,82 @@ def projector_section(run: _Run) -> str:
     )
 
 
+def _flat_settings(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out |= _flat_settings(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def tuning_section(run: _Run) -> str:
+    """``recemb tune``'s search: default vs best validation score per model, score vs settings, progress."""
+    folder = run.dir / "tune"
+    if not (folder / "summary.json").is_file():
+        return _note("No search: run `recemb tune CONFIG` to tune the models on the validation split.")
+    summary = _read_json(folder / "summary.json")
+    trials = pl.read_parquet(folder / "trials.parquet")
+    history = pl.read_parquet(folder / "history.parquet")
+    metric = summary["metric"]
+    header = [
+        "model",
+        "trials",
+        "completed",
+        "stopped early",
+        "failed",
+        f"configured {metric}",
+        f"best {metric}",
+        "wall",
+    ]
+    rows = []
+    for model, s in summary["models"].items():
+        rows.append(
+            [
+                esc(model),
+                str(s["trials"]),
+                str(s["completed"]),
+                str(s["stopped"]),
+                str(s["error"]),
+                _fmt(metric, s["default_score"]) if s["default_score"] is not None else "-",
+                _fmt(metric, s["best_score"]) if s["best_score"] is not None else "-",
+                f"{s['seconds']:.0f} s",
+            ]
+        )
+    parts = [
+        f"<p>Selected on the validation split of {esc(summary['protocol'])} (the test part is never read); "
+        f"{esc(summary['searcher'])} search, {esc(summary['scheduler'])} scheduling. Apply the best settings "
+        f"with <code>--overlay {esc(folder / 'best.yaml')}</code>.</p>",
+        _table(header, rows),
+    ]
+    curves = {
+        m: (g["at_s"].to_list(), g["score"].to_list())
+        for (m,), g in history.group_by("model", maintain_order=True)
+        if g.height
+    }
+    if curves:
+        parts.append(_img(plots.data_uri(plots.best_so_far(curves, metric)), "best validation score over time"))
+    for (model,), mine in trials.group_by("model", maintain_order=True):
+        params = [_flat_settings(json.loads(p)) for p in mine["params"]]
+        keys = sorted({k for p in params for k in p})
+        settings = {k: [p.get(k) for p in params] for k in keys}
+        settings = {k: v for k, v in settings.items() if None not in v and len({str(x) for x in v}) > 1}
+        ok = mine["score"].is_finite().to_numpy()
+        if not settings or ok.sum() < 2:
+            continue
+        picked = {k: [v for v, good in zip(vals, ok) if good] for k, vals in settings.items()}
+        done = (mine["status"] == "completed").to_numpy()[ok]
+        png = plots.score_vs_settings(str(model), picked, mine["score"].to_numpy()[ok], done, metric)
+        parts.append(f"<h3>{esc(model)}</h3>" + _img(plots.data_uri(png), f"{model}: score vs settings"))
+    return "".join(parts)
+
+
 SECTIONS: list[tuple[str, str, Callable[[_Run], str]]] = [
     ("header", "Run", header_section),
     ("evaluation", "Evaluation beside baselines", evaluation_section),
     ("training", "Training curves", training_section),
+    ("tuning", "Hyper-parameter search (validation split)", tuning_section),
     ("ann", "ANN indexes: recall and latency", ann_section),
     ("map", "Item embedding map", map_section),
     ("neighbours", "Nearest-neighbour examples", neighbours_section),

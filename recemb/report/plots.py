@@ -97,6 +97,62 @@ def training_curves(name: str, epochs: Sequence[Mapping[str, Any]], series: Sequ
     return _png(fig)
 
 
+def best_so_far(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], metric: str) -> bytes:
+    """One step line per model: the best validation score reached by each second of a search.
+
+    ``curves`` maps a model to ``(seconds since the search began, score)`` of its reports.
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 3.0))
+    for name, (at, score) in curves.items():
+        order = np.argsort(np.asarray(at, dtype=np.float64))
+        x = np.asarray(at, dtype=np.float64)[order]
+        y = np.maximum.accumulate(np.asarray(score, dtype=np.float64)[order])
+        ax.step(x, y, where="post", label=name, linewidth=1.5)
+    ax.set_xlabel("seconds since the search began", fontsize=8)
+    ax.set_ylabel(f"best validation {metric}", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def score_vs_settings(
+    name: str, settings: Mapping[str, Sequence[Any]], score: Sequence[float], completed: Sequence[bool], metric: str
+) -> bytes:
+    """One panel per setting: each trial's validation score against its value (filled: completed trials).
+
+    Numeric settings spanning over 20x are drawn on a log axis; others as categories.
+    """
+    keys = list(settings)
+    cols = min(4, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    y = np.asarray(score, dtype=np.float64)
+    done = np.asarray(completed, dtype=bool)
+    for ax, key in zip(axes.flat, keys):
+        values = list(settings[key])
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            x = np.asarray(values, dtype=np.float64)
+            if x.min() > 0 and x.max() > 20 * x.min():
+                ax.set_xscale("log")
+        else:
+            labels = sorted({str(v) for v in values})
+            x = np.asarray([labels.index(str(v)) for v in values], dtype=np.float64)
+            ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30)
+        ax.scatter(x[done], y[done], s=18, label="completed")
+        ax.scatter(x[~done], y[~done], s=18, facecolors="none", edgecolors="grey", label="stopped early")
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel(f"{name}: {metric}", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def project_2d(
     vectors: np.ndarray, method: str = "pca", seed: int = 0, tsne_max_items: int = 2000
 ) -> tuple[np.ndarray, str]:

@@ -36,7 +36,8 @@ class TuneConfig(Section):
     # Models to tune; empty: every base model in eval.models that declares a search space.
     models: list[str] = Field(default_factory=list)
     trials: int = Field(20, ge=1)  # trials per model (the first one is the configured setting)
-    time_budget: str | float | None = "15m"  # the whole search, split evenly across models; None: no limit
+    # The whole search, split evenly across models (a default search ends within 15 minutes); None: no limit.
+    time_budget: str | float | None = "12m"
     protocol: Literal["auto", "ml", "sess", "imp"] = "auto"  # auto: the first of eval.protocols among these
     metric: str | None = None  # selection metric; default DEFAULT_METRICS[protocol]
     searcher: Literal["random", "tpe"] = "random"  # tpe: Optuna's TPE through Ray Tune (pip install optuna)

@@ -42,7 +42,7 @@ from recemb.io import atomic_path, write_json
 from recemb.stages.registry import MODELS, ModelSpec, eval_entry, model_spec
 from recemb.testing import faults
 from recemb.tune.config import DEFAULT_METRICS, TuneConfig
-from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, to_ray
+from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, query_grid, split_space, to_ray
 from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, run_trial, rungs
 from recemb.tune.validation import PROTOCOLS, validation_inputs
 
@@ -148,11 +148,12 @@ def _tune_model(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = cfg.tune
-    space = model_space(spec, t.spaces.get(spec.name))
+    full_space = model_space(spec, t.spaces.get(spec.name))
+    space, inside = split_space(full_space)
     first = defaults(cfg, spec, space)
     protocol, metric = base.protocol, base.metric
     percents = rungs(t.grace, t.reduction_factor) if t.scheduler == "asha" else [100]
-    setup = replace(base, report_percents=tuple(percents))
+    setup = replace(base, report_percents=tuple(percents), query_grid=query_grid(inside))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
     )
@@ -172,7 +173,7 @@ def _tune_model(
     )
     storage = out / "ray"
     path = storage / spec.name
-    fp = _fingerprint(cfg, spec, space, protocol, metric)
+    fp = _fingerprint(cfg, spec, full_space, protocol, metric)
     marker = path / FINGERPRINT_FILE
     same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp
     if resume and same and tune.Tuner.can_restore(str(path)):
@@ -195,11 +196,18 @@ def _tune_model(
     trials, reports = [], []
     for i in range(len(grid)):
         result = grid[i]
+        last = result.metrics or {}
         params = {k: v for k, v in (result.config or {}).items() if k in space}
+        default = params == first
+        params |= {k: last[k.removeprefix("eval.")] for k in inside if k.removeprefix("eval.") in last}
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path or "?").name)
         history = result.metrics_dataframe
-        last = result.metrics or {}
-        status = "error" if result.error else ("completed" if last.get("epoch") == last.get("epochs") else "stopped")
+        if result.error:
+            status = "error"
+        elif SCORE not in last:
+            status = "not run"  # the time budget ended first
+        else:
+            status = "completed" if last.get("epoch") == last.get("epochs") else "stopped"
         if history is not None and len(history) and SCORE in history:
             for _, row in history.iterrows():
                 reports.append(
@@ -216,8 +224,9 @@ def _tune_model(
                 "model": spec.name,
                 "trial": trial_id,
                 "status": status,
-                "default": params == first,
-                "score": float(last.get(SCORE, math.nan)) if last else math.nan,
+                "default": default,
+                "score": float(last.get(SCORE, math.nan)),
+                "configured_score": float(last.get("configured_score", math.nan)),
                 "epoch": int(last.get("epoch", 0) or 0),
                 "epochs": int(last.get("epochs", 0) or 0),
                 "seconds": float(last.get("time_total_s", 0.0) or 0.0),
@@ -264,12 +273,13 @@ def summarise(trials: pl.DataFrame, best: dict[str, dict[str, Any]], seconds: di
     for model in trials["model"].unique(maintain_order=True).to_list():
         mine = trials.filter(pl.col("model") == model)
         default = mine.filter(pl.col("default") & (pl.col("status") == "completed"))
-        counts = {s: int((mine["status"] == s).sum()) for s in ("completed", "stopped", "error")}
+        counts = {s: int((mine["status"] == s).sum()) for s in ("completed", "stopped", "error", "not run")}
         row = best.get(model)
         out[model] = {
             "trials": mine.height,
             **counts,
-            "default_score": float(default["score"][0]) if default.height else None,
+            # the configured setting scored as configured (its own query pooling)
+            "default_score": float(default["configured_score"][0]) if default.height else None,
             "best_score": float(row["score"]) if row else None,
             "best_settings": json.loads(row["params"]) if row else None,
             "seconds": round(seconds.get(model, 0.0), 1),
@@ -338,7 +348,9 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
                 "cache_dir": _cache_dir(cfg, spec.section_config(cfg)),
             }
 
-            base = TrialSetup(cfg, spec.name, protocol, metric, split, catalogue, side, (), threads, faults.env())
+            base = TrialSetup(
+                cfg, spec.name, protocol, metric, split, catalogue, side, threads=threads, env=faults.env()
+            )
             print(f"== tune {spec.name}: up to {t.trials} trials on validation {protocol} {metric}", flush=True)
             t0 = time.perf_counter()
             trials, reports = _tune_model(cfg, spec, base, budget, out, request.resume, started)

@@ -16,7 +16,10 @@ setting to a dimension:
 A setting is a field of the model's config section (``window``, or a nested
 one such as ``content.text``), or ``eval.<field>`` for the evaluation's own
 settings of that model (``eval.query``: how item2vec's pooled query weighs a
-history). A trial's settings are written into the pipeline config and
+history). Choices of how a query pools the item vectors (``eval.query``,
+``eval.query_last_n``) change no training, so they are not drawn per trial:
+every trial scores all their combinations and keeps its best
+(:func:`query_grid`), which costs scoring time only. A trial's settings are written into the pipeline config and
 validated like any config (:func:`apply_params`), and the best ones become
 the ``best.yaml`` overlay (:func:`overlay_tree`).
 """
@@ -100,6 +103,23 @@ def contains(space: Space, params: Mapping[str, Any]) -> bool:
         elif not (isinstance(value, (int, float)) and values[0] <= value <= values[1]):
             return False
     return True
+
+
+QUERY_KEYS = ("eval.query", "eval.query_last_n")
+
+
+def split_space(space: Space) -> tuple[Space, Space]:
+    """``(drawn per trial, scored inside every trial)``: query-pooling choices go to the second."""
+    inside = {k: d for k, d in space.items() if k in QUERY_KEYS and "choice" in d}
+    return {k: d for k, d in space.items() if k not in inside}, inside
+
+
+def query_grid(inside: Space) -> tuple[dict[str, Any], ...]:
+    """Every combination of the in-trial choices (``({},)`` when there are none)."""
+    grid: list[dict[str, Any]] = [{}]
+    for key, dim in inside.items():
+        grid = [{**g, key: value} for g in grid for value in dim["choice"]]
+    return tuple(grid)
 
 
 def _path(spec: ModelSpec, key: str) -> list[str]:

@@ -79,6 +79,8 @@ class TrialSetup:
         report_percents: shares of its epochs (percent) after which a trial reports (ASHA's rungs);
             it always reports after its last epoch.
         threads: compute threads of a trial.
+        query_grid: query-pooling settings (``eval.query`` ...) every report scores, keeping the
+            best (recemb.tune.space.query_grid); ``({},)``: the configured ones only.
         env: environment variables a trial sets first (``RECEMB_FAULTS`` of fault-injection tests:
             an already running Ray does not pass on variables set after it started).
     """
@@ -92,6 +94,7 @@ class TrialSetup:
     side: dict[str, Any] = field(default_factory=dict)
     report_percents: tuple[int, ...] = ()
     threads: int = 1
+    query_grid: tuple[dict[str, Any], ...] = ({},)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -151,18 +154,34 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> 
     started = time.perf_counter()
     last: dict[str, Any] = {}
 
-    def score(epoch: int) -> None:
-        nonlocal last
+    configured = {"eval.query": e.query, "eval.query_last_n": e.query_last_n}
+
+    def evaluate(query: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        settings = {**configured, **query}
+        scorer.set_query(settings["eval.query"], settings["eval.query_last_n"])
         res = run_protocol(
             setup.protocol, setup.split, _Fitted(scorer), setup.catalogue, ks, batch_size=e.batch_size, seed=e.seed
         )
         if setup.metric not in res:
             raise ConfigError(f"tune.metric: {setup.metric!r} is not among {sorted(res)}")
         value = float(res[setup.metric])
+        return (value if math.isfinite(value) else float("-inf")), res
+
+    def score(epoch: int) -> None:
+        nonlocal last
+        own, res = evaluate({})
+        best, chosen = own, {}
+        if scorer.pools_queries:  # the model pools its item vectors: try every pooling, keep the best
+            for query in setup.query_grid:
+                value, other = evaluate(query)
+                if value > best:
+                    best, chosen, res = value, query, other
         metrics = {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not k.endswith("_s")}
         last = {
             **metrics,
-            SCORE: value if math.isfinite(value) else float("-inf"),
+            SCORE: best,
+            "configured_score": own,  # with the configured query pooling
+            **{key.removeprefix("eval."): value for key, value in chosen.items()},
             "epoch": epoch,
             "epochs": epochs,
             PROGRESS: round(100 * epoch / epochs),
