@@ -154,11 +154,65 @@ def tiny_run(tmp_path_factory) -> tuple:
         cfg.run_dir / "pipeline.json",
         {"stages": {"data": {"seconds": 1.5, "skipped": True}, "item2vec": {"seconds": 2.0}}},
     )
+    _tune_outputs(cfg.run_dir / "tune")
     from recemb.index.export import export_index
 
     export_index(emb_dir, cfg.run_dir / "index" / "item2vec", n_trees=5, sample=20, n_jobs=1)
     result = run_report(cfg.run_dir, cfg.prepared_dir, FAST, config=config_to_dict(cfg))
     return cfg, items, top, result
+
+
+def _tune_outputs(folder: Path) -> None:
+    """A search's outputs in recemb.tune.search's formats: 3 item2vec trials, one stopped early."""
+    import json
+
+    settings = [
+        {"window": 5, "ns_exponent": 0.75},
+        {"window": 3, "ns_exponent": -0.5},
+        {"window": 20, "ns_exponent": 0.1},
+    ]
+    pl.DataFrame(
+        {
+            "model": ["item2vec"] * 3,
+            "trial": ["a", "b", "c"],
+            "status": ["completed", "completed", "stopped"],
+            "default": [True, False, False],
+            "score": [0.03, 0.05, 0.01],
+            "configured_score": [0.03, 0.05, 0.01],
+            "params": [json.dumps({"item2vec": s}) for s in settings],
+        }
+    ).write_parquet(folder / "trials.parquet", mkdir=True)
+    pl.DataFrame(
+        {
+            "model": ["item2vec"] * 4,
+            "trial": ["a", "b", "c", "a"],
+            "epoch": [1, 1, 1, 5],
+            "score": [0.01, 0.02, 0.01, 0.03],
+            "at_s": [1.0, 2.0, 3.0, 4.0],
+        }
+    ).write_parquet(folder / "history.parquet")
+    write_json(
+        folder / "summary.json",
+        {
+            "protocol": "ml",
+            "metric": "ndcg@10",
+            "searcher": "random",
+            "scheduler": "asha",
+            "models": {
+                "item2vec": {
+                    "trials": 3,
+                    "completed": 2,
+                    "stopped": 1,
+                    "error": 0,
+                    "not run": 0,
+                    "default_score": 0.03,
+                    "best_score": 0.05,
+                    "best_settings": {"item2vec": settings[1]},
+                    "seconds": 12.0,
+                }
+            },
+        },
+    )
 
 
 def test_report_is_self_contained_and_fills_every_section(tiny_run):
@@ -244,6 +298,7 @@ def test_empty_run_gives_notes_not_errors(tmp_path):
     assert "run the data stage" in page
     assert "recemb evaluate CONFIG" in page
     assert "No training history" in page
+    assert "recemb tune CONFIG" in page
     assert "recemb export CONFIG" in page
     assert "train a model first" in page
     assert "<details><summary>Config</summary>" in page  # the config is shown whatever ran

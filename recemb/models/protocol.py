@@ -115,6 +115,17 @@ class EmbeddingModel(ABC):
                 it once, after fitting.
         """
 
+    def prepare_side(
+        self,
+        items: pl.DataFrame | None = None,
+        root: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        """Compute and cache in ``cache_dir`` the frozen side features ``fit`` would compute (e.g.
+        pretrained text or image features), so that many fits in parallel (tuning trials) read them
+        instead of each computing them. The default: nothing to prepare."""
+        return None
+
     @property
     @abstractmethod
     def is_fitted(self) -> bool:

@@ -39,7 +39,7 @@ import yaml
 from recemb.config import PipelineConfig, config_to_dict, merge_tree
 from recemb.errors import ConfigError, RecembError
 from recemb.io import atomic_path, write_json
-from recemb.stages.registry import MODELS, ModelSpec, eval_entry, model_spec
+from recemb.stages.registry import MODELS, ModelSpec, Variant, eval_entry, model_spec
 from recemb.testing import faults
 from recemb.tune.config import DEFAULT_METRICS, TuneConfig
 from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, query_grid, split_space, to_ray
@@ -348,6 +348,8 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
                 "cache_dir": _cache_dir(cfg, spec.section_config(cfg)),
             }
 
+            # Frozen content features are computed once here, not by every trial.
+            spec.build(cfg, Variant()).prepare_side(ds.items, ds.root, _cache_dir(cfg, spec.section_config(cfg)))
             base = TrialSetup(
                 cfg, spec.name, protocol, metric, split, catalogue, side, threads=threads, env=faults.env()
             )

@@ -111,6 +111,20 @@ class TwoTower(EmbeddingModel):
         )
         return self._set_trained(fitted.space, fitted.net, fitted.history)
 
+    def prepare_side(
+        self,
+        items: pl.DataFrame | None = None,
+        root: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        """Cache the frozen content features (MiniLM sentences, backbone image features) of every item."""
+        parts = self.config.content
+        if items is None or items.height == 0 or cache_dir is None or not (parts.pretrained_text or parts.image):
+            return
+        from recemb.models.two_tower.content import item_content_features
+
+        item_content_features(Vocab.from_ids(items["item_id"]), items, parts, root, cache_dir)
+
     @classmethod
     def from_trained(cls, config: TwoTowerConfig, space: FeatureSpace, net: TwoTowerNet, history: list) -> TwoTower:
         """A fitted model around trained towers (a training loop's per-epoch snapshot)."""
