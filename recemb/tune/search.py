@@ -311,6 +311,7 @@ def format_summary(summary: dict[str, Any], protocol: str, metric: str) -> str:
 def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[str, Any]:
     """Search every tuned model's settings on the validation split; write ``<run>/tune/``; return the summary."""
     from recemb.data.dataset import load_dataset
+    from recemb.data.paths import data_dir
     from recemb.ray_runtime import ray_session
     from recemb.stages.evaluate import _cache_dir
 
@@ -339,20 +340,17 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
     all_trials: list[dict[str, Any]] = []
     all_reports: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
+    # What a trial's process needs that it would otherwise resolve against its own directory.
+    trial_env = {**faults.env(), "RECEMB_DATA_DIR": str(data_dir().resolve())}
     with ray_session():
         for spec in specs:
-            side = {
-                "items": ds.items,
-                "users": ds.users,
-                "root": ds.root,
-                "cache_dir": _cache_dir(cfg, spec.section_config(cfg)),
-            }
-
+            # Absolute paths: Ray Tune runs each trial in its own working directory.
+            cache_dir = _cache_dir(cfg, spec.section_config(cfg)).resolve()
+            root = Path(ds.root).resolve() if ds.root else None
+            side = {"items": ds.items, "users": ds.users, "root": root, "cache_dir": cache_dir}
             # Frozen content features are computed once here, not by every trial.
-            spec.build(cfg, Variant()).prepare_side(ds.items, ds.root, _cache_dir(cfg, spec.section_config(cfg)))
-            base = TrialSetup(
-                cfg, spec.name, protocol, metric, split, catalogue, side, threads=threads, env=faults.env()
-            )
+            spec.build(cfg, Variant()).prepare_side(ds.items, root, cache_dir)
+            base = TrialSetup(cfg, spec.name, protocol, metric, split, catalogue, side, threads=threads, env=trial_env)
             print(f"== tune {spec.name}: up to {t.trials} trials on validation {protocol} {metric}", flush=True)
             t0 = time.perf_counter()
             trials, reports = _tune_model(cfg, spec, base, budget, out, request.resume, started)
