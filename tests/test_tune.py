@@ -79,9 +79,9 @@ def test_ray_integer_dimensions_include_both_ends():
 
 
 def test_rungs_are_shares_of_each_trials_own_epochs():
-    assert rungs(0.1, 3) == [10, 30, 90, 100]
-    assert report_epochs((10, 30, 90, 100), 5) == {1, 2, 5}
-    assert report_epochs((10, 30, 90, 100), 150) == {15, 45, 135, 150}
+    assert rungs(0.1, 3) == [10, 30, 100] and rungs(0.05, 2) == [5, 10, 20, 40, 100]
+    assert report_epochs((10, 30, 100), 5) == {1, 2, 5}
+    assert report_epochs((10, 30, 100), 150) == {15, 45, 150}
 
 
 # --------------------------------------------------------------------------- overlays

@@ -53,9 +53,13 @@ PROGRESS = "progress"  # ASHA's time attribute: percent of the trial's own epoch
 
 
 def rungs(grace: float, reduction_factor: int) -> list[int]:
-    """ASHA's rungs in percent of a trial's epochs: ``grace * rf**k`` below 100 (then 100)."""
+    """ASHA's rungs in percent of a trial's epochs: ``grace * rf**k`` up to ``1 / rf``, then 100.
+
+    No rung past ``1 / rf``: stopping a trial at 90% of its epochs saves little and wastes
+    what it already cost (measured: ML-100K two-tower trials stopped at 27 of 30 epochs).
+    """
     out, share = [], grace
-    while share < 1:
+    while share <= 1 / reduction_factor + 1e-9:
         out.append(max(1, round(100 * share)))
         share *= reduction_factor
     return [*out, 100]
