@@ -185,16 +185,6 @@ def test_jobs_run_train_export_and_candidates_on_a_local_cluster(cluster, data, 
     assert 450 <= written["users"] <= 500 and table["user_id"].n_unique() == written["users"]
     assert table.group_by("user_id").len()["len"].max() <= 10 and table["rank"].min() == 1
 
-    # A search as a submitted job: its trials are Ray Tune trials on the cluster.
-    tune = {"trials": 2, "time_budget": None, "spaces": {"item2vec": {"epochs": {"randint": [1, 2]}}}}
-    tune_path = write_config(tmp_path / "tune.yaml", data, tmp_path / "runs", "c", tune=tune)
-    logs = run_job(cluster, "tune", "python", "-m", "jobs.tune", "--config", str(tune_path), "--models", "item2vec")
-    assert "validation ml ndcg@10" in logs
-    trials = pl.read_parquet(cfg.run_dir / "tune" / "trials.parquet")
-    assert trials.height == 2 and (trials["status"] != "error").all()
-    best = yaml.safe_load((cfg.run_dir / "tune" / "best.yaml").read_text())
-    assert best["item2vec"]["epochs"] in (1, 2, 3)  # 3: the configured setting, the first trial
-
 
 def _train_worker_pids(cluster) -> list[int]:
     # Ray sets a worker's process title to its actor: "ray::RayTrainWorker.<method>".
