@@ -71,6 +71,6 @@ def test_every_section_is_a_frozen_strict_section():
     from recemb.section import Section
 
     sections = {name: f.annotation for name, f in PipelineConfig.model_fields.items() if name != "stages"}
-    assert len(sections) == 12
+    assert len(sections) == 13
     for name, annotation in sections.items():
         assert issubclass(annotation, Section), name

@@ -56,14 +56,18 @@ MODEL_FORMAT = 1
 EpochHook = Callable[[int, "EmbeddingModel"], None]
 
 
-def epoch_observer(hook: EpochHook | None) -> Callable[[int, Callable[[], Any]], None] | None:
+def epoch_observer(
+    hook: EpochHook | None, build: Callable[[Any], EmbeddingModel] | None = None
+) -> Callable[[int, Callable[[], Any]], None] | None:
     """The training loop's ``WorkerContext.on_epoch`` for a fit's ``on_epoch`` hook (None: none).
 
-    The loop hands a snapshot function; it is called only when there is a hook.
+    The loop hands a snapshot function (called only when there is a hook); ``build`` turns
+    what it returns (the loop's state) into the model, so the loop never imports the model.
     """
     if hook is None:
         return None
-    return lambda epoch, snapshot: hook(epoch, snapshot())
+    make = build or (lambda state: state)
+    return lambda epoch, snapshot: hook(epoch, make(snapshot()))
 
 
 class EmbeddingModel(ABC):

@@ -254,7 +254,7 @@ def fit_loop(
                 )
             history.append(metrics)
             if plain is not None:
-                ctx.epoch_done(epoch + 1, partial(_snapshot, config, space, plain, list(history)))
+                ctx.epoch_done(epoch + 1, partial(tuple, (space, plain, list(history))))
             ctx.report(epoch + 1, metrics, _writer(full, task, history, config))
         if start >= config.epochs:  # resumed after the last epoch: nothing left to train
             full = engine.full_state()  # collective: every rank takes part
@@ -271,13 +271,6 @@ def fit_loop(
         progress.close()
         engine.close()
     return plain, history
-
-
-def _snapshot(config: TwoTowerConfig, space: FeatureSpace, net: TwoTowerNet, history: list[dict[str, Any]]):
-    """The model as trained so far (``net`` is this epoch's plain copy of the towers)."""
-    from recemb.models.two_tower.model import TwoTower  # the model imports this module lazily
-
-    return TwoTower.from_trained(config, space, net, history)
 
 
 # --------------------------------------------------------------------------- fit / train_loop / driver

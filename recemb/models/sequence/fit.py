@@ -205,15 +205,8 @@ def fit_sequence(
             )
 
         ctx.report(epoch + 1, {"epoch": epoch + 1, "loss": row["loss"]}, write)
-        ctx.epoch_done(epoch + 1, partial(_snapshot, config, vocab, net, history))
+        ctx.epoch_done(epoch + 1, partial(tuple, (vocab, net, list(history))))
     return vocab, net.eval().cpu(), history
-
-
-def _snapshot(config: SequenceConfig, vocab: Vocab, net: SequenceNet, history: list[dict[str, Any]]):
-    """The model as trained so far, sharing ``net`` (the next epoch puts it back in training mode)."""
-    from recemb.models.sequence.model import SequenceModel  # model.py imports this module lazily
-
-    return SequenceModel.from_trained(config, vocab, net, history)
 
 
 def _to_cpu(obj: Any) -> Any:

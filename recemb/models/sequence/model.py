@@ -84,7 +84,7 @@ class SequenceModel(EmbeddingModel):
 
         ctx = WorkerContext(
             checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None,
-            on_epoch=epoch_observer(on_epoch),
+            on_epoch=epoch_observer(on_epoch, lambda state: SequenceModel.from_trained(self.config, *state)),
         )
         self.vocab, self.net, self.history = fit_sequence(self.config, events, ctx, catalogue=catalogue, items=items)
         return self

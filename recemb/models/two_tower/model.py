@@ -104,7 +104,7 @@ class TwoTower(EmbeddingModel):
 
         ctx = WorkerContext(
             checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None,
-            on_epoch=epoch_observer(on_epoch),
+            on_epoch=epoch_observer(on_epoch, lambda state: TwoTower.from_trained(self.config, *state)),
         )
         fitted = fit_two_tower(
             self.config, events, items, users, catalogue, validation, root=root, cache_dir=cache_dir, ctx=ctx
