@@ -17,10 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     from recemb.index.stage import export_run
 
     def body(cfg):
-        manifests = export_run(cfg.run_dir, cfg.export)
+        manifests = export_run(cfg.run_dir, cfg.export, cfg.prepared_dir / "events.parquet")
         return {name: {"count": m["count"], "recall_at_10": m.get("recall_at_10")} for name, m in manifests.items()}
 
-    return run_job("Export every EmbeddingSet of the run to <run>/index/<model>/.", body, argv)
+    return run_job(
+        "Export every EmbeddingSet of the run to <run>/index/<model>/ and the co-visitation table to "
+        "<run>/index/covisit/.",
+        body,
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recemb import __version__
 from recemb.errors import RecembError
+from recemb.retrieval.blend import Answer
 from recemb.retrieval.serve_config import ServeConfig
 from serving.metrics import MetricsMiddleware, ServiceMetrics
-from serving.query import Answer
 from serving.state import NotReady, ServingState
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
     ):
         """Items most similar to ``item_id`` (never the item itself), blended over the models."""
         snap = state.current()
-        return _reply(snap.online.similar(item_id, k, blocked=exclude), "similar", snap.generation)
+        return _reply(snap.retriever.similar(item_id, k, blocked=exclude), "similar", snap.generation)
 
     @app.post("/v1/recommend", tags=["retrieval"], response_model=Candidates, responses={404: {"model": ErrorBody}})
     async def recommend(req: RecommendRequest):
@@ -223,7 +223,7 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
             except RecembError as e:  # keep answering from the item vectors
                 metrics.tower_errors.inc()
                 log.warning("user tower failed, using the history query: %s", e)
-        answer = snap.online.recommend(
+        answer = snap.retriever.answer(
             req.items,
             req.k,
             exclude=req.exclude,

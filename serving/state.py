@@ -1,8 +1,8 @@
 """What the service has loaded, and the index hot swap.
 
-A :class:`Snapshot` is immutable: the Retriever over every ``<run>/index/<model>/``
-(indexes checked by :func:`recemb.index.export.load_index`, vectors by
-``EmbeddingSet.load``), the popularity fallback, the user tower and the
+A :class:`Snapshot` is immutable: the Retriever over every ``<run>/index/<name>/``
+(Annoy indexes with their vectors, or a co-visitation table; each checked by
+:func:`recemb.retrieval.sources.load_source`), the popularity fallback, the user tower and the
 manifests. A request takes ``state.current()`` ONCE and uses that snapshot to
 the end, so a swap never changes the index under a running request.
 
@@ -29,19 +29,15 @@ from typing import Any
 
 import polars as pl
 
-from recemb.embeddings import MANIFEST_FILE as EMB_MANIFEST
-from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
 from recemb.index.base import RecembIndexError
-from recemb.index.export import MANIFEST_FILE, embeddings_dir, load_index, read_manifest
-from recemb.retrieval.retriever import Retriever, Source
+from recemb.index.export import MANIFEST_FILE
+from recemb.retrieval.retriever import Retriever
 from recemb.retrieval.serve_config import ServeConfig
-from serving.query import OnlineRetriever
+from recemb.retrieval.sources import EmbeddingSource, load_source
 from serving.user_tower import MicroBatcher, TowerQueryFn, UserTowerQuery, load_user_tower
 
 log = logging.getLogger(__name__)
-
-USER_EMBEDDINGS = "user_embeddings"  # <run>/<model>/user_embeddings beside <model>/embeddings
 
 
 class NotReady(RecembError):
@@ -54,7 +50,7 @@ class Snapshot:
 
     generation: int
     loaded_at: float  # unix seconds
-    online: OnlineRetriever
+    retriever: Retriever
     manifests: dict[str, dict[str, Any]]  # model -> index manifest
     popularity_items: int
     tower: UserTowerQuery | None = None
@@ -67,11 +63,12 @@ class Snapshot:
             "loaded_at": self.loaded_at,
             "models": {
                 name: {
+                    "kind": m["kind"],
                     "count": m["count"],
-                    "dim": m["dim"],
-                    "metric": m["metric"],
+                    "dim": m.get("dim"),
+                    "metric": m.get("metric"),
                     "sha256": m["sha256"],
-                    "user_vectors": self.online.retriever.sources[name].users is not None,
+                    "user_vectors": getattr(self.retriever.sources[name], "users", None) is not None,
                     "manifest": m,
                 }
                 for name, m in self.manifests.items()
@@ -124,17 +121,6 @@ def load_popularity(prepared_dir: Path) -> list[str]:
     return counts["item_id"].to_list()
 
 
-def load_source(index_dir: Path, verify: bool) -> tuple[Source, dict[str, Any]]:
-    """One model's Source (item vectors, checked Annoy index, optional user vectors) and manifest."""
-    manifest = read_manifest(index_dir)
-    emb_dir = embeddings_dir(index_dir)
-    items = EmbeddingSet.load(emb_dir, verify=verify)
-    index = load_index(index_dir, verify=verify, embeddings=emb_dir)
-    users_dir = emb_dir.parent / USER_EMBEDDINGS
-    users = EmbeddingSet.load(users_dir, verify=verify) if (users_dir / EMB_MANIFEST).is_file() else None
-    return Source(items, index, users), manifest
-
-
 def load_snapshot(
     settings: ServeConfig,
     generation: int,
@@ -153,10 +139,8 @@ def load_snapshot(
         quotas=settings.quotas,
         exclude_seen=settings.exclude_seen,
     )
-    online = OnlineRetriever(retriever)
-    for name, src in sources.items():  # one real search per source before it may serve
-        rows, _ = src.index.search(src.items.vectors[:1], 1)
-        if rows[0, 0] < 0:
+    for name, src in sources.items():  # one real search per index before it may serve
+        if isinstance(src, EmbeddingSource) and src.index.search(src.items.vectors[:1], 1)[0][0, 0] < 0:
             raise RecembIndexError(f"index {name!r} returned nothing for its own first item; re-export it")
     tower, tower_query = None, None
     if settings.user_tower.enabled:
@@ -171,7 +155,7 @@ def load_snapshot(
                 lambda t: MicroBatcher(t, settings.user_tower.max_batch_size, settings.user_tower.batch_wait_ms)
             )
             tower_query = factory(tower)
-    return Snapshot(generation, time.time(), online, manifests, len(popularity), tower, tower_query)
+    return Snapshot(generation, time.time(), retriever, manifests, len(popularity), tower, tower_query)
 
 
 class ServingState:

@@ -10,7 +10,9 @@ from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
 from recemb.index.annoy_index import AnnoyIndex
 from recemb.index.exact import ExactIndex
-from recemb.retrieval.retriever import Retriever, Source
+from recemb.retrieval.covisit import CoVisitTable
+from recemb.retrieval.retriever import Retriever
+from recemb.retrieval.sources import CoVisitSource, EmbeddingSource
 
 N, D = 300, 8
 
@@ -44,7 +46,7 @@ def two_sources(items) -> Retriever:
     return Retriever(
         {
             "a": (items, ExactIndex().build(items.vectors)),
-            "b": Source(b, ExactIndex().build(b.vectors)),
+            "b": EmbeddingSource(b, ExactIndex().build(b.vectors)),
         },
         popularity=[f"i{r}" for r in range(N)],
     )
@@ -158,21 +160,56 @@ def test_similar_items_never_returns_the_item_itself(items):
             assert len(got) == 10 and f"i{i}" not in [t[0] for t in got]
 
 
-def test_deterministic_and_batch_equals_single_calls(two_sources):
-    hists = random_histories(30, seed=5)
-    a = two_sources.recommend_batch(hists, 8, blocked=["i1"])
-    b = two_sources.recommend_batch(hists, 8, blocked=["i1"])
-    assert a.equals(b)
-    for u in (0, 7, 29):
-        single = two_sources.recommend(hists[u], 8, blocked=["i1"])
-        rows = a.filter(pl.col("row") == u)
-        assert [t[0] for t in single] == rows["item_id"].to_list()
+def test_one_request_gets_exactly_its_row_of_the_batch(items):
+    """The online call (``answer``) and the batch job (``recommend_batch``) share one core: over
+    random histories (with unknown ids), exclusions, blocked items, quotas, user ids and query modes,
+    with an Annoy source, an exact dot source with user vectors and a co-visitation source."""
+    rng = np.random.default_rng(0)
+    b = EmbeddingSet([f"i{r}" for r in range(200)], rng.normal(size=(200, D)).astype(np.float32), kind="tt")
+    users = EmbeddingSet([f"u{r}" for r in range(50)], rng.normal(size=(50, D)).astype(np.float32), kind="tt_u")
+    events = pl.DataFrame(
+        {
+            "user_id": [f"s{s}" for s in rng.integers(0, 400, 3000)],
+            "item_id": [f"i{r}" for r in rng.integers(0, N, 3000)],
+        }
+    )
+    r = Retriever(
+        {
+            "a": (items, AnnoyIndex(n_trees=10, n_jobs=1).build(items.vectors)),
+            "b": EmbeddingSource(b, ExactIndex("dot").build(b.vectors), users),
+            "co": CoVisitSource(CoVisitTable.build(events, unit="user", top=20)),
+        },
+        popularity=[f"i{x}" for x in rng.permutation(N + 20)],
+        query="recency",
+        last_n=3,
+    )
+    for t in range(40):
+        n = 25
+        hists = [[f"i{x}" for x in rng.integers(0, N + 20, rng.integers(0, 8))] for _ in range(n)]
+        excl = [[f"i{x}" for x in rng.integers(0, N, rng.integers(0, 4))] for _ in range(n)]
+        blocked = [f"i{x}" for x in rng.integers(0, N, rng.integers(0, 3))]
+        user_ids = [f"u{x}" for x in rng.choice(80, n, replace=False)]  # u50.. unknown to b
+        k = int(rng.integers(1, 40))
+        quotas = [None, {"a": 2, "b": 0.5, "co": 3}, {"co": k}][t % 3]
+        mode = [None, "last", "mean", "mean_last_n"][t % 4]
+        df = r.recommend_batch(hists, k, exclude=excl, blocked=blocked, quotas=quotas, user_ids=user_ids, query=mode)
+        for u in range(n):
+            one = r.recommend(
+                hists[u], k, exclude=excl[u], blocked=blocked, quotas=quotas, user_id=user_ids[u], query=mode
+            )
+            rows = df.filter(pl.col("user_id") == user_ids[u])
+            assert [(i, s) for i, _, s in one] == list(zip(rows["item_id"], rows["source"])), (t, u)
+            np.testing.assert_allclose([x[1] for x in one], rows["score"].to_numpy(), rtol=1e-6)
+            assert not ({i for i, _, _ in one} & (set(hists[u]) | set(excl[u]) | set(blocked)))
+    assert df.equals(
+        r.recommend_batch(hists, k, exclude=excl, blocked=blocked, quotas=quotas, user_ids=user_ids, query=mode)
+    )
 
 
 def test_user_vectors_are_the_query_for_known_users(items):
     users = EmbeddingSet(["u1"], items.vectors[[10]] * 3.0, kind="two_tower_users")
     r = Retriever(
-        {"tt": Source(items, ExactIndex("dot").build(items.vectors), users=users)},
+        {"tt": EmbeddingSource(items, ExactIndex("dot").build(items.vectors), users=users)},
         popularity=["i0"],
     )
     df = r.recommend_batch([[], ["i10"]], 5, user_ids=["u1", "u2"])

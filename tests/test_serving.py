@@ -1,4 +1,4 @@
-"""The online retrieval service (issue #8): numpy fast path, endpoints, bad input, hot swap, Serve."""
+"""The online retrieval service (issue #8): endpoints, bad input, hot swap, Serve."""
 
 from __future__ import annotations
 
@@ -19,13 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recemb.embeddings import EmbeddingSet  # noqa: E402
 from recemb.errors import RecembError  # noqa: E402
-from recemb.index.annoy_index import AnnoyIndex  # noqa: E402
-from recemb.index.exact import ExactIndex  # noqa: E402
 from recemb.index.export import export_all  # noqa: E402
-from recemb.retrieval.query import history_query, query_weights  # noqa: E402
-from recemb.retrieval.retriever import Retriever, Source  # noqa: E402
 from recemb.retrieval.serve_config import ServeConfig  # noqa: E402
-from serving.query import OnlineRetriever  # noqa: E402
 from serving.state import ServingState, load_snapshot  # noqa: E402
 from serving.testing import clustered_vectors, make_demo_run  # noqa: E402
 from serving.user_tower import MicroBatcher, load_user_tower  # noqa: E402
@@ -62,55 +57,6 @@ def run_dir(tmp_path_factory) -> Path:
 def server(run_dir):
     with BackgroundServer(ServeConfig(run_dir=str(run_dir), port=0, k_max=50, admin_token=TOKEN)) as srv:
         yield srv
-
-
-# ------------------------------------------------------- fast path == Retriever
-def test_history_query_weights_by_hand():
-    # recency: j = 2, 1, 0 for the three items (oldest first) -> weights 1/3, 1/2, 1
-    np.testing.assert_allclose(query_weights(np.array([2, 1, 0]), "recency", 5), [1 / 3, 1 / 2, 1])
-    np.testing.assert_array_equal(query_weights(np.array([2, 1, 0]), "mean_last_n", 2), [0, 1, 1])
-    v = np.array([[1, 0], [0, 2], [0, 0.5]], np.float32)
-    # last_n=2 over unit rows: mean of (0,1) and (0,1) = (0,1)
-    np.testing.assert_allclose(history_query(v, "mean_last_n", 2, cosine=True), [0, 1])
-    # mean of raw rows (dot metric: no normalisation)
-    np.testing.assert_allclose(history_query(v, "mean", 5, cosine=False), [1 / 3, 2.5 / 3], rtol=1e-6)
-    assert history_query(v[:0], "mean", 5, cosine=True) is None
-
-
-def test_online_path_returns_exactly_what_the_retriever_returns():
-    n, d = 300, 8
-    rng = np.random.default_rng(0)
-    items = EmbeddingSet([f"i{r}" for r in range(n)], clustered_vectors(n, d, 12, seed=0), kind="item2vec")
-    b = EmbeddingSet([f"i{r}" for r in range(200)], rng.normal(size=(200, d)).astype(np.float32), kind="tt")
-    users = EmbeddingSet([f"u{r}" for r in range(50)], rng.normal(size=(50, d)).astype(np.float32), kind="tt_u")
-    retriever = Retriever(
-        {
-            "a": (items, AnnoyIndex(n_trees=10, n_jobs=1).build(items.vectors)),
-            "b": Source(b, ExactIndex("dot").build(b.vectors), users),
-        },
-        popularity=[f"i{x}" for x in rng.permutation(n + 20)],
-        query="recency",
-        last_n=3,
-    )
-    online = OnlineRetriever(retriever)
-    for t in range(120):
-        history = [f"i{x}" for x in rng.integers(0, n + 20, rng.integers(0, 8))]  # some unknown ids
-        exclude = [f"i{x}" for x in rng.integers(0, n, rng.integers(0, 4))]
-        blocked = [f"i{x}" for x in rng.integers(0, n, rng.integers(0, 3))]
-        k = int(rng.integers(1, 40))
-        user = f"u{rng.integers(0, 80)}" if t % 2 else None  # u50.. unknown to b
-        quotas = [None, {"a": 2, "b": 0.5}, {"b": k}][t % 3]
-        mode = [None, "last", "mean", "mean_last_n"][t % 4]
-        want = retriever.recommend(
-            history, k, exclude=exclude, blocked=blocked, quotas=quotas, user_id=user, query=mode
-        )
-        got = online.recommend(
-            history, k, exclude=exclude, blocked=blocked, quotas=quotas, user_id=user, query=mode
-        ).hits
-        assert [(i, s) for i, _, s in got] == [(i, s) for i, _, s in want], t
-        np.testing.assert_allclose([x[1] for x in got], [x[1] for x in want], rtol=1e-6, atol=1e-6)
-        probe = history[0] if history else "unknown"
-        assert online.similar(probe, k, blocked=blocked).hits == retriever.similar_items(probe, k, blocked=blocked)
 
 
 # ---------------------------------------------------------------- endpoints

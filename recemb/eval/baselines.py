@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError, DataValidationError, NotFittedError
 from recemb.eval.scorers import QueryBatch
+from recemb.retrieval.covisit import cosine_cooccurrence
 
 
 def _item_indices(train: pl.DataFrame, catalogue: Vocab, who: str) -> np.ndarray:
@@ -93,31 +94,7 @@ class ItemKNNScorer:
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> ItemKNNScorer:
         """Build the ``[N, N]`` cosine matrix from the distinct (unit, item) pairs of ``train``."""
-        col = f"{self.unit}_id"
-        if col not in train.columns:
-            raise DataValidationError(f"{self.name}.fit: unit={self.unit!r} needs column {col!r}")
-        if train[col].null_count():
-            raise DataValidationError(
-                f"{self.name}.fit: column {col!r} has nulls; sessionize the events first "
-                "(recemb.data.sessions.sessionize) or use unit='user'"
-            )
-        pairs = train.select(unit=pl.col(col), item_id=pl.col("item_id")).unique()
-        items = catalogue.lookup(pairs["item_id"])
-        keep = items >= 0
-        units = pairs["unit"].rank("dense").to_numpy()[keep]
-        items = items[keep]
-        n = len(catalogue)
-        _, unit_rows = np.unique(units, return_inverse=True)  # dense rows 0..U-1
-        x = sp.csr_matrix(
-            (np.ones(len(items), dtype=np.float32), (unit_rows, items)),
-            shape=(int(unit_rows.max()) + 1 if len(items) else 0, n),
-        )
-        co = (x.T @ x).tocsr()  # [N, N] C_ij = units holding both
-        diag = co.diagonal()
-        inv = np.zeros(n, dtype=np.float64)
-        inv[diag > 0] = 1.0 / np.sqrt(diag[diag > 0])
-        d = sp.diags(inv)
-        self.sim = (d @ co @ d).astype(np.float32).tocsr()
+        self.sim = cosine_cooccurrence(train, catalogue, self.unit, who=f"{self.name}.fit")
         return self
 
     def _fitted_sim(self, method: str) -> sp.csr_matrix:

@@ -1,4 +1,4 @@
-"""The ``export:`` section: Annoy export of a run's EmbeddingSets."""
+"""The ``export:`` section: Annoy export of a run's EmbeddingSets, and the co-visitation source."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ from typing import Literal
 from pydantic import Field
 
 from recemb.section import Section
+
+
+class CoVisitConfig(Section):
+    """``export.covisit``: the co-visitation source built from the prepared events (recemb.retrieval.covisit)."""
+
+    enabled: bool = True  # write <run>/index/covisit/ beside the embedding indexes
+    unit: Literal["auto", "user", "session"] = "auto"  # auto: sessions when every event has one, else users
+    top_m: int = Field(100, ge=1)  # neighbours kept per item
+    query: Literal["last", "mean", "mean_last_n", "recency"] = "recency"  # weights of a history's items
 
 
 class ExportConfig(Section):
@@ -18,3 +27,4 @@ class ExportConfig(Section):
     sample: int = Field(1000, ge=0)  # items whose recall@10 against exact search is measured
     # Which EmbeddingSets: names of <run>/<name>/embeddings; empty = every one in the run.
     models: list[str] = Field(default_factory=list)
+    covisit: CoVisitConfig = CoVisitConfig()

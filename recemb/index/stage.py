@@ -1,4 +1,4 @@
-"""The export stage: every EmbeddingSet of a run -> ``<run>/index/<model>/``."""
+"""The export stage: every EmbeddingSet of a run -> ``<run>/index/<model>/``, events -> ``<run>/index/covisit/``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from typing import Any
 
 from recemb.embeddings import find_embedding_sets
 from recemb.errors import ConfigError
-from recemb.index.config import ExportConfig
+from recemb.index.config import CoVisitConfig, ExportConfig
 from recemb.index.export import export_all
 
+COVISIT = "covisit"  # <run>/index/covisit/: the co-visitation source
 
-def export_run(run_dir: str | Path, section: ExportConfig | None = None) -> dict[str, dict[str, Any]]:
-    """Export the EmbeddingSets of ``run_dir`` (``section.models``, or all); returns ``{model: manifest}``."""
+
+def export_run(
+    run_dir: str | Path, section: ExportConfig | None = None, events_path: str | Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Export the EmbeddingSets of ``run_dir`` (``section.models``, or all) and, with
+    ``section.covisit.enabled`` and ``events_path``, the co-visitation table to
+    ``<run>/index/covisit/``; returns ``{name: manifest}``."""
     run_dir, e = Path(run_dir), section or ExportConfig()
     found = find_embedding_sets(run_dir)
     wanted = e.models or list(found)
@@ -27,7 +33,9 @@ def export_run(run_dir: str | Path, section: ExportConfig | None = None) -> dict
             f"export: {run_dir} holds no EmbeddingSet (<run>/<model>/embeddings); "
             f"train a model first, e.g. `recemb train item2vec CONFIG`"
         )
-    return export_all(
+    if COVISIT in wanted and e.covisit.enabled and events_path is not None:
+        raise ConfigError(f"{run_dir}: a model named {COVISIT!r} would share the co-visitation index's directory")
+    out = export_all(
         {m: found[m] for m in wanted},
         run_dir,
         n_trees=e.n_trees,
@@ -35,3 +43,15 @@ def export_run(run_dir: str | Path, section: ExportConfig | None = None) -> dict
         search_k=e.search_k,
         sample=e.sample,
     )
+    if e.covisit.enabled and events_path is not None:
+        out[COVISIT] = export_covisit(events_path, run_dir / "index" / COVISIT, e.covisit)
+    return out
+
+
+def export_covisit(events_path: str | Path, out_dir: str | Path, c: CoVisitConfig) -> dict[str, Any]:
+    """Build the co-visitation table of the events in ``events_path`` into ``out_dir``; returns its manifest."""
+    from recemb.data import schema
+    from recemb.retrieval.covisit import CoVisitTable
+
+    events = schema.read_table(Path(events_path), "events")
+    return CoVisitTable.build(events, unit=c.unit, top=c.top_m, query=c.query).save(out_dir)

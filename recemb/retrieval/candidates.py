@@ -55,12 +55,12 @@ import pyarrow.parquet as pq
 
 from recemb import __version__
 from recemb.data import schema, splits
-from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError, DataValidationError
 from recemb.io import atomic_path, sha256_file, write_json
 from recemb.progress import Progress
 from recemb.retrieval.candidates_config import CandidatesConfig
-from recemb.retrieval.retriever import POPULARITY, QUERY_MODES, Retriever, Source
+from recemb.retrieval.retriever import POPULARITY, Retriever
+from recemb.retrieval.sources import USER_EMBEDDINGS, load_source, source_kind
 from recemb.testing import faults
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ CANDIDATES_SCHEMA = pa.schema(
 )
 PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
 JOB_FILE, MANIFEST_FILE, SUCCESS_FILE = "_job.json", "manifest.json", "_SUCCESS"
-USER_VECTORS_DIR = "user_embeddings"  # <run>/<model>/user_embeddings (two-tower)
+HOLDOUT_PREFIX = "_holdout-"  # <out>/_holdout-<source>/: a co-visitation table of the holdout's fit events
 # Settings that change how fast the job runs, not what it writes.
 _EXECUTION_KEYS = ("num_workers", "cpus_per_worker", "verify", "out")
 
@@ -129,8 +129,7 @@ class SourceSpec:
     """Where one source's artifacts are; plain paths so that Ray can ship it."""
 
     name: str
-    index_dir: str
-    items_dir: str
+    index_dir: str  # an Annoy index or a co-visitation directory
     users_dir: str | None = None
 
 
@@ -165,16 +164,11 @@ class PartitionWriter:
     """
 
     def __init__(self, spec: WorkerSpec):
-        from recemb.index.export import load_index
-
         self.spec = spec
         sources = {}
         for s in spec.sources:
             # The driver already verified checksums: here only the cheap structural checks.
-            items = EmbeddingSet.load(s.items_dir, verify=False)
-            index = load_index(s.index_dir, verify=False, search_k=spec.search_k, embeddings=items)
-            users = EmbeddingSet.load(s.users_dir, verify=False) if s.users_dir else None
-            sources[s.name] = Source(items, index, users)
+            sources[s.name], _ = load_source(s.index_dir, verify=False, users=s.users_dir, search_k=spec.search_k)
         self.retriever = Retriever(
             sources,
             popularity=list(spec.popularity),
@@ -226,8 +220,6 @@ class PartitionWriter:
 # ----------------------------------------------------------------- driver
 def resolve_sources(run_dir: Path, c: CandidatesConfig) -> list[SourceSpec]:
     """The exported indexes to use, checked (sha256 with ``c.verify``) before any worker starts."""
-    from recemb.index.export import embeddings_dir, load_index
-
     root = run_dir / "index"
     found = sorted(p.parent.name for p in root.glob("*/manifest.json"))
     wanted = c.sources or found
@@ -244,27 +236,40 @@ def resolve_sources(run_dir: Path, c: CandidatesConfig) -> list[SourceSpec]:
         raise ConfigError(f"candidates.quotas name unknown sources {unknown}; sources are {wanted}")
     specs = []
     for name in wanted:
-        emb = embeddings_dir(root / name)
-        load_index(root / name, verify=c.verify, embeddings=emb).unload()
-        EmbeddingSet.load(emb, verify=c.verify)
-        users = run_dir / name / USER_VECTORS_DIR
-        has_users = c.user_vectors and (users / "manifest.json").is_file()
-        if has_users:
-            EmbeddingSet.load(users, verify=c.verify)
-        users_dir = str(users) if has_users else None
-        specs.append(SourceSpec(name, str(root / name), str(emb), users_dir))
+        users = run_dir / name / USER_EMBEDDINGS
+        users_dir = users if c.user_vectors and (users / "manifest.json").is_file() else None
+        load_source(root / name, verify=c.verify, users=users_dir)  # every check, once, before any worker
+        specs.append(SourceSpec(name, str(root / name), None if users_dir is None else str(users_dir)))
     return specs
+
+
+def _holdout_source(spec: SourceSpec, fit: pl.DataFrame, out: Path) -> SourceSpec:
+    """A co-visitation source rebuilt from the holdout's fit events (same settings) in ``out``; others as they are."""
+    from recemb.retrieval.covisit import CoVisitTable, read_manifest
+
+    if source_kind(spec.index_dir) != "covisit":
+        return spec
+    m = read_manifest(spec.index_dir)
+    table = CoVisitTable.build(fit, unit=m["unit"], top=m["top_m"], query=m["query"])
+    rebuilt = out / f"{HOLDOUT_PREFIX}{spec.name}"
+    table.save(rebuilt)
+    return SourceSpec(spec.name, str(rebuilt), spec.users_dir)
 
 
 def _fingerprint(c: CandidatesConfig, sources: list[SourceSpec], events_sha: str, n_keys: int) -> str:
     """What the parts are made of: if any of it changes, old parts are stale."""
     import hashlib
 
+    from recemb.index.export import embeddings_dir
+
     files = {}
     for s in sources:
-        for d in (s.index_dir, s.items_dir, s.users_dir):
+        for d in (s.index_dir, s.users_dir):
             if d:
                 files[d] = json.loads((Path(d) / "manifest.json").read_text()).get("sha256")
+        if source_kind(s.index_dir) == "annoy":  # the vectors behind the index
+            d = str(embeddings_dir(s.index_dir))
+            files[d] = json.loads((Path(d) / "manifest.json").read_text()).get("sha256")
     blob = {
         "config": c.model_dump(mode="json", exclude=set(_EXECUTION_KEYS)),
         "sources": [asdict(s) for s in sources],
@@ -391,6 +396,8 @@ def generate_candidates(
         )
     events = schema.read_table(events_path, "events")
     keys, fit = queries(events)
+    if c.holdout != "none":  # co-visitation counted on all events would have seen the held-out clicks
+        sources = [_holdout_source(s, fit, out) for s in sources]
     parts = partition_of(keys["user_id"].to_list(), c.partitions)
     fingerprint = _fingerprint(c, sources, sha256_file(events_path), keys.height)
     if _prepare_out(out, fingerprint, force, say):
@@ -482,7 +489,6 @@ def read_candidates(out_dir: str | Path) -> pl.DataFrame:
 
 __all__ = [
     "CANDIDATES_SCHEMA",
-    "QUERY_MODES",
     "CandidatesConfig",
     "PartitionWriter",
     "QueryBuilder",

@@ -1,4 +1,4 @@
-"""The ``export`` stage: every EmbeddingSet of the run -> a checked Annoy index."""
+"""The ``export`` stage: every EmbeddingSet of the run -> a checked Annoy index; events -> co-visitation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from recemb.stages.base import Stage
 def run_export(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     from recemb.index.stage import export_run
 
-    manifests = export_run(cfg.run_dir, cfg.export)
+    manifests = export_run(cfg.run_dir, cfg.export, cfg.prepared_dir / "events.parquet")
     for name, m in manifests.items():
+        if m["kind"] == "covisit":
+            print(
+                f"exported {name}: {m['count']} items, top {m['top_m']} neighbours by {m['unit']}, "
+                f"{m['pairs']} pairs in {m['build_seconds']}s -> {cfg.run_dir / 'index' / name}"
+            )
+            continue
         recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
         print(
             f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
@@ -21,4 +27,9 @@ def run_export(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     return {"indexes": {name: str(cfg.run_dir / "index" / name) for name in manifests}}
 
 
-STAGE = Stage("export", run_export, ("export",), "export the run's EmbeddingSets to Annoy indexes")
+STAGE = Stage(
+    "export",
+    run_export,
+    ("export", "data"),
+    "export the run's EmbeddingSets to Annoy indexes and the co-visitation table",
+)

@@ -1,0 +1,134 @@
+"""The one blending core: per-source ranked items -> one user's k candidates.
+
+Both the batch job (:meth:`recemb.retrieval.retriever.Retriever.recommend_batch`)
+and the online service (:meth:`~recemb.retrieval.retriever.Retriever.answer`)
+call :func:`blend` once per user, on what each source found for that user, so
+the two paths cannot disagree. Per user:
+
+1. **filter**: drop excluded (seen, per-user ``exclude``) and blocked items;
+   each source keeps its best ``k``.
+2. **quotas**, in priority order (= source order): source 1 takes its best
+   ``quota_1`` items, source 2 its best ``quota_2`` items not already taken, ...
+3. **leftovers**: free places go to all sources' remaining items by
+   (rank within source, source order).
+4. **popularity**: places still free go to popular items not excluded,
+   blocked or taken (also the whole list for a user no source can serve).
+
+The list is ordered by (phase, pick, source order): quota picks first,
+interleaved across sources, then leftovers, then popularity. Scores are each
+source's own (not comparable across sources); a popularity row scores
+``1 / (1 + popularity rank)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recemb.errors import RecembError
+
+POPULARITY = "popularity"
+Hit = tuple[str, float, str]  # (item_id, score, source)
+#: One source's finds for one user: ``(item ids [M] object, scores [M])``, best first, unfiltered.
+Found = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One user's top-k ``hits``; ``fallback`` when no source could serve them (all popularity)."""
+
+    hits: list[Hit]
+    fallback: bool
+
+
+def quotas_for(names: Sequence[str], k: int, quotas: Mapping[str, int | float] | None) -> dict[str, int]:
+    """``{source: places}`` of a k-long list: ``quotas`` (counts, or fractions of k) checked, or k split evenly."""
+    names = list(names)
+    if quotas is None:
+        base, extra = divmod(k, len(names))
+        return {n: base + (i < extra) for i, n in enumerate(names)}
+    unknown = set(quotas) - set(names)
+    if unknown:
+        raise RecembError(f"quotas name unknown sources {sorted(unknown)}; sources are {names}")
+    out = {}
+    for n in names:
+        v = quotas.get(n, 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or v < 0:
+            raise RecembError(f"quota for source {n!r} must be a count >= 0 or a fraction of k, got {v!r}")
+        out[n] = int(v) if isinstance(v, (int, np.integer)) else int(np.floor(float(v) * k))
+    return out
+
+
+def blend(
+    found: Sequence[tuple[str, Found | None]],
+    k: int,
+    quota: Mapping[str, int],
+    excluded: set[str] | frozenset[str],
+    blocked: set[str] | frozenset[str],
+    popularity: Sequence[str],
+) -> Answer:
+    """One user's top-k (module docstring).
+
+    Args:
+        found: ``(source name, Found or None)`` in priority order; None = the
+            source could not form a query for this user.
+        k: list length.
+        quota: places per source (:func:`quotas_for`).
+        excluded: this user's excluded ids (seen items when excluding them, plus ``exclude``).
+        blocked: ids never returned.
+        popularity: ids, most popular first.
+    """
+    per_source: list[tuple[int, str, list[tuple[str, float]]]] = []
+    for order, (name, f) in enumerate(found):
+        if f is None:
+            continue
+        cands: list[tuple[str, float]] = []
+        for item, score in zip(f[0].tolist(), f[1].tolist()):
+            if item in excluded or item in blocked:
+                continue
+            cands.append((item, score))
+            if len(cands) == k:
+                break
+        if cands:
+            per_source.append((order, name, cands))
+
+    picked: list[tuple[int, int, int, str, float, str]] = []  # (phase, pick, order, item, score, source)
+    taken: set[str] = set()
+    for order, name, cands in per_source:
+        pick = 0
+        for item, score in cands:
+            if pick >= quota[name]:
+                break
+            if item not in taken:
+                picked.append((0, pick, order, item, score, name))
+                taken.add(item)
+                pick += 1
+    if per_source and len(picked) < k:
+        rest = sorted(
+            (srank, order, item, score, name)
+            for order, name, cands in per_source
+            for srank, (item, score) in enumerate(cands)
+            if item not in taken
+        )
+        pick, free = 0, k - len(picked)
+        for _srank, order, item, score, name in rest:
+            if pick >= free:
+                break
+            if item not in taken:
+                picked.append((1, pick, order, item, score, name))
+                taken.add(item)
+                pick += 1
+    need = k - len(picked)
+    if need > 0:
+        pick, order = 0, len(found)
+        for pop_rank, item in enumerate(popularity):
+            if pick >= need:
+                break
+            if item in excluded or item in blocked or item in taken:
+                continue
+            picked.append((2, pick, order, item, float(np.float32(1.0 / (1.0 + pop_rank))), POPULARITY))
+            pick += 1
+    picked.sort(key=lambda p: (p[0], p[1], p[2]))
+    return Answer([(item, score, src) for _, _, _, item, score, src in picked[:k]], fallback=not per_source)
