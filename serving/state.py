@@ -29,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from recemb.data.repeats import resolve_exclude_seen
 from recemb.errors import RecembError
 from recemb.index.base import RecembIndexError
 from recemb.index.export import MANIFEST_FILE
@@ -131,13 +132,17 @@ def load_snapshot(
     for name in index_names(settings):
         sources[name], manifests[name] = load_source(settings.run_path / "index" / name, settings.verify_checksums)
     popularity = load_popularity(settings.prepared_path)
+    events = settings.prepared_path / "events.parquet"
+    exclude_seen = resolve_exclude_seen(
+        settings.exclude_seen, pl.scan_parquet(events) if events.is_file() else pl.LazyFrame()
+    )
     retriever = Retriever(
         sources,
         popularity=popularity,
         query=settings.query,
         last_n=settings.last_n,
         quotas=settings.quotas,
-        exclude_seen=settings.exclude_seen,
+        exclude_seen=exclude_seen,
     )
     for name, src in sources.items():  # one real search per index before it may serve
         if isinstance(src, EmbeddingSource) and src.index.search(src.items.vectors[:1], 1)[0][0, 0] < 0:

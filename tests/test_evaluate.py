@@ -55,9 +55,10 @@ def test_evaluate_end_to_end(run):
     assert on_disk["dataset"] == "synth" and on_disk["skipped"] == {}
     assert set(on_disk["protocols"]) == {"ml", "sess", "imp", "cold"}
     assert on_disk["config"]["eval"]["embeddings"] == {"topics": str(root / "topics")}
+    blend = ["covisit", "candidates[covisit+topics]"]  # production's blend, fitted like the models (ml, sess)
     for protocol, part in res["protocols"].items():
         models = [r["model"] for r in part["rows"]]
-        assert models == ["popularity", "knn", "random", "topics"], protocol
+        assert models == ["popularity", "knn", "random", "topics"] + (blend if protocol in ("ml", "sess") else [])
         for row in part["rows"]:
             assert row["queries"] > 0 and row["fit_s"] >= 0 and row["score_s"] >= 0
     rows = {p: {r["model"]: r for r in part["rows"]} for p, part in res["protocols"].items()}
@@ -66,6 +67,8 @@ def test_evaluate_end_to_end(run):
     assert rows["sess"]["topics"]["recall@20"] > rows["sess"]["random"]["recall@20"]
     assert rows["imp"]["topics"]["auc"] > rows["imp"]["random"]["auc"]
     assert rows["cold"]["topics"]["recall@20"] > rows["cold"]["random"]["recall@20"]
+    for protocol in ("ml", "sess"):  # the blend places its sources' items: it must beat random too
+        assert rows[protocol]["candidates[covisit+topics]"]["recall@20"] > rows[protocol]["random"]["recall@20"]
 
     text = format_tables(res)
     assert text == (root / "runs" / "t" / "eval" / "tables.txt").read_text().rstrip("\n")

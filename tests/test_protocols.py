@@ -110,12 +110,29 @@ def test_ml_target_outside_catalogue_is_a_miss():
     assert out["mrr@2"] == pytest.approx(0.5 / 2)
 
 
-def test_ml_never_masks_the_target_itself():
-    # u1 consumes a again as its test item: a is a train item, yet it stays rankable.
+def test_ml_exclusion_rule_is_the_production_one():
+    # u1 consumes a again as its test item; b is the validation item.
     split = leave_last_out(events([("u1", "a", 1), ("u1", "b", 2), ("u1", "a", 3)]))
-    out = run_ml(split, FixedScorer(SCORES), Vocab(ITEMS), ks=(1,))
-    # masked: b (validation); a (5.0) ranks 1.
-    assert out["recall@1"] == 1.0
+    scorer, vocab = FixedScorer(SCORES), Vocab(ITEMS)
+    # Seen items excluded, as the candidate job drops them: the re-click can never be shown (a miss).
+    assert run_ml(split, scorer, vocab, ks=(1, 3), exclude_seen=True)["recall@3"] == 0.0
+    # Seen items rankable: nothing masked, a (5.0) ranks 1.
+    assert run_ml(split, scorer, vocab, ks=(1,), exclude_seen=False)["recall@1"] == 1.0
+    # auto: by the train part's repeat share (one event here: no repeats) -> excluded.
+    assert run_ml(split, scorer, vocab, ks=(3,))["recall@3"] == 0.0
+
+
+def test_repeat_share_and_auto_exclusion():
+    from recemb.data.repeats import KEEP_SEEN_FROM, repeat_share, resolve_exclude_seen
+
+    # u1: a, b, a (1 repeat of 2 later events); u2: c, d (none): 1 / 3.
+    ev = events([("u1", "a", 1), ("u1", "b", 2), ("u1", "a", 3), ("u2", "c", 1), ("u2", "d", 2)])
+    assert repeat_share(ev) == pytest.approx(1 / 3)
+    assert repeat_share(ev.lazy()) == pytest.approx(1 / 3)
+    assert resolve_exclude_seen("auto", ev) is False and 1 / 3 >= KEEP_SEEN_FROM
+    assert resolve_exclude_seen("auto", ev.filter(pl.col("user_id") == "u2")) is True
+    assert resolve_exclude_seen(False, ev.filter(pl.col("user_id") == "u2")) is False
+    assert repeat_share(ev.head(0)) == 0.0
 
 
 def test_sess_prefixes_are_queries_and_nothing_is_masked():

@@ -17,6 +17,8 @@ The dict (``None`` where the dataset lacks the table or column)::
     item_popularity  top1pct_share, top10pct_share (share of events on the most
                      frequent 1% / 10% of catalogue items), gini (over the catalogue,
                      items without events included), items_with_1_event, items_without_events
+    repeats          repeat_share (recemb.data.repeats), exclude_seen_auto: whether
+                     ``exclude_seen: auto`` drops seen items from candidates and P-ML
     impressions      ctr (clicked rows / rows), clicks_per_impression, share_with_click,
                      ctr_by_position {position: ctr} for the first 10 positions
 """
@@ -33,6 +35,7 @@ import numpy as np
 import polars as pl
 
 from recemb.data.dataset import META_FILE
+from recemb.data.repeats import KEEP_SEEN_FROM, repeat_share
 from recemb.errors import DataValidationError
 
 QUANTILES = (("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
@@ -161,6 +164,7 @@ def describe(dataset_dir: str | os.PathLike) -> dict[str, Any]:
         counts |= imp_counts
 
     start, end = summary["start"], summary["end"]
+    share = repeat_share(ev)
     return {
         "name": meta.get("name", root.name),
         "path": str(root),
@@ -176,6 +180,7 @@ def describe(dataset_dir: str | os.PathLike) -> dict[str, Any]:
         "session_length": _dist(per_session["n"].to_numpy()),
         "events_per_user": _dist(per_user["n"].to_numpy()),
         "item_popularity": _popularity(item_counts),
+        "repeats": {"repeat_share": share, "exclude_seen_auto": share < KEEP_SEEN_FROM},
         "impressions": imp_stats,
     }
 
@@ -226,6 +231,7 @@ def format_description(d: dict[str, Any]) -> str:
             lines.append("  " + "  ".join(f"{k}={_num(v)}" for k, v in dist.items()))
         lines.append("")
     section("item popularity", d["item_popularity"])
+    section("repeats (share of events on an item the user had before)", d["repeats"])
     imp = d["impressions"]
     if imp is not None:
         by_pos = imp["ctr_by_position"]

@@ -110,7 +110,7 @@ def evaluate_candidates(
         ks: cut-offs (those beyond the run's k are left out).
         gap_minutes: sessionization gap of the ``sess`` holdout (``data.sessionize``).
 
-    Returns ``{"holdout", "protocol" (ml/sess/None), "row": {"model": "candidates[<sources>]",
+    Returns ``{"holdout", "protocol" (ml/sess/None), "row": {"model": "written[<sources>]",
     metrics...}}``, the row shaped like :func:`recemb.eval.evaluate.run_rows` rows, so that
     ``recemb evaluate`` can print it beside the protocol's table.
     """
@@ -126,5 +126,5 @@ def evaluate_candidates(
     return {
         "holdout": holdout,
         "protocol": PROTOCOL_OF_HOLDOUT.get(holdout),
-        "row": {"model": f"candidates[{'+'.join(manifest['sources'])}]", **row},
+        "row": {"model": f"written[{'+'.join(manifest['sources'])}]", **row},
     }

@@ -7,6 +7,7 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
+from recemb.data.repeats import ExcludeSeen
 from recemb.section import Section
 
 ProtocolName = Literal["ml", "sess", "imp", "cold"]
@@ -33,6 +34,12 @@ class EvalConfig(Section):
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     query_last_n: int = Field(5, ge=1)
     scoring: Literal["cosine", "dot"] = "cosine"
+    # P-ML / P-COLD: mask the user's seen items (the target too when it is one), as the candidate
+    # job and the service drop them; auto: when under 5% of events repeat an item (recemb.data.repeats).
+    exclude_seen: ExcludeSeen = "auto"
+    # A row for production's blend (the candidates: section's sources and quotas) with every
+    # source fitted on the split, beside the models (ml, sess; recemb.eval.blend_scorer).
+    candidates: bool = True
     cold_fraction: float = Field(0.15, gt=0, lt=1)
     # P-COLD on this many disjoint cold-item sets (one model fit each), pooled: more
     # cold targets, less noise. ML-100K has ~70 cold test targets per 15% fold.

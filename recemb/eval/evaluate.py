@@ -39,6 +39,7 @@ import polars as pl
 from recemb import __version__
 from recemb.data import splits
 from recemb.data.dataset import Dataset
+from recemb.data.repeats import resolve_exclude_seen
 from recemb.data.sessions import sessionize
 from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError
@@ -134,19 +135,21 @@ def run_rows(
     seed: int = 0,
     log=None,
     options: Mapping[str, dict[str, Any]] | None = None,
+    common: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per scorer, in order: ``{"model": name, metrics..., "queries", "fit_s", "score_s"}``.
 
     Under imp the batch is capped at :data:`IMP_MAX_BATCH` queries: news
     catalogues are wide and every query scores a full ``[N]`` row.
-    ``options`` maps a scorer name to extra runner arguments (e.g. ``refit_every``).
+    ``options`` maps a scorer name to extra runner arguments (e.g. ``refit_every``);
+    ``common`` are runner arguments of every scorer (e.g. ``exclude_seen``).
     """
     if protocol == "imp":
         batch_size = min(batch_size, IMP_MAX_BATCH)
     rows = []
     for name, scorer in scorers.items():
         t0 = time.perf_counter()
-        extra = (options or {}).get(name, {})
+        extra = {**(common or {}), **(options or {}).get(name, {})}
         res = run_protocol(protocol, split, scorer, catalogue, ks, batch_size=batch_size, seed=seed, **extra)
         rows.append({"model": name, **res})
         if log:
@@ -155,6 +158,7 @@ def run_rows(
 
 
 POOLED_SUMS = ("queries", "fit_s", "score_s", "refits")
+MASKING_PROTOCOLS = ("ml", "cold")  # the runners that mask seen items (eval.exclude_seen)
 
 
 def pool_folds(fold_rows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -261,8 +265,11 @@ def evaluate(
                         e.seed,
                         model_done,
                         runner_options(protocol, e),
+                        {"exclude_seen": e.exclude_seen} if protocol in MASKING_PROTOCOLS else None,
                     )
                 )
+                if protocol in MASKING_PROTOCOLS:
+                    counts["exclude_seen"] = int(resolve_exclude_seen(e.exclude_seen, split.train))
                 for key, n in split_counts(split).items():
                     counts[key] = counts.get(key, 0) + n
                 counts["catalogue"] = len(catalogue)

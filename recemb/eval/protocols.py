@@ -4,9 +4,12 @@
 runner      queries, targets, masking
 ==========  ===============================================================
 run_ml      one query per test user: the user's train history ordered by
-            (ts, item_id); target = the test item; the user's train and
-            validation items are masked (the target itself never is, so a
-            re-consumed item stays rankable). Recall, NDCG, MRR, HitRate @K,
+            (ts, item_id); target = the test item. With ``exclude_seen`` the
+            user's train and validation items are masked, the target too
+            when it is one of them (a re-click is then a miss, as in the
+            candidate lists production ships); without, nothing is masked.
+            ``"auto"`` decides by the train part's repeat share
+            (recemb.data.repeats). Recall, NDCG, MRR, HitRate @K,
             coverage and popularity bias of the top-K lists
 run_sess    every test session, every position i >= 1: query = items
             0..i-1, target = item i; no masking (a repeat click counts, the
@@ -52,6 +55,7 @@ import numpy as np
 import polars as pl
 
 from recemb.data import schema
+from recemb.data.repeats import ExcludeSeen, resolve_exclude_seen
 from recemb.data.splits import ColdItemSplit, ImpressionSplit, LeaveLastOutSplit, SessionSplit
 from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError, DataValidationError, RecembError
@@ -124,9 +128,11 @@ def _run_leave_last_out(
     seed: int,
     what: str,
     cold_items: np.ndarray | None = None,
+    exclude_seen: ExcludeSeen = "auto",
 ) -> dict:
     ks = _check_ks(ks)
     _require_queries(test.height, what)
+    mask_seen = resolve_exclude_seen(exclude_seen, train)
     fit_s = _fit(scorer, train, catalogue)
     t0 = time.perf_counter()
     users = test["user_id"]
@@ -153,10 +159,10 @@ def _run_leave_last_out(
         rows = np.repeat(np.arange(stop - start), batch.lengths())
         cols = batch.items
         v = val_items[start:stop]
-        rows = np.concatenate([rows, np.flatnonzero(v >= 0)])
-        cols = np.concatenate([cols, v[v >= 0]])
-        keep = cols != b_targets[rows]  # never mask the target itself
-        ranking.apply_mask(scores, rows[keep], cols[keep])
+        if mask_seen:  # the target too when it repeats a seen item: production never shows it
+            rows = np.concatenate([rows, np.flatnonzero(v >= 0)])
+            cols = np.concatenate([cols, v[v >= 0]])
+            ranking.apply_mask(scores, rows, cols)
         ranks[start:stop] = ranking.target_ranks(scores, b_targets, rng)
         idx, top_scores = ranking.topk(scores, kmax, rng)
         idx[np.isneginf(top_scores)] = -1  # fewer unmasked items than kmax: pad, never count masked ones
@@ -183,10 +189,20 @@ def run_ml(
     ks: Sequence[int] = (10, 20),
     batch_size: int = 4096,
     seed: int = 0,
+    exclude_seen: ExcludeSeen = "auto",
 ) -> dict:
     """P-ML: rank the catalogue for each test user's train history (module doc)."""
     return _run_leave_last_out(
-        split.train, split.validation, split.test, scorer, catalogue, ks, batch_size, seed, "run_ml"
+        split.train,
+        split.validation,
+        split.test,
+        scorer,
+        catalogue,
+        ks,
+        batch_size,
+        seed,
+        "run_ml",
+        exclude_seen=exclude_seen,
     )
 
 
@@ -197,6 +213,7 @@ def run_cold(
     ks: Sequence[int] = (10, 20),
     batch_size: int = 4096,
     seed: int = 0,
+    exclude_seen: ExcludeSeen = "auto",
 ) -> dict:
     """P-COLD: P-ML on a cold-item split; ``catalogue`` must include the cold items (module doc)."""
     return _run_leave_last_out(
@@ -210,6 +227,7 @@ def run_cold(
         seed,
         "run_cold",
         cold_items=catalogue.lookup(split.cold_items),
+        exclude_seen=exclude_seen,
     )
 
 

@@ -75,6 +75,8 @@ def format_tables(
             notes = [f"catalogue {split['catalogue']} items"] if "catalogue" in split else []
             if split.get("folds", 1) > 1:
                 notes.append(f"pooled over {split['folds']} folds")
+            if "exclude_seen" in split:
+                notes.append("seen items excluded" if split["exclude_seen"] else "seen items rankable")
             extra = f" ({', '.join(notes)})" if notes else ""
             title = f"{TITLES.get(protocol, protocol)} · {dataset}{extra}"
             blocks.append(format_table(title, part["rows"], columns))

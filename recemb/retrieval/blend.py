@@ -30,6 +30,7 @@ import numpy as np
 from recemb.errors import RecembError
 
 POPULARITY = "popularity"
+RRF_K = 10  # rank offset of the fusion: small, so that a source's first places count (k is 10-100)
 Hit = tuple[str, float, str]  # (item_id, score, source)
 #: One source's finds for one user: ``(item ids [M] object, scores [M])``, best first, unfiltered.
 Found = tuple[np.ndarray, np.ndarray]
@@ -68,6 +69,7 @@ def blend(
     excluded: set[str] | frozenset[str],
     blocked: set[str] | frozenset[str],
     popularity: Sequence[str],
+    weights: Mapping[str, float] | None = None,
 ) -> Answer:
     """One user's top-k (module docstring).
 
@@ -79,6 +81,8 @@ def blend(
         excluded: this user's excluded ids (seen items when excluding them, plus ``exclude``).
         blocked: ids never returned.
         popularity: ids, most popular first.
+        weights: ``{source: weight}`` to fuse by weighted reciprocal rank instead of
+            quotas (module docstring); a source without a weight counts 0.
     """
     per_source: list[tuple[int, str, list[tuple[str, float]]]] = []
     for order, (name, f) in enumerate(found):
@@ -96,7 +100,11 @@ def blend(
 
     picked: list[tuple[int, int, int, str, float, str]] = []  # (phase, pick, order, item, score, source)
     taken: set[str] = set()
-    for order, name, cands in per_source:
+    if weights is not None:
+        picked = _fuse(per_source, k, weights)
+        taken = {p[3] for p in picked}
+        per_source = per_source if picked else []
+    for order, name, cands in per_source if weights is None else ():
         pick = 0
         for item, score in cands:
             if pick >= quota[name]:
@@ -105,7 +113,7 @@ def blend(
                 picked.append((0, pick, order, item, score, name))
                 taken.add(item)
                 pick += 1
-    if per_source and len(picked) < k:
+    if per_source and len(picked) < k and weights is None:
         rest = sorted(
             (srank, order, item, score, name)
             for order, name, cands in per_source
@@ -132,3 +140,30 @@ def blend(
             pick += 1
     picked.sort(key=lambda p: (p[0], p[1], p[2]))
     return Answer([(item, score, src) for _, _, _, item, score, src in picked[:k]], fallback=not per_source)
+
+
+def _fuse(
+    per_source: list[tuple[int, str, list[tuple[str, float]]]], k: int, weights: Mapping[str, float]
+) -> list[tuple[int, int, int, str, float, str]]:
+    """Weighted reciprocal-rank fusion: ``sum_s w_s / (RRF_K + rank_s)``, best k (phase 0).
+
+    Ties go to the better best rank, then to the source order; an item's source is the one
+    that contributes most to its score.
+    """
+    fused: dict[str, list] = {}  # item -> [score, best rank, order of best contribution, best term, source]
+    for order, name, cands in per_source:
+        w = float(weights.get(name, 0.0))
+        if w <= 0:
+            continue
+        for srank, (item, _score) in enumerate(cands):
+            term = w / (RRF_K + srank + 1)
+            entry = fused.get(item)
+            if entry is None:
+                fused[item] = [term, srank, order, term, name]
+                continue
+            entry[0] += term
+            entry[1] = min(entry[1], srank)
+            if term > entry[3]:
+                entry[2], entry[3], entry[4] = order, term, name
+    best = sorted(fused.items(), key=lambda kv: (-kv[1][0], kv[1][1], kv[1][2]))[:k]
+    return [(0, pick, 0, item, float(np.float32(e[0])), e[4]) for pick, (item, e) in enumerate(best)]

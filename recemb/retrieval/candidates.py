@@ -55,6 +55,7 @@ import pyarrow.parquet as pq
 
 from recemb import __version__
 from recemb.data import schema, splits
+from recemb.data.repeats import resolve_exclude_seen
 from recemb.errors import ConfigError, DataValidationError
 from recemb.io import atomic_path, sha256_file, write_json
 from recemb.progress import Progress
@@ -416,7 +417,7 @@ def generate_candidates(
         query=c.query,
         last_n=c.last_n,
         quotas=c.quotas,
-        exclude_seen=c.exclude_seen and c.holdout != "sess",  # P-SESS masks nothing
+        exclude_seen=c.holdout != "sess" and resolve_exclude_seen(c.exclude_seen, fit),  # P-SESS masks nothing
         blocked=tuple(c.blocked),
         search_k=c.search_k,
         batch_size=c.batch_size,
@@ -441,6 +442,7 @@ def generate_candidates(
         bar.summary = f"{progress['users']} users"
     run_seconds = time.perf_counter() - t_run
     manifest = _manifest(out, c, sources, keys.height, len(done), progress, t0, run_seconds, fingerprint)
+    manifest["exclude_seen"] = spec.exclude_seen  # as resolved ("auto" -> the data's repeat share)
     write_json(out / MANIFEST_FILE, manifest)
     with atomic_path(out / SUCCESS_FILE) as tmp:
         tmp.write_text("")

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from recemb.data.repeats import ExcludeSeen
 from recemb.section import Section
 
 
@@ -22,7 +23,9 @@ class CandidatesConfig(Section):
     quotas: dict[str, int | float] | None = None
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     last_n: int = Field(5, ge=1)  # window of query=mean_last_n
-    exclude_seen: bool = True  # never return an item of the user's history (forced off for sess)
+    # never return an item of the user's history; auto: when under 5% of events repeat one
+    # (recemb.data.repeats, counted on the events the histories come from); forced off for sess
+    exclude_seen: ExcludeSeen = "auto"
     blocked: list[str] = Field(default_factory=list)  # item ids never returned to anyone
     user_vectors: bool = True  # use <run>/<model>/user_embeddings as the query of known users
     holdout: Literal["none", "ml", "sess"] = "none"  # see recemb.eval.holdout_queries

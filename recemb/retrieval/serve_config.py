@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from recemb.data.repeats import ExcludeSeen
 from recemb.errors import ConfigError
 from recemb.section import Section
 
@@ -54,7 +55,7 @@ class ServeConfig(Section):
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     last_n: int = Field(5, ge=1)
     quotas: dict[str, float] | None = None  # default blend: {source: count or fraction of k}
-    exclude_seen: bool = True
+    exclude_seen: ExcludeSeen = "auto"  # drop the request's items; auto: by the events' repeat share
     k_default: int = Field(10, ge=1)
     k_max: int = Field(100, ge=1, le=10_000)
     max_history: int = Field(200, ge=1, le=100_000)  # recent items per request

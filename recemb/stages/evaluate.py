@@ -15,6 +15,7 @@ from typing import Any, Literal
 from recemb.config import PipelineConfig, config_to_dict
 from recemb.data.dataset import Dataset
 from recemb.eval.scorers import Scorer
+from recemb.index.stage import COVISIT
 from recemb.stages.base import Stage
 from recemb.stages.registry import MODELS, ModelSpec, Variant, eval_entry
 
@@ -63,6 +64,37 @@ def model_scorers(cfg: PipelineConfig, protocol: str, ds: Dataset) -> dict[str, 
     return out
 
 
+BLEND_PROTOCOLS = ("ml", "sess")  # where a candidate list is what is scored (not shown items, not cold ones)
+
+
+def with_candidates_row(cfg: PipelineConfig, protocol: str, scorers: dict[str, Scorer]) -> dict[str, Scorer]:
+    """``scorers`` plus, with ``eval.candidates`` on ml/sess, production's blend as a last row.
+
+    Its sources are ``candidates.sources`` (default: ``covisit`` when ``export.covisit`` is
+    enabled, then the models of ``scorers``), in that order; a model source reuses its own
+    row's fit (SharedFit), ``covisit`` is built from the split's train part with
+    ``export.covisit``'s settings and gets a row of its own. Sources that do not run on this
+    protocol (content-only models) are left out of the blend and out of its name.
+    """
+    from recemb.eval.blend_scorer import BlendScorer, CoVisitScorer, SharedFit
+
+    if not cfg.eval.candidates or protocol not in BLEND_PROTOCOLS:
+        return scorers
+    co = cfg.export.covisit
+    names = cfg.candidates.sources or ([COVISIT] if co.enabled else []) + list(scorers)
+    out = dict(scorers)
+    if COVISIT in names and COVISIT not in out:
+        out[COVISIT] = CoVisitScorer(co.unit, co.top_m, co.query, name=COVISIT)
+    used = [n for n in names if n in out]
+    if not used:
+        return out
+    shared = {n: SharedFit(out[n]) for n in used}
+    out.update(shared)
+    quotas = {n: q for n, q in (cfg.candidates.quotas or {}).items() if n in shared} or None
+    blend = BlendScorer(shared, max(cfg.eval.k), quotas, cfg.candidates.exclude_seen)
+    return out | {blend.name: blend}
+
+
 def embedding_scorers(cfg: PipelineConfig) -> dict[str, Scorer]:
     """An :class:`EmbeddingScorer` per ``cfg.eval.embeddings`` entry (name -> directory).
 
@@ -101,7 +133,9 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
         ds,
         cfg.eval,
         cfg.run_dir / "eval",
-        scorers_for=lambda protocol: {**model_scorers(cfg, protocol, ds), **on_disk},
+        scorers_for=lambda protocol: with_candidates_row(
+            cfg, protocol, {**model_scorers(cfg, protocol, ds), **on_disk}
+        ),
         gap_minutes=gap,
         record=config_to_dict(cfg),
         candidates=evaluate_candidates(cfg.run_dir / "candidates", ds.events, cfg.eval.k, gap),

@@ -163,8 +163,16 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> 
     def evaluate(query: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         settings = {**configured, **query}
         scorer.set_query(settings["eval.query"], settings["eval.query_last_n"])
+        masking = {"exclude_seen": e.exclude_seen} if setup.protocol == "ml" else {}
         res = run_protocol(
-            setup.protocol, setup.split, _Fitted(scorer), setup.catalogue, ks, batch_size=e.batch_size, seed=e.seed
+            setup.protocol,
+            setup.split,
+            _Fitted(scorer),
+            setup.catalogue,
+            ks,
+            batch_size=e.batch_size,
+            seed=e.seed,
+            **masking,
         )
         if setup.metric not in res:
             raise ConfigError(f"tune.metric: {setup.metric!r} is not among {sorted(res)}")
