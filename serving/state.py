@@ -143,6 +143,7 @@ def load_snapshot(
         last_n=settings.last_n,
         quotas=settings.quotas,
         exclude_seen=exclude_seen,
+        weights=settings.weights,
     )
     for name, src in sources.items():  # one real search per index before it may serve
         if isinstance(src, EmbeddingSource) and src.index.search(src.items.vectors[:1], 1)[0][0, 0] < 0:

@@ -138,9 +138,13 @@ def test_quotas_respected_when_blending_two_sources(two_sources):
             "a",
             "b",
         ]
-    default = two_sources.recommend_batch(hists, 9)  # even split, first source gets the odd one
-    c = default.group_by("source").len().sort("source")["len"].to_list()
+    even = two_sources.quotas_for(9, None)  # k split evenly, the first source gets the odd one
+    assert even == {"a": 5, "b": 4}
+    c = two_sources.recommend_batch(hists, 9, quotas=even).group_by("source").len().sort("source")["len"].to_list()
     assert c == [500, 400]
+    # Without quotas the sources are fused with equal weights.
+    fused = Retriever(two_sources.sources, popularity=two_sources.popularity, weights={"a": 1.0, "b": 1.0})
+    assert two_sources.recommend_batch(hists, 9).equals(fused.recommend_batch(hists, 9))
 
 
 def test_quota_leftover_filled_from_the_other_source(two_sources):
@@ -259,3 +263,28 @@ def test_real_movielens_candidates(shared_data):
     assert df.height == 20 * len(hist)
     seen = hist.explode("item").rename({"user": "user_id", "item": "item_id"})
     assert df.join(seen, on=["user_id", "item_id"]).height == 0
+
+
+def test_weighted_reciprocal_rank_fusion_by_hand():
+    from recemb.retrieval.blend import RRF_K, blend
+
+    a = (np.array(["x", "y", "z"], dtype=object), np.array([3.0, 2.0, 1.0]))
+    b = (np.array(["z", "w"], dtype=object), np.array([5.0, 4.0]))
+    got = blend([("a", a), ("b", b)], 3, {"a": 2, "b": 1}, frozenset({"y"}), frozenset(), ["p"], {"a": 1.0, "b": 2.0})
+    # a (y excluded): x rank 1, z rank 2; b: z rank 1, w rank 2.
+    want = {
+        "z": 1 / (RRF_K + 2) + 2 / (RRF_K + 1),
+        "w": 2 / (RRF_K + 2),
+        "x": 1 / (RRF_K + 1),
+    }
+    order = sorted(want, key=lambda i: -want[i])
+    assert [h[0] for h in got.hits] == order
+    np.testing.assert_allclose([h[1] for h in got.hits], [want[i] for i in order], rtol=1e-6)
+    assert dict((h[0], h[2]) for h in got.hits) == {"z": "b", "w": "b", "x": "a"}  # the larger contribution
+    # A source with weight 0 takes no part; places left go to popularity.
+    only_a = blend([("a", a), ("b", b)], 4, {"a": 2, "b": 2}, frozenset(), frozenset(), ["p"], {"a": 1.0, "b": 0.0})
+    assert [h[0] for h in only_a.hits] == ["x", "y", "z", "p"]
+    one = EmbeddingSet(["q"], np.ones((1, 2), np.float32), kind="t")
+    for bad in ({"b": 1.0}, {"a": 0.0}, {"a": float("nan")}, {"a": -1.0}):
+        with pytest.raises(RecembError, match="weights"):
+            Retriever({"a": (one, ExactIndex().build(one.vectors))}, weights=bad)

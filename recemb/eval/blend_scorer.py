@@ -133,7 +133,13 @@ class BlendScorer:
         row_of = {s: i for i, s in enumerate(ids.tolist())}
         for i in range(b):
             answer = blend(
-                [(n, f[i]) for n, f in found.items()], length, quota, excluded[i], frozenset(), self.popularity
+                [(n, f[i]) for n, f in found.items()],
+                length,
+                quota,
+                excluded[i],
+                frozenset(),
+                self.popularity,
+                self.weights,
             )
             cols = [row_of[item] for item, _, _ in answer.hits]
             out[i, cols] = np.arange(length, length - len(cols), -1, dtype=np.float32)

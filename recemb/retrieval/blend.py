@@ -7,17 +7,25 @@ the two paths cannot disagree. Per user:
 
 1. **filter**: drop excluded (seen, per-user ``exclude``) and blocked items;
    each source keeps its best ``k``.
-2. **quotas**, in priority order (= source order): source 1 takes its best
-   ``quota_1`` items, source 2 its best ``quota_2`` items not already taken, ...
-3. **leftovers**: free places go to all sources' remaining items by
-   (rank within source, source order).
-4. **popularity**: places still free go to popular items not excluded,
+2. either **fusion** (``weights``): every item scores
+   ``sum_s w_s / (RRF_K + rank_s)`` over the sources that found it (rank
+   1-based after filtering), the best k are taken (weighted reciprocal-rank
+   fusion, Cormack et al. 2009; an item found by two sources rises);
+   or **quotas**, in priority order (= source order): source 1 takes its best
+   ``quota_1`` items, source 2 its best ``quota_2`` items not already taken,
+   ..., then free places go to all sources' remaining items by (rank within
+   source, source order).
+3. **popularity**: places still free go to popular items not excluded,
    blocked or taken (also the whole list for a user no source can serve).
 
-The list is ordered by (phase, pick, source order): quota picks first,
-interleaved across sources, then leftovers, then popularity. Scores are each
-source's own (not comparable across sources); a popularity row scores
-``1 / (1 + popularity rank)``.
+Quota lists are ordered by (phase, pick, source order): quota picks first,
+interleaved across sources, then leftovers, then popularity. Scores are the
+fused score (a source's own when it is the only one), or under quotas each source's own (not comparable across
+sources); a popularity row scores ``1 / (1 + popularity rank)``.
+
+Measured on the quickstart (P-SESS, four sources fitted on the train split):
+Recall@20 0.674 fused with equal weights, 0.623 with even quotas (the
+interleaving puts every source's first item before anyone's second).
 """
 
 from __future__ import annotations
@@ -148,8 +156,12 @@ def _fuse(
     """Weighted reciprocal-rank fusion: ``sum_s w_s / (RRF_K + rank_s)``, best k (phase 0).
 
     Ties go to the better best rank, then to the source order; an item's source is the one
-    that contributes most to its score.
+    that contributes most to its score. With one source taking part, its own list and scores.
     """
+    taking_part = [(name, cands) for _, name, cands in per_source if weights.get(name, 0.0) > 0]
+    if len(taking_part) == 1:  # one source: its own ranking, and its own scores
+        name, cands = taking_part[0]
+        return [(0, pick, 0, item, score, name) for pick, (item, score) in enumerate(cands[:k])]
     fused: dict[str, list] = {}  # item -> [score, best rank, order of best contribution, best term, source]
     for order, name, cands in per_source:
         w = float(weights.get(name, 0.0))

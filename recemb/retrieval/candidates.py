@@ -145,6 +145,7 @@ class WorkerSpec:
     query: str
     last_n: int
     quotas: dict[str, int | float] | None
+    weights: dict[str, float] | None
     exclude_seen: bool
     blocked: tuple[str, ...]
     search_k: int | None
@@ -177,6 +178,7 @@ class PartitionWriter:
             last_n=spec.last_n,
             quotas=spec.quotas,
             exclude_seen=spec.exclude_seen,
+            weights=spec.weights,
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -232,9 +234,10 @@ def resolve_sources(run_dir: Path, c: CandidatesConfig) -> list[SourceSpec]:
             f"candidates.sources: no index for {missing} under {root} (found {found or 'none'}); "
             "export them with `recemb export CONFIG` or fix the names"
         )
-    unknown = sorted(set(c.quotas or {}) - set(wanted))
-    if unknown:
-        raise ConfigError(f"candidates.quotas name unknown sources {unknown}; sources are {wanted}")
+    for key in ("quotas", "weights"):
+        unknown = sorted(set(getattr(c, key) or {}) - set(wanted))
+        if unknown:
+            raise ConfigError(f"candidates.{key} name unknown sources {unknown}; sources are {wanted}")
     specs = []
     for name in wanted:
         users = run_dir / name / USER_EMBEDDINGS
@@ -417,6 +420,7 @@ def generate_candidates(
         query=c.query,
         last_n=c.last_n,
         quotas=c.quotas,
+        weights=c.weights,
         exclude_seen=c.holdout != "sess" and resolve_exclude_seen(c.exclude_seen, fit),  # P-SESS masks nothing
         blocked=tuple(c.blocked),
         search_k=c.search_k,

@@ -21,6 +21,8 @@ class CandidatesConfig(Section):
     sources: list[str] = Field(default_factory=list)  # index names under <run>/index/; empty = all
     # {source: count} or {source: fraction of k}; None = k split evenly (Retriever's rule)
     quotas: dict[str, int | float] | None = None
+    # {source: weight}: fuse the sources by weighted reciprocal rank instead of quotas (recemb.retrieval.blend)
+    weights: dict[str, float] | None = None
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     last_n: int = Field(5, ge=1)  # window of query=mean_last_n
     # never return an item of the user's history; auto: when under 5% of events repeat one

@@ -55,6 +55,7 @@ class ServeConfig(Section):
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     last_n: int = Field(5, ge=1)
     quotas: dict[str, float] | None = None  # default blend: {source: count or fraction of k}
+    weights: dict[str, float] | None = None  # {source: weight}: reciprocal-rank fusion instead of quotas
     exclude_seen: ExcludeSeen = "auto"  # drop the request's items; auto: by the events' repeat share
     k_default: int = Field(10, ge=1)
     k_max: int = Field(100, ge=1, le=10_000)

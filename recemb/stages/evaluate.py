@@ -90,8 +90,10 @@ def with_candidates_row(cfg: PipelineConfig, protocol: str, scorers: dict[str, S
         return out
     shared = {n: SharedFit(out[n]) for n in used}
     out.update(shared)
-    quotas = {n: q for n, q in (cfg.candidates.quotas or {}).items() if n in shared} or None
-    blend = BlendScorer(shared, max(cfg.eval.k), quotas, cfg.candidates.exclude_seen)
+    c = cfg.candidates
+    quotas = {n: q for n, q in (c.quotas or {}).items() if n in shared} or None
+    weights = None if c.weights is None else {n: c.weights.get(n, 0.0) for n in shared}
+    blend = BlendScorer(shared, max(cfg.eval.k), quotas, c.exclude_seen, weights=weights)
     return out | {blend.name: blend}
 
 
