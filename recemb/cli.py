@@ -163,6 +163,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         concurrent=args.workers,
         searcher=args.searcher,
         resume=not args.fresh,
+        blend=args.blend,
+        blend_only=args.blend_only,
     )
     tune_run(_load(args), request)
     return 0
@@ -265,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--searcher", choices=["random", "tpe"], help="random search or Optuna's TPE (default tune.searcher)"
     )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted search")
+    p.add_argument(
+        "--blend", action="store_true", help="then fit the candidate blend's weights (candidates.weights) on validation"
+    )
+    p.add_argument("--blend-only", action="store_true", help="fit only the blend's weights (no model search)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("pipeline", help="run every stage the config enables")

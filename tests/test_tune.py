@@ -247,3 +247,23 @@ def test_query_pooling_is_searched_inside_each_trial(synth_ds):
     assert last["score"] >= last["configured_score"]
     if last["score"] > last["configured_score"]:  # a better pooling was found: it is named
         assert last["query"] in {"last", "mean_last_n", "recency"} and last["ndcg@10"] == last["score"]
+
+
+def test_blend_weights_are_fitted_on_validation_and_land_in_best_yaml(tmp_path, capsys):
+    """A poorly configured item2vec beside co-visitation: the fitted blend scores at least as well
+    as equal weights and as each source alone, on validation; the weights apply as an overlay."""
+    from recemb.tune.search import TuneRequest, tune_run
+
+    cfg = _tune_config(tmp_path)
+    summary = tune_run(cfg, TuneRequest(blend_only=True))
+    blend = summary["blend"]
+    assert set(blend["weights"]) == {"covisit", "item2vec"} and blend["metric"] == "recall@20"
+    assert blend["score"] >= blend["equal_score"] and blend["score"] >= max(blend["singles"].values())
+    # The one-epoch item2vec is the weaker source: it never gets the larger weight.
+    assert blend["singles"]["covisit"] > blend["singles"]["item2vec"]
+    assert blend["weights"]["covisit"] >= blend["weights"]["item2vec"]
+    out = tmp_path / "t" / "tune"
+    applied = load_config_from(cfg, out / "best.yaml")
+    assert applied.candidates.weights == blend["weights"]
+    assert json.loads((out / "blend.json").read_text())["tried"] >= 3
+    assert "blend weights on validation ml recall@20" in capsys.readouterr().out

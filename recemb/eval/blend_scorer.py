@@ -108,6 +108,10 @@ class BlendScorer:
         self.k, self.quotas, self.exclude_seen, self.weights = k, quotas, exclude_seen, weights
         self.name = name or f"candidates[{'+'.join(self.sources)}]"
         self._ids: np.ndarray | None = None
+        # cache: keep each batch's ranked source lists, so that scoring the same queries again
+        # with other weights or quotas costs only the blending (recemb.tune.blend)
+        self.cache = False
+        self._found: dict[bytes, dict[str, list[Found | None]]] = {}
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> BlendScorer:
         for src in self.sources.values():
@@ -116,6 +120,7 @@ class BlendScorer:
         self.popularity = counts["item_id"].to_list()  # the candidate job's fallback, counted the same way
         self.exclude = resolve_exclude_seen(self.exclude_seen, train)
         self._ids = catalogue.ids
+        self._found = {}
         return self
 
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
@@ -128,7 +133,12 @@ class BlendScorer:
         histories = [ids[queries.query(i)].tolist() for i in range(b)]
         excluded = [frozenset(h) if self.exclude else frozenset() for h in histories]
         want = length + (queries.lengths() if self.exclude else np.zeros(b, dtype=np.int64))
-        found = {name: _ranked(src.score_queries(queries), want, ids) for name, src in self.sources.items()}
+        key = queries.offsets.tobytes() + b"|" + queries.items.tobytes()
+        found = self._found.get(key) if self.cache else None
+        if found is None:
+            found = {name: _ranked(src.score_queries(queries), want, ids) for name, src in self.sources.items()}
+            if self.cache:
+                self._found[key] = found
         out = np.full((b, len(ids)), MISSING_SCORE, dtype=np.float32)
         row_of = {s: i for i, s in enumerate(ids.tolist())}
         for i in range(b):

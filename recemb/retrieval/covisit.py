@@ -152,6 +152,7 @@ class CoVisitTable:
         self.item_row = {s: i for i, s in enumerate(self.ids.tolist())}
         if len(self.item_row) != n:
             raise CoVisitError("co-visitation table: duplicate item ids")
+        self._known = np.r_[np.ones(n, dtype=bool), False]  # row N: unknown ids
         m = neighbors.shape[1]
         # The [N, N] top-M matrix shares the (memory-mapped) arrays; padding is column 0 with weight 0.
         indices = np.where(neighbors >= 0, neighbors, 0).astype(np.int32, copy=False).ravel()
@@ -203,8 +204,7 @@ class CoVisitTable:
         """
         n = len(self.ids)
         items, offsets = self.rows(histories)
-        known = np.r_[np.ones(n, dtype=bool), False]
-        w = csr_weights(items, offsets, known, self.query, last_n)
+        w = csr_weights(items, offsets, self._known, self.query, last_n)
         rows = np.repeat(np.arange(len(histories)), np.diff(offsets))
         keep = w > 0
         q = sp.csr_matrix((w[keep], (rows[keep], items[keep])), shape=(len(histories), n))

@@ -102,6 +102,7 @@ class EmbeddingSource:
             norms = np.linalg.norm(v, axis=1, keepdims=True)
             v = (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         self._pool_rows = np.vstack([v, np.zeros((1, items.dim), dtype=np.float32)])
+        self._known = np.r_[np.ones(len(items), dtype=bool), False]  # row N: unknown ids
 
     def knows(self, item_id: str) -> bool:
         return item_id in self.item_row
@@ -120,8 +121,7 @@ class EmbeddingSource:
         items = np.fromiter((get(x, n) for h in histories for x in h), dtype=np.int64)
         offsets = np.zeros(b + 1, dtype=np.int64)
         np.cumsum([len(h) for h in histories], out=offsets[1:])
-        known = np.r_[np.ones(n, dtype=bool), False]
-        w = csr_weights(items, offsets, known, mode, last_n)
+        w = csr_weights(items, offsets, self._known, mode, last_n)
         q = weighted_mean(self._pool_rows, items, offsets, w)
         have = np.bincount(np.repeat(np.arange(b), np.diff(offsets)), weights=w, minlength=b) > 0
         if query_vectors is not None:

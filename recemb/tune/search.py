@@ -23,6 +23,7 @@ was scored after fewer epochs than its settings say.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,11 +37,12 @@ from typing import Any
 import polars as pl
 import yaml
 
-from recemb.config import PipelineConfig, config_to_dict, merge_tree
+from recemb.config import PipelineConfig, build_config, config_to_dict, merge_tree
 from recemb.errors import ConfigError, RecembError
 from recemb.io import atomic_path, write_json
 from recemb.stages.registry import MODELS, ModelSpec, Variant, eval_entry, model_spec
 from recemb.testing import faults
+from recemb.tune.blend import fit_blend_weights, format_blend
 from recemb.tune.config import DEFAULT_METRICS, TuneConfig
 from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, query_grid, split_space, to_ray
 from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, run_trial, rungs
@@ -60,6 +62,8 @@ class TuneRequest:
     concurrent: int | None = None
     searcher: str | None = None
     resume: bool = True
+    blend: bool = False  # also fit candidates.weights (recemb.tune.blend)
+    blend_only: bool = False  # only that: no model search
 
     def apply(self, t: TuneConfig) -> TuneConfig:
         update = {
@@ -317,7 +321,8 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
 
     cfg = cfg.model_copy(update={"tune": request.apply(cfg.tune)})
     t = cfg.tune
-    specs = tuned_models(cfg)
+    specs = [] if request.blend_only else tuned_models(cfg)
+    request = replace(request, blend=request.blend or request.blend_only)
     for spec in specs:
         model_space(spec, t.spaces.get(spec.name))  # a bad space fails before any data is read
     unknown = set(t.spaces) - {s.name for s in MODELS.values()}
@@ -334,7 +339,7 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
     split, catalogue = validation_inputs(ds, protocol, cfg.eval, t.validation_fraction, cfg.data.sessionize.gap_minutes)
     out = cfg.run_dir / "tune"
     out.mkdir(parents=True, exist_ok=True)
-    budget = t.budget_seconds / len(specs) if t.budget_seconds else None
+    budget = t.budget_seconds / len(specs) if t.budget_seconds and specs else None
     threads = max(1, int(t.cpus_per_trial))
     started = time.time()
     all_trials: list[dict[str, Any]] = []
@@ -342,7 +347,7 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
     seconds: dict[str, float] = {}
     # What a trial's process needs that it would otherwise resolve against its own directory.
     trial_env = {**faults.env(), "RECEMB_DATA_DIR": str(data_dir().resolve())}
-    with ray_session():
+    with ray_session() if specs else contextlib.nullcontext():  # a blend-only fit needs no Ray
         for spec in specs:
             # Absolute paths: Ray Tune runs each trial in its own working directory.
             cache_dir = _cache_dir(cfg, spec.section_config(cfg)).resolve()
@@ -357,6 +362,8 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
             seconds[spec.name] = time.perf_counter() - t0
             all_trials += trials
             all_reports += reports
+    if not specs and request.blend:
+        return _blend_only(cfg, ds, protocol, split, catalogue, out)
     if not all_trials:
         raise RecembError("tune: no trial ran (is the time budget too small?)")
     trials_df = pl.DataFrame(all_trials)
@@ -366,8 +373,9 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
         schema={"model": pl.String, "trial": pl.String, "epoch": pl.Int64, "score": pl.Float64, "at_s": pl.Float64},
     ).write_parquet(out / "history.parquet")
     best = best_trials(trials_df)
-    write_best(out / "best.yaml", best, protocol, metric)
+    tree = write_best(out / "best.yaml", best, protocol, metric)
     models = summarise(trials_df, best, seconds)
+    blend = _fit_blend(cfg, tree, ds, protocol, split, catalogue, out) if request.blend else None
     summary = {
         "protocol": protocol,
         "metric": metric,
@@ -375,8 +383,44 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
         "searcher": t.searcher,
         "scheduler": t.scheduler,
         "models": models,
+        **({"blend": blend} if blend else {}),
     }
     write_json(out / "summary.json", summary)
     print(format_summary(models, protocol, metric))
+    if blend:
+        print(format_blend(blend))
     print(f"wrote {out / 'best.yaml'} (apply: recemb pipeline CONFIG --overlay {out / 'best.yaml'})")
     return summary
+
+
+def _fit_blend(
+    cfg: PipelineConfig, tree: dict[str, Any], ds: Any, protocol: str, split: Any, catalogue: Any, out: Path
+) -> dict[str, Any]:
+    """Fit ``candidates.weights`` with the sources at their best settings (``tree``); add them to best.yaml."""
+    tuned = build_config(merge_tree(config_to_dict(cfg), tree))
+    result = fit_blend_weights(tuned, ds, protocol, split, catalogue)
+    path = out / "best.yaml"
+    text = path.read_text() if path.is_file() else ""
+    header = [line for line in text.splitlines() if line.startswith("#")] or [
+        "# recemb tune: settings selected on the validation split (the test part was never read). Apply with",
+        f"#   recemb pipeline CONFIG --overlay {path}",
+    ]
+    header.append(
+        f"#   blend: validation {result['metric']} {result['score']:.4f} (equal weights {result['equal_score']:.4f})"
+    )
+    merged = merge_tree(tree, {"candidates": {"weights": result["weights"]}})
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(merged, sort_keys=True))
+    write_json(out / "blend.json", result)
+    return {k: v for k, v in result.items() if k != "table"}
+
+
+def _blend_only(cfg: PipelineConfig, ds: Any, protocol: str, split: Any, catalogue: Any, out: Path) -> dict[str, Any]:
+    """``--blend`` with no model to search: fit the weights over the configured (or best.yaml's) settings."""
+    path = out / "best.yaml"
+    tree = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    tree.pop("candidates", None)
+    blend = _fit_blend(cfg, tree, ds, protocol, split, catalogue, out)
+    print(format_blend(blend))
+    print(f"wrote {path} (apply: recemb pipeline CONFIG --overlay {path})")
+    return {"protocol": protocol, "blend": blend}
