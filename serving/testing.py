@@ -2,9 +2,10 @@
 
 ``make_demo_run(dir)`` writes what the pipeline would::
 
-    <dir>/data/events.parquet          (item_id column: the popularity fallback)
+    <dir>/data/events.parquet          (user_id, item_id: the popularity fallback; users of 10 clicks)
     <dir>/item2vec/embeddings/          clustered random vectors, ids "i0".."i{N-1}"
     <dir>/index/item2vec/               Annoy export (recemb.index.export.export_all)
+    <dir>/index/covisit/                with ``covisit=True``: the co-visitation table of those events
 
 ``make_demo_run(dir, model="sequence", tower=True)`` writes an untrained
 sequence model instead (``<dir>/sequence/``: weights, items, embeddings), the
@@ -21,6 +22,7 @@ import polars as pl
 
 from recemb.embeddings import EmbeddingSet
 from recemb.index.export import export_all
+from recemb.retrieval.covisit import CoVisitTable
 
 
 def clustered_vectors(n: int, dim: int, clusters: int = 20, seed: int = 0) -> np.ndarray:
@@ -38,6 +40,7 @@ def make_demo_run(
     model: str = "item2vec",
     n_trees: int = 10,
     tower: bool = False,
+    covisit: bool = False,
 ) -> Path:
     """Write a run with one exported model (see module docstring); returns ``run_dir``."""
     run_dir = Path(run_dir)
@@ -51,8 +54,11 @@ def make_demo_run(
     # Zipf-like clicks: low row numbers are the popular items.
     clicks = np.minimum(rng.zipf(1.3, size=20 * n_items) - 1, n_items - 1)
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"item_id": [ids[c] for c in clicks]}).write_parquet(run_dir / "data" / "events.parquet")
+    events = pl.DataFrame({"user_id": [f"u{r // 10}" for r in range(len(clicks))], "item_id": [ids[c] for c in clicks]})
+    events.write_parquet(run_dir / "data" / "events.parquet")
     export_all({model: emb_dir}, run_dir, n_trees=n_trees, sample=min(200, n_items), seed=seed, n_jobs=1)
+    if covisit:
+        CoVisitTable.build(events, unit="user", top=50).save(run_dir / "index" / "covisit")
     return run_dir
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -304,3 +306,54 @@ def test_two_ray_workers_write_the_same_parts(run, tmp_path, ray_local):
     for p in sorted(local.glob("part-*.parquet")):
         assert pl.read_parquet(two / p.name).equals(pl.read_parquet(p)), p.name
     assert not [f for f in os.listdir(two) if f.endswith(".tmp")]
+
+
+def test_a_user_tower_encodes_every_history_for_its_index(tmp_path):
+    """candidates.user_tower: the batch job queries the sequence index with the tower's vectors,
+    exactly as the service's Retriever does with the same tower (serve.user_tower)."""
+    import sys
+    from datetime import timedelta
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from recemb.retrieval.candidates import history_lists, popularity
+    from recemb.retrieval.retriever import Retriever
+    from recemb.retrieval.sources import load_source
+    from recemb.retrieval.towers import load_user_tower
+    from serving.testing import make_demo_run
+
+    run_dir = make_demo_run(tmp_path / "run", n_items=60, dim=8, model="sequence", tower=True)
+    rng = np.random.default_rng(0)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    ev = schema.coerce(
+        pl.DataFrame(
+            {
+                "user_id": [f"u{i % 20}" for i in range(200)],
+                "item_id": [f"i{x}" for x in rng.integers(0, 60, 200)],
+                "ts": [t0 + timedelta(minutes=i) for i in range(200)],
+            }
+        ),
+        "events",
+        "<test>",
+    )
+    events_path = tmp_path / "events.parquet"
+    schema.write_table(ev, events_path, "events")
+    c = CandidatesConfig(
+        k=5, partitions=2, num_workers=0, out=str(tmp_path / "c"), sources=["sequence"], user_tower="sequence"
+    )
+    df = read_candidates(generate_candidates(run_dir, events_path, c))
+    tower = load_user_tower(run_dir, None, "sequence")
+    src, _ = load_source(run_dir / "index" / "sequence")
+    hist = history_lists(ev)
+    exclude_seen = json.loads((tmp_path / "c" / "manifest.json").read_text())["exclude_seen"]
+    r = Retriever({"sequence": src}, popularity=popularity(ev), exclude_seen=exclude_seen)
+    for u, h in hist.iter_rows():
+        want = r.recommend(h, 5, query_vectors={"sequence": tower.encode([h], [u])[0]})
+        assert df.filter(pl.col("user_id") == u).sort("rank")["item_id"].to_list() == [w[0] for w in want]
+    # The tower is really used: pooled item vectors give other lists.
+    pooled = r.recommend_batch(hist["history"].to_list(), 5, user_ids=hist["user_id"].to_list())
+    assert pooled["item_id"].to_list() != df.sort("user_id", "rank")["item_id"].to_list()
+    with pytest.raises(ConfigError, match="not among the sources"):
+        generate_candidates(run_dir, events_path, c.model_copy(update={"user_tower": "two_tower"}))
+    shutil.copytree(run_dir / "index" / "sequence", run_dir / "index" / "two_tower")  # an index, no tower
+    with pytest.raises(ConfigError, match="no saved tower"):
+        generate_candidates(run_dir, events_path, c.model_copy(update={"user_tower": "two_tower", "sources": []}))

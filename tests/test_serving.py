@@ -55,7 +55,9 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    with BackgroundServer(ServeConfig(run_dir=str(run_dir), port=0, k_max=50, admin_token=TOKEN)) as srv:
+    # exclude_seen: true (the demo's Zipf clicks repeat items, so "auto" would keep seen items).
+    settings = ServeConfig(run_dir=str(run_dir), port=0, k_max=50, admin_token=TOKEN, exclude_seen=True)
+    with BackgroundServer(settings) as srv:
         yield srv
 
 
@@ -226,6 +228,36 @@ def test_bad_new_index_is_refused_and_the_old_keeps_serving(tmp_path):
         assert idx["reloads"] == {"ok": 1, "refused": 1} and not idx["last_reload"]["ok"]
 
 
+def test_service_blends_covisitation_with_the_index_and_refuses_a_damaged_table(tmp_path):
+    run = make_demo_run(tmp_path / "run", n_items=300, dim=16, seed=0, covisit=True)
+    with BackgroundServer(ServeConfig(run_dir=str(run), port=0, admin_token=TOKEN)) as srv:
+        idx = call(srv.url, "GET", "/v1/indexes")[1]
+        assert idx["models"]["covisit"]["kind"] == "covisit" and idx["models"]["item2vec"]["kind"] == "annoy"
+        status, rec = call(srv.url, "POST", "/v1/recommend", {"items": ["i0", "i1", "i2"], "k": 20})
+        assert status == 200 and not rec["fallback"]
+        assert {h["source"] for h in rec["items"]} == {"covisit", "item2vec"}  # fused: both contribute
+        scores = [h["score"] for h in rec["items"]]
+        assert scores == sorted(scores, reverse=True)
+        # The same request with quotas: half of the list from each source.
+        status, quota = call(
+            srv.url,
+            "POST",
+            "/v1/recommend",
+            {"items": ["i0", "i1", "i2"], "k": 20, "blend": {"covisit": 10, "item2vec": 10}},
+        )
+        assert status == 200 and [h["source"] for h in quota["items"]].count("covisit") == 10
+        # A bad export arrives as export writes (a new directory renamed in): the old mmaps stay valid.
+        table = run / "index" / "covisit"
+        bad = tmp_path / "bad-covisit"
+        shutil.copytree(table, bad)
+        np.save(bad / "weights.npy", np.zeros((3, 3), np.float32))
+        table.rename(tmp_path / "old-covisit")
+        bad.rename(table)
+        status, body = call(srv.url, "POST", "/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 409 and "do not belong together" in body["detail"]["error"]
+        assert call(srv.url, "POST", "/v1/recommend", {"items": ["i0", "i1", "i2"], "k": 20}) == (200, rec)
+
+
 def test_first_load_failure_is_not_ready_and_recovers(tmp_path):
     settings = ServeConfig(run_dir=str(tmp_path / "empty"), port=0)
     state = ServingState(settings)
@@ -297,7 +329,7 @@ def test_recommend_uses_the_user_tower_query_when_one_is_loaded(run_dir):
 
 
 def test_user_tower_is_loaded_from_the_run_and_batched(tmp_path, monkeypatch, caplog):
-    from serving import user_tower
+    from recemb.retrieval import towers as user_tower
 
     run = make_demo_run(tmp_path / "run", n_items=60, dim=4, model="two_tower")
     settings = ServeConfig(run_dir=str(run))

@@ -62,6 +62,7 @@ from recemb.progress import Progress
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.retriever import POPULARITY, Retriever
 from recemb.retrieval.sources import USER_EMBEDDINGS, load_source, source_kind
+from recemb.retrieval.towers import check_batch
 from recemb.testing import faults
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ class WorkerSpec:
     blocked: tuple[str, ...]
     search_k: int | None
     batch_size: int
+    run_dir: str = ""
+    user_tower: str = "none"  # a model whose tower encodes the histories for its own index
 
 
 def part_path(out_dir: str | Path, part: int) -> Path:
@@ -171,6 +174,11 @@ class PartitionWriter:
         for s in spec.sources:
             # The driver already verified checksums: here only the cheap structural checks.
             sources[s.name], _ = load_source(s.index_dir, verify=False, users=s.users_dir, search_k=spec.search_k)
+        self.tower = None
+        if spec.user_tower != "none":
+            from recemb.retrieval.towers import load_user_tower
+
+            self.tower = load_user_tower(spec.run_dir, None, spec.user_tower)
         self.retriever = Retriever(
             sources,
             popularity=list(spec.popularity),
@@ -190,6 +198,12 @@ class PartitionWriter:
         sp, frames = self.spec, []
         for lo in range(0, len(user_ids), sp.batch_size):
             hi = lo + sp.batch_size
+            towers = None
+            if self.tower is not None:
+                users: list[str | None] = list(user_ids[lo:hi])
+                towers = {
+                    self.tower.source: check_batch(self.tower.encode(histories[lo:hi], users), len(users), "tower")
+                }
             frames.append(
                 self.retriever.recommend_batch(
                     histories[lo:hi],
@@ -197,6 +211,7 @@ class PartitionWriter:
                     exclude=excludes[lo:hi],
                     blocked=sp.blocked,
                     user_ids=user_ids[lo:hi],
+                    query_vectors=towers,
                 )
             )
         if not frames:
@@ -245,6 +260,25 @@ def resolve_sources(run_dir: Path, c: CandidatesConfig) -> list[SourceSpec]:
         load_source(root / name, verify=c.verify, users=users_dir)  # every check, once, before any worker
         specs.append(SourceSpec(name, str(root / name), None if users_dir is None else str(users_dir)))
     return specs
+
+
+def _checked_tower(run_dir: Path, c: CandidatesConfig, sources: list[SourceSpec]) -> str:
+    """``c.user_tower`` when the run has that tower and its index is a source; else a ConfigError."""
+    from recemb.retrieval.towers import find_user_tower
+
+    if c.user_tower == "none":
+        return "none"
+    if c.user_tower not in {s.name for s in sources}:
+        raise ConfigError(
+            f"candidates.user_tower={c.user_tower}: its index is not among the sources {[s.name for s in sources]}; "
+            "add it to candidates.sources or set user_tower: none"
+        )
+    if find_user_tower(run_dir, c.user_tower) is None:
+        raise ConfigError(
+            f"candidates.user_tower={c.user_tower}: {run_dir} has no saved tower; train it first "
+            f"(`recemb train {c.user_tower.replace('_', '-')} CONFIG`)"
+        )
+    return c.user_tower
 
 
 def _holdout_source(spec: SourceSpec, fit: pl.DataFrame, out: Path) -> SourceSpec:
@@ -425,6 +459,8 @@ def generate_candidates(
         blocked=tuple(c.blocked),
         search_k=c.search_k,
         batch_size=c.batch_size,
+        run_dir=str(run_dir),
+        user_tower=_checked_tower(run_dir, c, sources),
     )
     progress = {"parts": len(done), "users": 0, "fallback_rows": 0}
     t_run = time.perf_counter()

@@ -30,6 +30,9 @@ class CandidatesConfig(Section):
     exclude_seen: ExcludeSeen = "auto"
     blocked: list[str] = Field(default_factory=list)  # item ids never returned to anyone
     user_vectors: bool = True  # use <run>/<model>/user_embeddings as the query of known users
+    # a user tower encodes every history for its model's index (as serve.user_tower does online);
+    # none: such an index is queried by pooling its item vectors
+    user_tower: Literal["none", "two_tower", "sequence"] = "none"
     holdout: Literal["none", "ml", "sess"] = "none"  # see recemb.eval.holdout_queries
     search_k: int | None = None  # Annoy search_k; None = the index manifest's
     partitions: int = Field(16, ge=1)  # fixed output partitions (part files)

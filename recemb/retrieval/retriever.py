@@ -144,6 +144,7 @@ class Retriever:
         quotas: Mapping[str, int | float] | None = None,
         user_ids: Sequence[str] | None = None,
         query: str | None = None,
+        query_vectors: Mapping[str, np.ndarray] | None = None,
     ) -> pl.DataFrame:
         """Candidates for ``B`` users at once.
 
@@ -157,6 +158,8 @@ class Retriever:
             user_ids: ``B`` user ids; used as the query for sources with
                 user vectors, and as the output's ``user_id`` column.
             query: override the Retriever's query mode for this call.
+            query_vectors: ``{source: [B, D]}`` replacing those sources' history
+                queries (a user tower's, recemb.retrieval.towers).
 
         Returns:
             DataFrame ``[user_id | row, rank (i32, 1-based), item_id, score (f32), source]``,
@@ -165,7 +168,9 @@ class Retriever:
         """
         if user_ids is not None and len(user_ids) != len(histories):
             raise RecembError(f"user_ids has {len(user_ids)} entries but histories has {len(histories)}; one per user")
-        answers = self.answers(histories, k, exclude, blocked, quotas, user_ids, query, self.exclude_seen)
+        answers = self.answers(
+            histories, k, exclude, blocked, quotas, user_ids, query, self.exclude_seen, query_vectors
+        )
         lengths = [len(a.hits) for a in answers]
         hits = [h for a in answers for h in a.hits]
         df = pl.DataFrame(
