@@ -31,7 +31,7 @@ from recemb.data.vocab import Vocab
 from recemb.errors import NotFittedError
 from recemb.eval.embedding_scorer import MISSING_SCORE
 from recemb.eval.scorers import QueryBatch, Scorer
-from recemb.retrieval.blend import Found, blend, quotas_for
+from recemb.retrieval.blend import Found, blend, fusion_weights, quotas_for
 from recemb.retrieval.covisit import CoVisitTable
 
 
@@ -89,8 +89,8 @@ class BlendScorer:
     Args:
         sources: ``{name: Scorer}`` in blending priority order (wrap shared ones in SharedFit).
         k: the list length the protocol scores (its largest cut-off).
-        quotas: ``{source: count or fraction of k}``; None = k split evenly.
-        weights: ``{source: weight}``: fuse by weighted reciprocal rank instead of quotas.
+        quotas: ``{source: count or fraction of k}``; None: fusion (as the Retriever).
+        weights: ``{source: weight}`` of the fusion; None: 1 for every source.
         exclude_seen: drop the query's items (``"auto"``: by the train part's repeat share).
         name: the row label.
     """
@@ -130,6 +130,7 @@ class BlendScorer:
         ids, b = self._ids, len(queries)
         length = self.k + 1
         quota = quotas_for(list(self.sources), length, self.quotas)
+        weights = fusion_weights(list(self.sources), self.quotas, self.weights)  # the Retriever's rule
         histories = [ids[queries.query(i)].tolist() for i in range(b)]
         excluded = [frozenset(h) if self.exclude else frozenset() for h in histories]
         want = length + (queries.lengths() if self.exclude else np.zeros(b, dtype=np.int64))
@@ -149,7 +150,7 @@ class BlendScorer:
                 excluded[i],
                 frozenset(),
                 self.popularity,
-                self.weights,
+                weights,
             )
             cols = [row_of[item] for item, _, _ in answer.hits]
             out[i, cols] = np.arange(length, length - len(cols), -1, dtype=np.float32)

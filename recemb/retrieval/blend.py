@@ -70,6 +70,15 @@ def quotas_for(names: Sequence[str], k: int, quotas: Mapping[str, int | float] |
     return out
 
 
+def fusion_weights(
+    names: Sequence[str], quotas: Mapping[str, int | float] | None, weights: Mapping[str, float] | None
+) -> dict[str, float] | None:
+    """The weights :func:`blend` fuses with: None under quotas, else ``weights`` or 1 for every source."""
+    if quotas is not None:
+        return None
+    return dict(weights) if weights is not None else dict.fromkeys(names, 1.0)
+
+
 def blend(
     found: Sequence[tuple[str, Found | None]],
     k: int,

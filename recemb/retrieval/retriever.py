@@ -23,7 +23,7 @@ import polars as pl
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import RecembError
 from recemb.index.base import Index
-from recemb.retrieval.blend import POPULARITY, Answer, Hit, blend, quotas_for
+from recemb.retrieval.blend import POPULARITY, Answer, Hit, blend, fusion_weights, quotas_for
 from recemb.retrieval.sources import CandidateSource, EmbeddingSource, check_query
 
 __all__ = ["POPULARITY", "Answer", "Retriever", "check_query"]
@@ -228,9 +228,7 @@ class Retriever:
         quota = self.quotas_for(k, quotas if quotas is not None else self.quotas)
         # No quotas asked for: fuse ranks (equal weights unless configured), the better default
         # (quickstart P-SESS Recall@20 0.674 fused vs 0.623 by even quotas, docs/candidates.md).
-        weights = None
-        if quotas is None and self.quotas is None:
-            weights = self.weights or dict.fromkeys(self.sources, 1.0)
+        weights = fusion_weights(list(self.sources), quotas if quotas is not None else self.quotas, self.weights)
         found = {
             name: src.search(
                 hist,
