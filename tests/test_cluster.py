@@ -165,6 +165,8 @@ def test_jobs_run_train_export_and_candidates_on_a_local_cluster(cluster, data, 
     run_job(cluster, "export", "python", "-m", "jobs.export_index", "--config", str(cfg_path))
     manifest = json.loads((cfg.run_dir / "index" / "item2vec" / "manifest.json").read_text())
     assert manifest["count"] == 300 and manifest["dim"] == 32
+    covisit = json.loads((cfg.run_dir / "index" / "covisit" / "manifest.json").read_text())
+    assert covisit["kind"] == "covisit" and covisit["count"] >= 290  # items with an event
 
     run_job(cluster, "candidates", "python", "-m", "jobs.generate_candidates", "--config", str(cfg_path))
     out = cfg.run_dir / "candidates"
@@ -184,6 +186,8 @@ def test_jobs_run_train_export_and_candidates_on_a_local_cluster(cluster, data, 
     # users with a P-ML train part (a user needs 3 events); every one of them gets a list
     assert 450 <= written["users"] <= 500 and table["user_id"].n_unique() == written["users"]
     assert table.group_by("user_id").len()["len"].max() <= 10 and table["rank"].min() == 1
+    # every exported source (the index and the co-visitation table) is blended in
+    assert written["sources"] == ["covisit", "item2vec"] and {"covisit", "item2vec"} <= set(table["source"])
 
 
 def _train_worker_pids(cluster) -> list[int]:
