@@ -8,7 +8,8 @@ traffic goes to 127.0.0.1. The client is open-loop (request i is due at
 hide its queue) over ``--conns`` keep-alive connections with raw asyncio
 streams (~30 us of client CPU per request: the client shares the 2 cores).
 Half the requests are ``GET /v1/similar/{id}``, half ``POST /v1/recommend``
-with ``--history`` recent items (5); k = 10. ``--tower sequence`` serves the
+with ``--history`` recent items (5); k = 10. ``--covisit`` adds a co-visitation
+source (of the demo's clicks) that the service fuses with the index. ``--tower sequence`` serves the
 recommend requests through a sequence-model user tower (untrained weights,
 the real network: ``serve.user_tower.model=sequence``), micro-batched::
 
@@ -260,6 +261,7 @@ def main() -> None:
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--tower", choices=["none", "sequence"], default="none", help="user tower for /v1/recommend")
     ap.add_argument("--history", type=int, default=5, help="recent items per recommend request")
+    ap.add_argument("--covisit", action="store_true", help="also serve a co-visitation source, fused with the index")
     args = ap.parse_args()
     reqs = requests_mix(args.items, args.max_requests, history=args.history)
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,12 +272,14 @@ def main() -> None:
             n_trees=20,
             model=model_of(args),
             tower=args.tower != "none",
+            covisit=args.covisit,
         )
         rows = bench_uvicorn(run, args, reqs)
         if not args.skip_serve:
             reexport(run, seed=0, model=model_of(args))
             rows += bench_serve(run, args, reqs)
     tower = f"{args.tower} user tower, " if args.tower != "none" else ""
+    tower += "blended with co-visitation (top 50), " if args.covisit else ""
     print(
         f"\n{args.items} items x dim {args.dim}, {tower}{args.history}-item histories, Annoy 20 trees, k=10, "
         f"{args.conns} connections, "
