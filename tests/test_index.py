@@ -22,6 +22,7 @@ from recemb.index.export import (
     embeddings_dir,
     export_all,
     export_index,
+    held_out_queries,
     load_index,
     measure_recall,
 )
@@ -301,3 +302,38 @@ def test_corrupt_catalogue_never_crashes_the_process(exported, tmp_path):
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {kind: "error" for kind in CASES}
+
+
+# ------------------------------------------------------- recall-certified export
+def test_export_certifies_recall_on_held_out_queries_and_every_load_uses_it(tmp_path):
+    """Few trees, high-dim spread data: factor 1 misses the target, a wider search meets it."""
+    d = tmp_path / "emb"
+    x = np.random.default_rng(1).normal(size=(3000, 48)).astype(np.float32)
+    EmbeddingSet([f"i{r}" for r in range(3000)], x, kind="t").save(d)
+    m = export_index(d, tmp_path / "idx", n_trees=4, sample=0, n_jobs=1, recall_target=0.9)
+    c = m["certified"]
+    assert c["met"] and c["recall"] >= 0.9 and c["target"] == 0.9 and c["queries"] == 1000
+    assert [r["search_k_factor"] for r in c["sweep"]] == [1, 2, 4, 8, 16, 32, 64][: len(c["sweep"])]
+    assert c["sweep"][0]["recall"] < 0.9 and m["search_k_factor"] == c["search_k_factor"] > 1
+    # The recorded factor is what a load searches with: the same recall, measured again here.
+    loaded = load_index(tmp_path / "idx", embeddings=d)
+    assert loaded.search_k_factor == c["search_k_factor"]
+    q = held_out_queries(x, 1000, seed=0)
+    exact, _ = ExactIndex("cosine").build(x).search(q, 10)
+    approx, _ = loaded.search(q, 10)
+    recall = (approx[:, :, None] == exact[:, None, :]).any(axis=2).sum(axis=1).mean() / 10
+    assert recall == pytest.approx(c["recall"], abs=1e-4)
+
+
+def test_an_index_that_cannot_meet_the_target_is_refused_unless_accepted(tmp_path):
+    d = tmp_path / "emb"
+    x = np.random.default_rng(2).normal(size=(2000, 64)).astype(np.float32)
+    EmbeddingSet([f"i{r}" for r in range(2000)], x, kind="t").save(d)
+    old = export_index(d, tmp_path / "idx", n_trees=2, sample=0, n_jobs=1)
+    with pytest.raises(RecembIndexError, match="raise export.n_trees"):
+        export_index(d, tmp_path / "idx", n_trees=1, sample=0, n_jobs=1, search_k=20, recall_target=0.999)
+    assert json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text()) == old  # the old index is untouched
+    m = export_index(
+        d, tmp_path / "idx", n_trees=1, sample=0, n_jobs=1, search_k=20, recall_target=0.999, accept_lower_recall=True
+    )
+    assert not m["certified"]["met"] and len(m["certified"]["sweep"]) == 1  # a hand-set search_k is only measured

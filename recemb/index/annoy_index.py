@@ -42,8 +42,10 @@ class AnnoyIndex(Index):
     Args:
         metric: cosine (Annoy angular), dot or euclidean.
         n_trees: more trees = better recall, bigger file, slower build.
-        search_k: nodes inspected per query; ``-1`` = Annoy's default
-            ``n_trees * k``. Larger = better recall, slower queries.
+        search_k: nodes inspected per query; ``-1`` = ``search_k_factor * n_trees * k``
+            (Annoy's default with factor 1). Larger = better recall, slower queries.
+        search_k_factor: the multiple of ``n_trees * k`` inspected when ``search_k`` is -1
+            (a recall-certified export records it, recemb.index.export).
         n_jobs: threads for :meth:`build` (``-1`` = all cores).
         seed: Annoy's RNG seed (the forest is reproducible with ``n_jobs=1``).
         threads: threads for a batch :meth:`search` (Annoy releases the GIL).
@@ -59,12 +61,16 @@ class AnnoyIndex(Index):
         n_jobs: int = -1,
         seed: int = 0,
         threads: int = 1,
+        search_k_factor: float = 1.0,
     ):
         super().__init__(metric)
         if n_trees < 1:
             raise RecembIndexError(f"n_trees must be >= 1, got {n_trees}")
         self.n_trees = int(n_trees)
         self.search_k = int(search_k)
+        if search_k_factor <= 0:
+            raise RecembIndexError(f"search_k_factor must be > 0, got {search_k_factor}")
+        self.search_k_factor = float(search_k_factor)
         self.n_jobs = int(n_jobs)
         self.seed = int(seed)
         self.threads = max(1, int(threads))
@@ -112,13 +118,14 @@ class AnnoyIndex(Index):
         search_k: int = -1,
         threads: int = 1,
         prefault: bool = False,
+        search_k_factor: float = 1.0,
     ) -> AnnoyIndex:
         """mmap an Annoy file. UNSAFE on an unchecked file: use :func:`recemb.index.export.load_index`.
 
         The caller vouches that ``path`` is an Annoy file of ``dim``, ``metric``
         and ``count`` items (Annoy segfaults otherwise).
         """
-        self = cls(metric=metric, n_trees=n_trees, search_k=search_k, threads=threads)
+        self = cls(metric=metric, n_trees=n_trees, search_k=search_k, threads=threads, search_k_factor=search_k_factor)
         ann = annoy.AnnoyIndex(int(dim), self.annoy_metric)
         ann.load(str(Path(path)), prefault)
         if ann.get_n_items() != count:
@@ -140,6 +147,8 @@ class AnnoyIndex(Index):
 
     def _search(self, queries: np.ndarray, k: int, rows: np.ndarray, scores: np.ndarray) -> None:
         ann, search_k = self._require(), self.search_k
+        if search_k == -1 and self.search_k_factor != 1.0:
+            search_k = int(round(self.search_k_factor * self.n_trees * k))
 
         def one(i: int) -> None:
             r, dist = ann.get_nns_by_vector(queries[i], k, search_k, True)

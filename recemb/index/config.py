@@ -25,6 +25,10 @@ class ExportConfig(Section):
     metric: Literal["cosine", "dot", "euclidean"] | None = None  # None: the EmbeddingSet's own
     search_k: int = -1  # default search_k stored in the manifest (-1: annoy's n_trees * k)
     sample: int = Field(1000, ge=0)  # items whose recall@10 against exact search is measured
+    # Certified recall@10 on held-out queries: export finds the cheapest search_k that meets it and
+    # records it for every load; an index that cannot meet it is refused (None: no certification).
+    recall_target: float | None = Field(0.95, gt=0, le=1)
+    accept_lower_recall: bool = False  # record the best recall reached instead of refusing the export
     # Which EmbeddingSets: names of <run>/<name>/embeddings; empty = every one in the run.
     models: list[str] = Field(default_factory=list)
     covisit: CoVisitConfig = CoVisitConfig()

@@ -61,6 +61,8 @@ def export_index(
     search_k: int = -1,
     n_jobs: int = -1,
     on_disk: bool | None = None,
+    recall_target: float | None = None,
+    accept_lower_recall: bool = False,
 ) -> dict[str, Any]:
     """Build ``out_dir/items.ann`` + ``manifest.json`` from an EmbeddingSet, atomically.
 
@@ -77,6 +79,11 @@ def export_index(
             for the recall measurement (-1 = Annoy's n_trees * k).
         n_jobs: build threads (-1 = all cores).
         on_disk: build into the file instead of RAM; default for >= 1M items.
+        recall_target: certify recall@10 against exact search on held-out queries
+            (:func:`certify_recall`): the cheapest ``search_k_factor`` that meets it is
+            recorded and used by every load; None skips it.
+        accept_lower_recall: when no setting meets ``recall_target``, record the best one
+            instead of refusing the export.
 
     Returns:
         The manifest (also written to ``out_dir/manifest.json``).
@@ -99,6 +106,17 @@ def export_index(
         if not on_disk:
             index.save(ann_path)
         build_seconds = time.perf_counter() - t0
+        certified = None
+        if recall_target is not None:
+            certified = certify_recall(index, emb.vectors, recall_target, seed=seed, fixed=search_k != -1)
+            if not certified["met"] and not accept_lower_recall:
+                raise RecembIndexError(
+                    f"{out_dir}: Annoy with {n_trees} trees reaches recall@10 {certified['recall']:.3f} on held-out "
+                    f"queries at best (search_k {certified['search_k']}), below export.recall_target "
+                    f"{recall_target}; raise export.n_trees, or set export.accept_lower_recall: true; "
+                    "the previous index (if any) is unchanged"
+                )
+            index.search_k_factor = certified["search_k_factor"]
         recall = measure_recall(index, emb.vectors, sample=sample, k=10, seed=seed) if sample else None
         index.unload()
         try:
@@ -118,6 +136,8 @@ def export_index(
             "node_bytes": node_bytes(ANNOY_METRIC[metric], emb.dim),
             "file_bytes": ann_path.stat().st_size,
             "sha256": {INDEX_FILE: sha256_file(ann_path)},
+            "search_k_factor": index.search_k_factor,
+            "certified": certified,
             "recall_at_10": recall,
             "recall_sample": min(sample, len(emb)) if sample else 0,
             "build_seconds": round(build_seconds, 3),
@@ -152,6 +172,74 @@ def measure_recall(index, vectors: np.ndarray, sample: int = 1000, k: int = 10, 
     approx_rows, _ = index.search(queries, kk)
     hits = (approx_rows[:, :, None] == exact_rows[:, None, :]).any(axis=2).sum(axis=1)
     return round(float(hits.mean() / kk), 4)
+
+
+#: search_k_factor values tried in turn by :func:`certify_recall` (x n_trees x k nodes per query).
+CERTIFY_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def held_out_queries(vectors: np.ndarray, n: int, seed: int = 0, per_query: int = 3) -> np.ndarray:
+    """``[n, D]`` queries that are not rows of the index: means of ``per_query`` random unit rows.
+
+    A pooled history query looks like this (recemb.pooling); an item's own vector would
+    find itself first and flatter the index.
+    """
+    rng = np.random.default_rng(seed + 1)
+    rows = rng.integers(0, vectors.shape[0], size=n * per_query)
+    x = np.asarray(vectors[rows], dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1.0)).reshape(n, per_query, -1).mean(axis=1).astype(np.float32)
+
+
+def certify_recall(
+    index: AnnoyIndex,
+    vectors: np.ndarray,
+    target: float,
+    k: int = 10,
+    queries: int = 1000,
+    seed: int = 0,
+    fixed: bool = False,
+) -> dict[str, Any]:
+    """The cheapest ``search_k_factor`` whose recall@k against exact search on held-out queries meets ``target``.
+
+    Tries :data:`CERTIFY_FACTORS` in turn (only the index's own setting when ``fixed``: a
+    search_k set by hand) and returns ``{"target", "k", "queries", "met", "search_k_factor",
+    "search_k", "recall", "sweep": [{"search_k_factor", "search_k", "recall", "queries_per_s"}]}``;
+    when none meets the target, the best one tried.
+    """
+    q = held_out_queries(vectors, min(queries, max(1, vectors.shape[0])), seed)
+    kk = min(k, vectors.shape[0])
+    exact, _ = ExactIndex(index.metric).build(vectors).search(q, kk)
+    sweep = []
+    for factor in (index.search_k_factor,) if fixed else CERTIFY_FACTORS:
+        index.search_k_factor = float(factor)
+        t0 = time.perf_counter()
+        approx, _ = index.search(q, kk)
+        seconds = time.perf_counter() - t0
+        hits = (approx[:, :, None] == exact[:, None, :]).any(axis=2).sum(axis=1)
+        recall = round(float(hits.mean() / kk), 4)
+        search_k = index.search_k if index.search_k != -1 else int(round(factor * index.n_trees * kk))
+        sweep.append(
+            {
+                "search_k_factor": float(factor),
+                "search_k": search_k,
+                "recall": recall,
+                "queries_per_s": round(len(q) / max(seconds, 1e-9), 1),
+            }
+        )
+        if recall >= target:
+            break
+    best = next((r for r in sweep if r["recall"] >= target), max(sweep, key=lambda r: r["recall"]))
+    return {
+        "target": target,
+        "k": kk,
+        "queries": len(q),
+        "met": best["recall"] >= target,
+        "search_k_factor": best["search_k_factor"],
+        "search_k": best["search_k"],
+        "recall": best["recall"],
+        "sweep": sweep,
+    }
 
 
 # --------------------------------------------------------------------- loading
@@ -291,6 +379,7 @@ def load_index(
         n_trees=m["n_trees"],
         search_k=m.get("search_k", -1) if search_k is None else search_k,
         threads=threads,
+        search_k_factor=float(m.get("search_k_factor", 1.0)),
     )
 
 

@@ -42,6 +42,8 @@ def export_run(
         metric=e.metric,
         search_k=e.search_k,
         sample=e.sample,
+        recall_target=e.recall_target,
+        accept_lower_recall=e.accept_lower_recall,
     )
     if e.covisit.enabled and events_path is not None:
         out[COVISIT] = export_covisit(events_path, run_dir / "index" / COVISIT, e.covisit)

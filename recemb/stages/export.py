@@ -20,9 +20,16 @@ def run_export(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
             )
             continue
         recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
+        c = m.get("certified")
+        certified = (
+            f", held-out recall@10 {c['recall']:.3f} at {c['search_k_factor']:g} x n_trees x k"
+            f"{'' if c['met'] else ' (BELOW the target ' + str(c['target']) + ', accepted)'}"
+            if c
+            else ""
+        )
         print(
             f"exported {name}: {m['count']} items, dim {m['dim']}, {m['metric']}, "
-            f"{m['n_trees']} trees, recall@10 vs exact {recall} -> {cfg.run_dir / 'index' / name}"
+            f"{m['n_trees']} trees, recall@10 vs exact {recall}{certified} -> {cfg.run_dir / 'index' / name}"
         )
     return {"indexes": {name: str(cfg.run_dir / "index" / name) for name in manifests}}
 
