@@ -202,6 +202,8 @@ def certify_recall(
 ) -> dict[str, Any]:
     """The cheapest ``search_k_factor`` whose recall@k against exact search on held-out queries meets ``target``.
 
+    recall@k = share of the returned k that score at least the exact k-th score (ties count).
+
     Tries :data:`CERTIFY_FACTORS` in turn (only the index's own setting when ``fixed``: a
     search_k set by hand) and returns ``{"target", "k", "queries", "met", "search_k_factor",
     "search_k", "recall", "sweep": [{"search_k_factor", "search_k", "recall", "queries_per_s"}]}``;
@@ -209,14 +211,18 @@ def certify_recall(
     """
     q = held_out_queries(vectors, min(queries, max(1, vectors.shape[0])), seed)
     kk = min(k, vectors.shape[0])
-    exact, _ = ExactIndex(index.metric).build(vectors).search(q, kk)
+    _, exact_scores = ExactIndex(index.metric).build(vectors).search(q, kk)
+    # A hit is a result scoring at least the exact k-th score: items tied with it are as good
+    # (identical vectors are common: one-hot or category vectors), whichever of them is returned.
+    kth = exact_scores[:, kk - 1 : kk]
+    tol = 1e-4 * np.maximum(1.0, np.abs(kth))
     sweep = []
     for factor in (index.search_k_factor,) if fixed else CERTIFY_FACTORS:
         index.search_k_factor = float(factor)
         t0 = time.perf_counter()
-        approx, _ = index.search(q, kk)
+        approx, approx_scores = index.search(q, kk)
         seconds = time.perf_counter() - t0
-        hits = (approx[:, :, None] == exact[:, None, :]).any(axis=2).sum(axis=1)
+        hits = ((approx >= 0) & (approx_scores >= kth - tol)).sum(axis=1)
         recall = round(float(hits.mean() / kk), 4)
         search_k = index.search_k if index.search_k != -1 else int(round(factor * index.n_trees * kk))
         sweep.append(
