@@ -11,9 +11,14 @@ Data: clustered synthetic vectors (a Gaussian mixture, one cluster per
 trained EmbeddingSet passed with ``--embeddings`` (queries = a sample of its
 own item vectors, as ``recemb export`` measures). Metric: cosine.
 
+Also recemb's compressed exact backend (``export.backend: exact``,
+``export.codec``): float16 and int8 (per-row scale) codes searched blockwise,
+with and without a float32 re-rank of the best 100 (``--codecs``, ``--rerank``);
+its size is the codes' (the float32 vectors stay on disk for the re-rank).
+
 Columns: build seconds (all cores), index size in MB (the file Annoy
 mmaps; in-memory size for peers), recall@10 against exact, queries/s with
-ONE query thread (exact: one batched BLAS call over all queries, all
+ONE query thread (exact and compressed: batched over all queries, all
 cores) and speed-up over exact.
 
 Run::
@@ -37,6 +42,7 @@ import numpy as np
 
 from recemb.index.annoy_index import AnnoyIndex
 from recemb.index.exact import ExactIndex
+from recemb.index.quantized import QuantizedIndex
 from recemb.vectors import l2_normalize
 
 K = 10
@@ -83,6 +89,18 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
     exact_qps = len(q) / t
     rows.append((name, "exact (numpy BLAS)", "", 0.0, x.nbytes / 2**20, 1.0, exact_qps, 1.0))
     print(f"  exact: {exact_qps:,.0f} q/s", flush=True)
+
+    # Compressed exact search (recemb.index.quantized): codes in memory, float32 re-rank of the best `rerank`.
+    for codec in args.codecs:
+        for rr in args.rerank:
+            qi, t_build = timed(lambda c=codec, r=rr: QuantizedIndex("cosine", c, rerank=r).build(x))
+            assert qi.scales is None or qi.scales.dtype == np.float32
+            size = (qi._x.nbytes + (0 if qi.scales is None else qi.scales.nbytes)) / 2**20
+            (found, _), t = timed(lambda i=qi: i.search(q, K))
+            r, qps = recall(found, truth), len(q) / t
+            rows.append((name, f"exact {codec}", f"rerank={rr}", t_build, size, r, qps, qps / exact_qps))
+            print(f"  exact {codec} rerank={rr}: recall {r:.3f}, {size:.0f} MB, {qps:,.0f} q/s", flush=True)
+            del qi
 
     with tempfile.TemporaryDirectory() as tmp:
         for n_trees in args.n_trees:
@@ -220,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--embeddings", type=Path, nargs="*", default=[], help="trained EmbeddingSet directories")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--codecs", nargs="*", default=["float16", "int8"], help="compressed exact indexes to measure")
+    p.add_argument("--rerank", type=int, nargs="+", default=[0, 100], help="float32 re-rank depths of those")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 

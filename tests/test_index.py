@@ -346,3 +346,59 @@ def test_an_index_that_cannot_meet_the_target_is_refused_unless_accepted(tmp_pat
         d, tmp_path / "idx", n_trees=1, sample=0, n_jobs=1, search_k=20, recall_target=0.999, accept_lower_recall=True
     )
     assert not m["certified"]["met"] and len(m["certified"]["sweep"]) == 1  # a hand-set search_k is only measured
+
+
+# ------------------------------------------------------ compressed exact backend
+@pytest.mark.parametrize("codec", ["float16", "int8"])
+def test_codes_round_trip_within_their_precision(codec):
+    from recemb.index.quantized import decode, encode
+
+    x = clustered(500, 24)
+    codes, scales = encode(x, codec)
+    back = decode(codes, scales)
+    assert codes.dtype == (np.int8 if codec == "int8" else np.float16) and back.dtype == np.float32
+    if codec == "int8":  # half a step of each row's scale at most
+        assert (np.abs(back - x) <= scales[:, None] / 2 + 1e-6).all()
+    else:
+        np.testing.assert_allclose(back, x, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
+@pytest.mark.parametrize("codec", ["float16", "int8"])
+def test_compressed_search_with_rerank_is_exact(metric, codec):
+    from recemb.index.quantized import QuantizedIndex
+
+    x = clustered(3000, 32)
+    q = clustered(200, 32, seed=5)
+    want_rows, want_scores = ExactIndex(metric).build(x).search(q, 10)
+    rows, scores = QuantizedIndex(metric, codec, rerank=100).build(x).search(q, 10)
+    assert (rows == want_rows).mean() > 0.99  # the rest: ties and near-ties reordered
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    # Without the re-rank the codes' own scores: close, not exact.
+    raw_rows, raw_scores = QuantizedIndex(metric, codec, rerank=0).build(x).search(q, 10)
+    assert (raw_rows[:, :, None] == want_rows[:, None, :]).any(axis=2).mean() > 0.8
+
+
+def test_exact_backend_export_load_and_refusals(tmp_path):
+    from recemb.index.exact_export import export_exact
+    from recemb.retrieval.sources import EmbeddingSource, load_source
+
+    d = tmp_path / "emb"
+    x = clustered(2000, 32)
+    EmbeddingSet([f"i{r}" for r in range(2000)], x, kind="t").save(d)
+    m = export_exact(d, tmp_path / "idx", codec="int8", rerank=50, recall_target=0.95)
+    assert m["kind"] == "exact" and m["certified"]["met"] and m["float32_bytes"] / m["bytes"] > 3
+    src, manifest = load_source(tmp_path / "idx")
+    assert isinstance(src, EmbeddingSource) and manifest["codec"] == "int8"
+    assert isinstance(src.index._x, np.memmap)  # the codes are memory-mapped
+    want, _ = ExactIndex().build(x).search(x[:20] + 0.01, 5)
+    got, _ = src.index.search(x[:20] + 0.01, 5)
+    assert (got == want).all()
+    # A hand-damaged export is refused with the fix.
+    np.save(tmp_path / "idx" / "codes.npy", np.zeros((2000, 31), np.int8))
+    with pytest.raises(RecembIndexError, match="recemb export"):
+        load_source(tmp_path / "idx")
+    # int8 without a re-rank on spread data cannot meet a strict target: refused, unless accepted.
+    with pytest.raises(RecembIndexError, match="recall_target"):
+        export_exact(d, tmp_path / "idx2", codec="int8", rerank=0, recall_target=0.9999)
+    assert not (tmp_path / "idx2").exists()

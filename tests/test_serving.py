@@ -258,6 +258,23 @@ def test_service_blends_covisitation_with_the_index_and_refuses_a_damaged_table(
         assert call(srv.url, "POST", "/v1/recommend", {"items": ["i0", "i1", "i2"], "k": 20}) == (200, rec)
 
 
+def test_hot_swap_to_a_compressed_exact_index(tmp_path):
+    """Re-export the same vectors with another backend and codec (Annoy -> exact int8): the swap is taken."""
+    run = make_demo_run(tmp_path / "run", n_items=300, dim=16, seed=0)
+    settings = ServeConfig(run_dir=str(run), port=0, admin_token=TOKEN, exclude_seen=True)
+    with BackgroundServer(settings) as srv:
+        before = call(srv.url, "POST", "/v1/recommend", {"items": ["i3", "i7"], "k": 10})[1]
+        export_all({"item2vec": run / "item2vec" / "embeddings"}, run, backend="exact", codec="int8", rerank=50)
+        status, body = call(srv.url, "POST", "/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and body["generation"] == 2
+        idx = call(srv.url, "GET", "/v1/indexes")[1]["models"]["item2vec"]
+        assert idx["kind"] == "exact" and idx["manifest"]["codec"] == "int8"
+        status, after = call(srv.url, "POST", "/v1/recommend", {"items": ["i3", "i7"], "k": 10})
+        assert status == 200 and after["generation"] == 2 and len(after["items"]) == 10
+        # Exact after the re-rank: at least the Annoy answer's quality (same or better neighbours).
+        assert sum(h["score"] for h in after["items"]) >= sum(h["score"] for h in before["items"]) - 1e-5
+
+
 def test_first_load_failure_is_not_ready_and_recovers(tmp_path):
     settings = ServeConfig(run_dir=str(tmp_path / "empty"), port=0)
     state = ServingState(settings)

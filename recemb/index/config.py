@@ -32,3 +32,8 @@ class ExportConfig(Section):
     # Which EmbeddingSets: names of <run>/<name>/embeddings; empty = every one in the run.
     models: list[str] = Field(default_factory=list)
     covisit: CoVisitConfig = CoVisitConfig()
+    # annoy: approximate (recall-certified); exact: blocked exact search, over float32 or compressed
+    # vectors (codec float16 / int8 with a per-row scale) with a float32 re-rank of the best `rerank`
+    backend: Literal["annoy", "exact"] = "annoy"
+    codec: Literal["float32", "float16", "int8"] = "float32"
+    rerank: int = Field(100, ge=0)

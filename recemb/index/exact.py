@@ -55,7 +55,7 @@ class ExactIndex(Index):
             best_s = np.full((qb.shape[0], 0), -np.inf, dtype=np.float32)
             best_r = np.zeros((qb.shape[0], 0), dtype=np.int64)
             for xs in range(0, n, bi):
-                xb = np.asarray(x[xs : xs + bi])
+                xb = self._block(x, xs, xs + bi)
                 inv = None if self._inv_norm is None else self._inv_norm[xs : xs + bi]
                 s = to_similarity(self.metric, qb, xb, inv)
                 # Top-k of the block first (no [Bq, Bi] row array), then merge [Bq, 2k].
@@ -65,6 +65,10 @@ class ExactIndex(Index):
                 best_s, best_r = _merge_topk(np.hstack([best_s, s_top]), np.hstack([best_r, part + xs]), k)
             rows[qs : qs + bq, :k] = best_r
             scores[qs : qs + bq, :k] = best_s
+
+    def _block(self, x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of the stored vectors as float32 ``[M, D]`` (a subclass decodes them here)."""
+        return np.asarray(x[lo:hi])
 
 
 def _merge_topk(s: np.ndarray, r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

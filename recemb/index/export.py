@@ -33,7 +33,7 @@ from recemb.embeddings import EmbeddingSet
 from recemb.index.annoy_index import ANNOY_METRIC, AnnoyIndex, node_bytes
 from recemb.index.base import RecembIndexError
 from recemb.index.exact import ExactIndex
-from recemb.io import atomic_dir, read_checked_manifest, sha256_file, write_json
+from recemb.io import atomic_dir, read_checked_manifest, read_json_object, sha256_file, write_json
 from recemb.vectors import METRICS
 
 SCHEMA_VERSION = 1
@@ -95,7 +95,6 @@ def export_index(
         raise RecembIndexError(f"metric must be one of {METRICS}, got {metric!r}")
     if len(emb) == 0:
         raise RecembIndexError(f"{embset_dir}: the EmbeddingSet is empty; nothing to index")
-    emb_manifest = json.loads((embset_dir / EMB_MANIFEST).read_text())
     on_disk = len(emb) >= ON_DISK_MIN_ITEMS if on_disk is None else on_disk
 
     with atomic_dir(out_dir) as tmp:
@@ -119,10 +118,6 @@ def export_index(
             index.search_k_factor = certified["search_k_factor"]
         recall = measure_recall(index, emb.vectors, sample=sample, k=10, seed=seed) if sample else None
         index.unload()
-        try:
-            rel = os.path.relpath(embset_dir.resolve(), out_dir.resolve())
-        except ValueError:  # different drives (Windows): keep the absolute path
-            rel = str(embset_dir.resolve())
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "kind": "annoy",
@@ -141,15 +136,7 @@ def export_index(
             "recall_at_10": recall,
             "recall_sample": min(sample, len(emb)) if sample else 0,
             "build_seconds": round(build_seconds, 3),
-            "embeddings": {
-                "path": rel,
-                "kind": emb.kind,
-                "count": len(emb),
-                "dim": emb.dim,
-                "metric": emb.metric,
-                "ids_file": "ids.parquet",
-                "sha256": emb_manifest.get("sha256", {}),
-            },
+            "embeddings": embeddings_record(embset_dir, out_dir, emb),
             "annoy_version": _annoy_version(),
             "code_version": __version__,
         }
@@ -191,6 +178,29 @@ def held_out_queries(vectors: np.ndarray, n: int, seed: int = 0, per_query: int 
     return (x / np.where(norms > 0, norms, 1.0)).reshape(n, per_query, -1).mean(axis=1).astype(np.float32)
 
 
+class HeldOutRecall:
+    """recall@k of any index against exact search on :func:`held_out_queries` (exact top-k computed once).
+
+    A hit is a result scoring at least the exact k-th score: items tied with it are as good
+    (identical vectors are common: one-hot or category vectors), whichever of them is returned.
+    """
+
+    def __init__(self, vectors: np.ndarray, metric: str, k: int = 10, queries: int = 1000, seed: int = 0):
+        self.queries = held_out_queries(vectors, min(queries, max(1, vectors.shape[0])), seed)
+        self.k = min(k, vectors.shape[0])
+        _, exact_scores = ExactIndex(metric).build(vectors).search(self.queries, self.k)
+        self.kth = exact_scores[:, self.k - 1 : self.k]
+        self.tol = 1e-4 * np.maximum(1.0, np.abs(self.kth))
+
+    def __call__(self, index: Any) -> tuple[float, float]:
+        """``(recall@k, seconds of the search)``."""
+        t0 = time.perf_counter()
+        rows, scores = index.search(self.queries, self.k)
+        seconds = time.perf_counter() - t0
+        hits = ((rows >= 0) & (scores >= self.kth - self.tol)).sum(axis=1)
+        return round(float(hits.mean() / self.k), 4), seconds
+
+
 def certify_recall(
     index: AnnoyIndex,
     vectors: np.ndarray,
@@ -209,28 +219,19 @@ def certify_recall(
     "search_k", "recall", "sweep": [{"search_k_factor", "search_k", "recall", "queries_per_s"}]}``;
     when none meets the target, the best one tried.
     """
-    q = held_out_queries(vectors, min(queries, max(1, vectors.shape[0])), seed)
-    kk = min(k, vectors.shape[0])
-    _, exact_scores = ExactIndex(index.metric).build(vectors).search(q, kk)
-    # A hit is a result scoring at least the exact k-th score: items tied with it are as good
-    # (identical vectors are common: one-hot or category vectors), whichever of them is returned.
-    kth = exact_scores[:, kk - 1 : kk]
-    tol = 1e-4 * np.maximum(1.0, np.abs(kth))
+    measure = HeldOutRecall(vectors, index.metric, k, queries, seed)
+    kk = measure.k
     sweep = []
     for factor in (index.search_k_factor,) if fixed else CERTIFY_FACTORS:
         index.search_k_factor = float(factor)
-        t0 = time.perf_counter()
-        approx, approx_scores = index.search(q, kk)
-        seconds = time.perf_counter() - t0
-        hits = ((approx >= 0) & (approx_scores >= kth - tol)).sum(axis=1)
-        recall = round(float(hits.mean() / kk), 4)
+        recall, seconds = measure(index)
         search_k = index.search_k if index.search_k != -1 else int(round(factor * index.n_trees * kk))
         sweep.append(
             {
                 "search_k_factor": float(factor),
                 "search_k": search_k,
                 "recall": recall,
-                "queries_per_s": round(len(q) / max(seconds, 1e-9), 1),
+                "queries_per_s": round(len(measure.queries) / max(seconds, 1e-9), 1),
             }
         )
         if recall >= target:
@@ -239,7 +240,7 @@ def certify_recall(
     return {
         "target": target,
         "k": kk,
-        "queries": len(q),
+        "queries": len(measure.queries),
         "met": best["recall"] >= target,
         "search_k_factor": best["search_k_factor"],
         "search_k": best["search_k"],
@@ -414,9 +415,29 @@ def check_embeddings_match(manifest: dict[str, Any], embeddings: EmbeddingSet | 
 
 
 def embeddings_dir(index_dir: str | os.PathLike) -> Path:
-    """The EmbeddingSet directory recorded in the index manifest (resolved against ``index_dir``)."""
-    m = read_manifest(index_dir)
+    """The EmbeddingSet directory recorded in an index manifest (Annoy or exact; resolved against ``index_dir``)."""
+    m = read_json_object(Path(index_dir) / MANIFEST_FILE, RecembIndexError, _FIX)
+    if not isinstance(m.get("embeddings"), dict) or "path" not in m["embeddings"]:
+        raise RecembIndexError(f"{index_dir}: the manifest names no EmbeddingSet; {_FIX}")
     return (Path(index_dir) / m["embeddings"]["path"]).resolve()
+
+
+def embeddings_record(embset_dir: Path, out_dir: Path, emb: EmbeddingSet) -> dict[str, Any]:
+    """The manifest's ``embeddings`` entry: where the vectors are (relative to ``out_dir``) and their checksums."""
+    try:
+        rel = os.path.relpath(embset_dir.resolve(), out_dir.resolve())
+    except ValueError:  # different drives (Windows): keep the absolute path
+        rel = str(embset_dir.resolve())
+    emb_manifest = json.loads((embset_dir / EMB_MANIFEST).read_text())
+    return {
+        "path": rel,
+        "kind": emb.kind,
+        "count": len(emb),
+        "dim": emb.dim,
+        "metric": emb.metric,
+        "ids_file": "ids.parquet",
+        "sha256": emb_manifest.get("sha256", {}),
+    }
 
 
 def export_all(
@@ -428,11 +449,22 @@ def export_all(
 ) -> dict[str, dict]:
     """Export every ``{name: embset_dir}`` to ``<run_dir>/index/<name>/``; returns ``{name: manifest}``.
 
-    ``kwargs`` go to :func:`export_index` (sample, seed, search_k, n_jobs, on_disk).
+    ``kwargs`` go to :func:`export_index` (sample, seed, search_k, n_jobs, on_disk, recall_target,
+    accept_lower_recall); ``backend="exact"`` exports exact (optionally compressed) indexes instead
+    (:func:`recemb.index.exact_export.export_exact`: codec, rerank, recall_target, accept_lower_recall).
     Rebuilding and swapping an index is this call again: each directory is
     replaced atomically, so readers see the old index or the new one.
     """
     out = {}
+    backend = kwargs.pop("backend", "annoy")
+    exact_options = {key: kwargs.pop(key) for key in ("codec", "rerank") if key in kwargs}
     for name, emb_dir in embeddings.items():
-        out[name] = export_index(emb_dir, Path(run_dir) / "index" / name, n_trees=n_trees, metric=metric, **kwargs)
+        out_dir = Path(run_dir) / "index" / name
+        if backend == "exact":
+            from recemb.index.exact_export import export_exact
+
+            keep = {key: kwargs[key] for key in ("recall_target", "accept_lower_recall", "seed") if key in kwargs}
+            out[name] = export_exact(emb_dir, out_dir, metric=metric, **exact_options, **keep)
+        else:
+            out[name] = export_index(emb_dir, out_dir, n_trees=n_trees, metric=metric, **kwargs)
     return out

@@ -44,6 +44,9 @@ def export_run(
         sample=e.sample,
         recall_target=e.recall_target,
         accept_lower_recall=e.accept_lower_recall,
+        backend=e.backend,
+        codec=e.codec,
+        rerank=e.rerank,
     )
     if e.covisit.enabled and events_path is not None:
         out[COVISIT] = export_covisit(events_path, run_dir / "index" / COVISIT, e.covisit)

@@ -305,7 +305,7 @@ def _fingerprint(c: CandidatesConfig, sources: list[SourceSpec], events_sha: str
         for d in (s.index_dir, s.users_dir):
             if d:
                 files[d] = json.loads((Path(d) / "manifest.json").read_text()).get("sha256")
-        if source_kind(s.index_dir) == "annoy":  # the vectors behind the index
+        if source_kind(s.index_dir) != "covisit":  # the vectors behind the index
             d = str(embeddings_dir(s.index_dir))
             files[d] = json.loads((Path(d) / "manifest.json").read_text()).get("sha256")
     blob = {

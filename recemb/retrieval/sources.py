@@ -19,7 +19,7 @@ CoVisitSource   a :class:`~recemb.retrieval.covisit.CoVisitTable`: the
 ==============  ============================================================
 
 :func:`load_source` opens either from a directory ``<run>/index/<name>/`` by
-the ``kind`` of its manifest (``annoy`` or ``covisit``).
+the ``kind`` of its manifest (``annoy``, ``exact`` or ``covisit``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from recemb.retrieval.covisit import KIND as COVISIT_KIND
 from recemb.retrieval.covisit import CoVisitTable
 from recemb.retrieval.covisit import read_manifest as read_covisit_manifest
 
+EXACT_KIND = "exact"  # recemb.index.exact_export
 USER_EMBEDDINGS = "user_embeddings"  # <run>/<model>/user_embeddings beside <model>/embeddings
 
 
@@ -209,7 +210,7 @@ def load_source(
     """Open ``<run>/index/<name>/`` as a source, checked; returns ``(source, manifest)``.
 
     Args:
-        index_dir: an Annoy index directory or a co-visitation directory.
+        index_dir: an Annoy index, an exact (maybe compressed) index or a co-visitation directory.
         verify: check sha256 checksums (and a co-visitation table's rows).
         users: for an Annoy index, the user EmbeddingSet directory; True = the
             model's ``<run>/<model>/user_embeddings`` when it exists, None/False = none.
@@ -219,10 +220,17 @@ def load_source(
 
     if source_kind(index_dir) == COVISIT_KIND:
         return CoVisitSource(CoVisitTable.load(index_dir, verify=verify)), read_covisit_manifest(index_dir)
-    manifest = read_manifest(index_dir)
     emb_dir = embeddings_dir(index_dir)
-    items = EmbeddingSet.load(emb_dir, verify=verify)
-    index = load_index(index_dir, verify=verify, search_k=search_k, embeddings=items)
+    if source_kind(index_dir) == EXACT_KIND:
+        from recemb.index.exact_export import load_exact_index, read_exact_manifest
+
+        manifest = read_exact_manifest(index_dir)
+        items = EmbeddingSet.load(emb_dir, verify=verify)
+        index: Index = load_exact_index(index_dir, verify=verify, embeddings=items)
+    else:
+        manifest = read_manifest(index_dir)
+        items = EmbeddingSet.load(emb_dir, verify=verify)
+        index = load_index(index_dir, verify=verify, search_k=search_k, embeddings=items)
     if users is True:
         guess = emb_dir.parent / USER_EMBEDDINGS
         users = guess if (guess / "manifest.json").is_file() else None

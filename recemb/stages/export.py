@@ -19,6 +19,13 @@ def run_export(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
                 f"{m['pairs']} pairs in {m['build_seconds']}s -> {cfg.run_dir / 'index' / name}"
             )
             continue
+        if m["kind"] == "exact":
+            from recemb.index.exact_export import describe
+
+            print(
+                f"exported {name}: {m['count']} items, dim {m['dim']}, {describe(m)} -> {cfg.run_dir / 'index' / name}"
+            )
+            continue
         recall = "n/a" if m.get("recall_at_10") is None else f"{m['recall_at_10']:.3f}"
         c = m.get("certified")
         certified = (
