@@ -402,3 +402,16 @@ def test_exact_backend_export_load_and_refusals(tmp_path):
     with pytest.raises(RecembIndexError, match="recall_target"):
         export_exact(d, tmp_path / "idx2", codec="int8", rerank=0, recall_target=0.9999)
     assert not (tmp_path / "idx2").exists()
+
+
+def test_export_stage_writes_the_configured_backend(embset_dir, tmp_path):
+    from recemb.index.config import ExportConfig
+    from recemb.index.stage import export_run
+
+    shutil.copytree(embset_dir, tmp_path / "item2vec" / "embeddings")
+    out = export_run(tmp_path, ExportConfig(backend="exact", codec="float16"))
+    assert out["item2vec"]["kind"] == "exact" and out["item2vec"]["codec"] == "float16"
+    assert out["item2vec"]["certified"]["met"]  # float16 + re-rank: exact
+    assert (tmp_path / "index" / "item2vec" / "codes.npy").is_file()
+    out = export_run(tmp_path, ExportConfig(n_trees=5))  # back to Annoy: the directory is replaced whole
+    assert out["item2vec"]["kind"] == "annoy" and not (tmp_path / "index" / "item2vec" / "codes.npy").exists()

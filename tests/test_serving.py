@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recemb.embeddings import EmbeddingSet  # noqa: E402
 from recemb.errors import RecembError  # noqa: E402
+from recemb.index.exact_export import export_exact  # noqa: E402
 from recemb.index.export import export_all  # noqa: E402
 from recemb.retrieval.serve_config import ServeConfig  # noqa: E402
 from serving.state import ServingState, load_snapshot  # noqa: E402
@@ -264,7 +265,7 @@ def test_hot_swap_to_a_compressed_exact_index(tmp_path):
     settings = ServeConfig(run_dir=str(run), port=0, admin_token=TOKEN, exclude_seen=True)
     with BackgroundServer(settings) as srv:
         before = call(srv.url, "POST", "/v1/recommend", {"items": ["i3", "i7"], "k": 10})[1]
-        export_all({"item2vec": run / "item2vec" / "embeddings"}, run, backend="exact", codec="int8", rerank=50)
+        export_exact(run / "item2vec" / "embeddings", run / "index" / "item2vec", codec="int8", rerank=50)
         status, body = call(srv.url, "POST", "/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and body["generation"] == 2
         idx = call(srv.url, "GET", "/v1/indexes")[1]["models"]["item2vec"]

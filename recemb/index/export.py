@@ -450,21 +450,11 @@ def export_all(
     """Export every ``{name: embset_dir}`` to ``<run_dir>/index/<name>/``; returns ``{name: manifest}``.
 
     ``kwargs`` go to :func:`export_index` (sample, seed, search_k, n_jobs, on_disk, recall_target,
-    accept_lower_recall); ``backend="exact"`` exports exact (optionally compressed) indexes instead
-    (:func:`recemb.index.exact_export.export_exact`: codec, rerank, recall_target, accept_lower_recall).
+    accept_lower_recall).
     Rebuilding and swapping an index is this call again: each directory is
     replaced atomically, so readers see the old index or the new one.
     """
     out = {}
-    backend = kwargs.pop("backend", "annoy")
-    exact_options = {key: kwargs.pop(key) for key in ("codec", "rerank") if key in kwargs}
     for name, emb_dir in embeddings.items():
-        out_dir = Path(run_dir) / "index" / name
-        if backend == "exact":
-            from recemb.index.exact_export import export_exact
-
-            keep = {key: kwargs[key] for key in ("recall_target", "accept_lower_recall", "seed") if key in kwargs}
-            out[name] = export_exact(emb_dir, out_dir, metric=metric, **exact_options, **keep)
-        else:
-            out[name] = export_index(emb_dir, out_dir, n_trees=n_trees, metric=metric, **kwargs)
+        out[name] = export_index(emb_dir, Path(run_dir) / "index" / name, n_trees=n_trees, metric=metric, **kwargs)
     return out

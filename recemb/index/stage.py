@@ -8,6 +8,7 @@ from typing import Any
 from recemb.embeddings import find_embedding_sets
 from recemb.errors import ConfigError
 from recemb.index.config import CoVisitConfig, ExportConfig
+from recemb.index.exact_export import export_exact
 from recemb.index.export import export_all
 
 COVISIT = "covisit"  # <run>/index/covisit/: the co-visitation source
@@ -35,19 +36,30 @@ def export_run(
         )
     if COVISIT in wanted and e.covisit.enabled and events_path is not None:
         raise ConfigError(f"{run_dir}: a model named {COVISIT!r} would share the co-visitation index's directory")
-    out = export_all(
-        {m: found[m] for m in wanted},
-        run_dir,
-        n_trees=e.n_trees,
-        metric=e.metric,
-        search_k=e.search_k,
-        sample=e.sample,
-        recall_target=e.recall_target,
-        accept_lower_recall=e.accept_lower_recall,
-        backend=e.backend,
-        codec=e.codec,
-        rerank=e.rerank,
-    )
+    if e.backend == "exact":
+        out = {
+            m: export_exact(
+                found[m],
+                run_dir / "index" / m,
+                metric=e.metric,
+                codec=e.codec,
+                rerank=e.rerank,
+                recall_target=e.recall_target,
+                accept_lower_recall=e.accept_lower_recall,
+            )
+            for m in wanted
+        }
+    else:
+        out = export_all(
+            {m: found[m] for m in wanted},
+            run_dir,
+            n_trees=e.n_trees,
+            metric=e.metric,
+            search_k=e.search_k,
+            sample=e.sample,
+            recall_target=e.recall_target,
+            accept_lower_recall=e.accept_lower_recall,
+        )
     if e.covisit.enabled and events_path is not None:
         out[COVISIT] = export_covisit(events_path, run_dir / "index" / COVISIT, e.covisit)
     return out

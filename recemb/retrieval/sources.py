@@ -220,15 +220,16 @@ def load_source(
 
     if source_kind(index_dir) == COVISIT_KIND:
         return CoVisitSource(CoVisitTable.load(index_dir, verify=verify)), read_covisit_manifest(index_dir)
-    emb_dir = embeddings_dir(index_dir)
     if source_kind(index_dir) == EXACT_KIND:
         from recemb.index.exact_export import load_exact_index, read_exact_manifest
 
-        manifest = read_exact_manifest(index_dir)
+        manifest = read_exact_manifest(index_dir)  # checked before anything is opened
+        emb_dir = embeddings_dir(index_dir)
         items = EmbeddingSet.load(emb_dir, verify=verify)
         index: Index = load_exact_index(index_dir, verify=verify, embeddings=items)
     else:
         manifest = read_manifest(index_dir)
+        emb_dir = embeddings_dir(index_dir)
         items = EmbeddingSet.load(emb_dir, verify=verify)
         index = load_index(index_dir, verify=verify, search_k=search_k, embeddings=items)
     if users is True:
