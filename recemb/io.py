@@ -150,3 +150,33 @@ def read_checked_manifest(
     if "metric" in required and m["metric"] not in METRICS:
         raise error(f"{path}: metric {m['metric']!r} is not one of {METRICS}; {fix}")
     return m
+
+
+def load_checked_array(
+    path: str | os.PathLike,
+    dtype: Any,
+    shape: tuple[int, ...],
+    error: type[Exception],
+    fix: str,
+    sha256: str | None = None,
+    note: str = "",
+) -> Any:
+    """A ``.npy`` file memory-mapped read-only, after checking it is there, readable (no pickles),
+    of ``dtype`` and ``shape`` and, with ``sha256``, unchanged; else ``error`` naming the file and ``fix``."""
+    import numpy as np
+
+    f = Path(path)
+    if not f.is_file():
+        raise error(f"{f}: missing{note}; {fix}")
+    try:
+        a = np.load(f, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{f}: not a readable .npy file ({e}); {fix}") from None
+    if a.dtype != dtype or a.shape != tuple(shape):
+        raise error(
+            f"{f}: {a.dtype} {list(a.shape)}, but the manifest says {np.dtype(dtype)} {list(shape)}; "
+            f"the files do not belong together; {fix}"
+        )
+    if sha256 is not None and sha256_file(f) != sha256:
+        raise error(f"{f}: sha256 does not match the manifest; the file was changed after export; {fix}")
+    return a

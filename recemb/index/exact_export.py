@@ -28,7 +28,7 @@ from recemb.index.base import RecembIndexError
 from recemb.index.exact import ExactIndex
 from recemb.index.export import HeldOutRecall, check_embeddings_match, embeddings_dir, embeddings_record
 from recemb.index.quantized import CODECS, QuantizedIndex, encode
-from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
+from recemb.io import atomic_dir, load_checked_array, read_json_object, sha256_file, write_json
 from recemb.vectors import METRICS, l2_normalize
 
 SCHEMA_VERSION = 1
@@ -136,20 +136,8 @@ def load_exact_index(
     ):
         if name == SCALES_FILE and m["codec"] != "int8":
             continue
-        f = index_dir / name
-        if not f.is_file():
-            raise RecembIndexError(f"{f}: missing; {_FIX}")
-        try:
-            a = np.load(f, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise RecembIndexError(f"{f}: not a readable .npy file ({e}); {_FIX}") from None
-        if a.dtype != dtype or a.shape != shape:
-            raise RecembIndexError(
-                f"{f}: {a.dtype} {list(a.shape)} but the manifest says {np.dtype(dtype)} {list(shape)}; {_FIX}"
-            )
-        if verify and sha256_file(f) != m["sha256"].get(name):
-            raise RecembIndexError(f"{f}: sha256 does not match {MANIFEST_FILE}; changed after export; {_FIX}")
-        arrays[name] = a
+        want = m["sha256"].get(name, "") if verify else None  # a checksum missing from the manifest fails
+        arrays[name] = load_checked_array(index_dir / name, dtype, shape, RecembIndexError, _FIX, sha256=want)
     if verify and SCALES_FILE in arrays and not np.isfinite(arrays[SCALES_FILE]).all():
         raise RecembIndexError(f"{index_dir / SCALES_FILE}: NaN or inf scales; {_FIX}")
     index = QuantizedIndex(m["metric"], m["codec"], m["rerank"], originals=emb.vectors)

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from recemb import __version__
 from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError, RecembError
-from recemb.io import atomic_dir, read_json_object, sha256_file, write_json
+from recemb.io import atomic_dir, load_checked_array, read_json_object, sha256_file, write_json
 from recemb.pooling import QUERY_MODES, csr_weights
 
 SCHEMA_VERSION = 1
@@ -272,19 +272,9 @@ class CoVisitTable:
         n, top = m["count"], m["top_m"]
         arrays = {}
         for name, dtype in ((NEIGHBORS_FILE, np.int32), (WEIGHTS_FILE, np.float32)):
-            f = path / name
-            if not f.is_file():
-                raise CoVisitError(f"{f}: missing; a co-visitation directory holds {_FILES}; {_FIX}")
-            try:
-                a = np.load(f, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise CoVisitError(f"{f}: not a readable .npy file ({e}); {_FIX}") from None
-            if a.dtype != dtype or a.shape != (n, top):
-                raise CoVisitError(
-                    f"{f}: {a.dtype} {list(a.shape)}, but {MANIFEST_FILE} says {np.dtype(dtype)} [{n}, {top}]; "
-                    f"the files do not belong together; {_FIX}"
-                )
-            arrays[name] = a
+            arrays[name] = load_checked_array(
+                path / name, dtype, (n, top), CoVisitError, _FIX, note=f" (a co-visitation directory holds {_FILES})"
+            )
         try:
             table = pq.read_table(path / IDS_FILE)
         except (pa.ArrowException, OSError) as e:
