@@ -4,7 +4,7 @@ Example (``configs/quickstart.yaml``)::
 
     serve:
       port: 8000
-      models: [item2vec]     # indexes under <run>/index/; empty = all
+      models: [covisit, sequence]   # sources under <run>/index/ (indexes, co-visitation); empty = all
       k_max: 100
       fallback: popularity   # or "404": unknown user/items get a 404
       replicas: 2            # Ray Serve only
