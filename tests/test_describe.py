@@ -137,4 +137,6 @@ def test_movielens_100k(tmp_path):
     assert d["events_per_type"] == {"rating": 100_000}
     assert d["time_range"]["start"].startswith("1997-09") and d["time_range"]["end"].startswith("1998-04")
     assert d["item_popularity"]["items_with_1_event"] == 141
-    assert "no session ids" in format_description(d)
+    # a rating log never repeats a (user, item): seen items are excluded under exclude_seen: auto
+    assert d["repeats"] == {"repeat_share": 0.0, "exclude_seen_auto": True}
+    assert "no session ids" in format_description(d) and "repeat_share" in format_description(d)
