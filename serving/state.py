@@ -33,6 +33,7 @@ from recemb.data.repeats import resolve_exclude_seen
 from recemb.errors import RecembError
 from recemb.index.base import RecembIndexError
 from recemb.index.export import MANIFEST_FILE
+from recemb.retrieval.candidates import popularity
 from recemb.retrieval.retriever import Retriever
 from recemb.retrieval.serve_config import ServeConfig
 from recemb.retrieval.sources import EmbeddingSource, load_source
@@ -110,16 +111,13 @@ def index_names(settings: ServeConfig) -> list[str]:
     return names
 
 
-def load_popularity(prepared_dir: Path) -> list[str]:
-    """Item ids by train event count, most popular first (ties by id); [] without events."""
+def scan_events(prepared_dir: Path) -> pl.LazyFrame:
+    """The prepared events, lazily (the popularity fallback and the repeat share read them); empty if missing."""
     events = prepared_dir / "events.parquet"
     if not events.is_file():
         log.warning("%s missing: the popularity fallback is empty", events)
-        return []
-    counts = (
-        pl.scan_parquet(events).group_by("item_id").len().sort(["len", "item_id"], descending=[True, False]).collect()
-    )
-    return counts["item_id"].to_list()
+        return pl.LazyFrame(schema={"user_id": pl.String, "item_id": pl.String})
+    return pl.scan_parquet(events)
 
 
 def load_snapshot(
@@ -131,18 +129,15 @@ def load_snapshot(
     sources, manifests = {}, {}
     for name in index_names(settings):
         sources[name], manifests[name] = load_source(settings.run_path / "index" / name, settings.verify_checksums)
-    popularity = load_popularity(settings.prepared_path)
-    events = settings.prepared_path / "events.parquet"
-    exclude_seen = resolve_exclude_seen(
-        settings.exclude_seen, pl.scan_parquet(events) if events.is_file() else pl.LazyFrame()
-    )
+    events = scan_events(settings.prepared_path)
+    fallback = popularity(events)
     retriever = Retriever(
         sources,
-        popularity=popularity,
+        popularity=fallback,
         query=settings.query,
         last_n=settings.last_n,
         quotas=settings.quotas,
-        exclude_seen=exclude_seen,
+        exclude_seen=resolve_exclude_seen(settings.exclude_seen, events),
         weights=settings.weights,
     )
     for name, src in sources.items():  # one real search per index before it may serve
@@ -161,7 +156,7 @@ def load_snapshot(
                 lambda t: MicroBatcher(t, settings.user_tower.max_batch_size, settings.user_tower.batch_wait_ms)
             )
             tower_query = factory(tower)
-    return Snapshot(generation, time.time(), retriever, manifests, len(popularity), tower, tower_query)
+    return Snapshot(generation, time.time(), retriever, manifests, len(fallback), tower, tower_query)
 
 
 class ServingState:

@@ -31,7 +31,8 @@ from recemb.data.vocab import Vocab
 from recemb.errors import NotFittedError
 from recemb.eval.embedding_scorer import MISSING_SCORE
 from recemb.eval.scorers import QueryBatch, Scorer
-from recemb.retrieval.blend import Found, blend, fusion_weights, quotas_for
+from recemb.retrieval.blend import Found, best_first, blend, fusion_weights, quotas_for
+from recemb.retrieval.candidates import popularity
 from recemb.retrieval.covisit import CoVisitTable
 
 
@@ -116,8 +117,7 @@ class BlendScorer:
     def fit(self, train: pl.DataFrame, catalogue: Vocab) -> BlendScorer:
         for src in self.sources.values():
             src.fit(train, catalogue)
-        counts = train.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
-        self.popularity = counts["item_id"].to_list()  # the candidate job's fallback, counted the same way
+        self.popularity = popularity(train)  # the candidate job's fallback
         self.exclude = resolve_exclude_seen(self.exclude_seen, train)
         self._ids = catalogue.ids
         self._found = {}
@@ -166,11 +166,6 @@ def _ranked(scores: np.ndarray, want: np.ndarray, ids: np.ndarray) -> list[Found
         if cols.size == 0:
             out.append(None)
             continue
-        s = scores[b, cols]
-        kk = min(int(want[b]), cols.size)
-        if kk < cols.size:
-            part = np.argpartition(-s, kk - 1)[:kk]
-            cols, s = cols[part], s[part]
-        order = np.lexsort((cols, -s))
-        out.append((ids[cols[order]], s[order]))
+        cols, s = best_first(cols, scores[b, cols], int(want[b]))
+        out.append((ids[cols], s))
     return out

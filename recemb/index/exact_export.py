@@ -27,9 +27,9 @@ from recemb.embeddings import EmbeddingSet
 from recemb.index.base import RecembIndexError
 from recemb.index.exact import ExactIndex
 from recemb.index.export import HeldOutRecall, check_embeddings_match, embeddings_dir, embeddings_record
-from recemb.index.quantized import CODECS, QuantizedIndex, encode
+from recemb.index.quantized import CODECS, QuantizedIndex
 from recemb.io import atomic_dir, load_checked_array, read_json_object, sha256_file, write_json
-from recemb.vectors import METRICS, l2_normalize
+from recemb.vectors import METRICS
 
 SCHEMA_VERSION = 1
 KIND = "exact"
@@ -61,20 +61,20 @@ def export_exact(
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
         sha, size = {}, 0
-        index: ExactIndex = ExactIndex(metric).build(emb.vectors)
-        if codec != "float32":
-            x = np.asarray(emb.vectors, dtype=np.float32)
-            codes, scales = encode(l2_normalize(x) if metric == "cosine" else x, codec)
-            np.save(tmp / CODES_FILE, codes)
-            files = [CODES_FILE]
-            if scales is not None:
-                np.save(tmp / SCALES_FILE, scales)
-                files.append(SCALES_FILE)
+        if codec == "float32":
+            index: ExactIndex = ExactIndex(metric).build(emb.vectors)
+        else:
+            index = QuantizedIndex(metric, codec, rerank, originals=emb.vectors).build(emb.vectors)
+            arrays = {CODES_FILE: index.codes, SCALES_FILE: index.scales}
+            files = []
+            for name, a in arrays.items():
+                if a is not None:  # int8 has scales, float16 none
+                    np.save(tmp / name, a)
+                    files.append(name)
             sha = {f: sha256_file(tmp / f) for f in files}
             size = sum((tmp / f).stat().st_size for f in files)
-            index = QuantizedIndex(metric, codec, rerank, originals=emb.vectors).attach(codes, scales)
         certified = None
-        if recall_target is not None:
+        if recall_target is not None and codec != "float32":  # float32: exact by construction
             recall, _ = HeldOutRecall(emb.vectors, metric, seed=seed)(index)
             certified = {"target": recall_target, "k": 10, "recall": recall, "met": recall >= recall_target}
             if not certified["met"] and not accept_lower_recall:

@@ -74,6 +74,11 @@ class QuantizedIndex(ExactIndex):
         self.scales: np.ndarray | None = None
 
     @property
+    def codes(self) -> np.ndarray | None:
+        """The ``[N, D]`` codes searched (None before :meth:`build` / :meth:`attach`)."""
+        return self._x
+
+    @property
     def is_exact_after_rerank(self) -> bool:
         return self.rerank > 0 and self.originals is not None
 

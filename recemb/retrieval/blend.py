@@ -42,6 +42,10 @@ RRF_K = 10  # rank offset of the fusion: small, so that a source's first places 
 Hit = tuple[str, float, str]  # (item_id, score, source)
 #: One source's finds for one user: ``(item ids [M] object, scores [M])``, best first, unfiltered.
 Found = tuple[np.ndarray, np.ndarray]
+#: One place of a list: ``(phase, pick, source order, item, score, source)``; phase 0 = quota pick or
+#: fused, 1 = leftover, 2 = popularity. Lists are ordered by (phase, pick, source order).
+Pick = tuple[int, int, int, str, float, str]
+PerSource = list[tuple[int, str, list[tuple[str, float]]]]  # (source order, name, filtered (item, score)s)
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def blend(
         weights: ``{source: weight}`` to fuse by weighted reciprocal rank instead of
             quotas (module docstring); a source without a weight counts 0.
     """
-    per_source: list[tuple[int, str, list[tuple[str, float]]]] = []
+    per_source: PerSource = []
     for order, (name, f) in enumerate(found):
         if f is None:
             continue
@@ -115,36 +119,9 @@ def blend(
         if cands:
             per_source.append((order, name, cands))
 
-    picked: list[tuple[int, int, int, str, float, str]] = []  # (phase, pick, order, item, score, source)
-    taken: set[str] = set()
-    if weights is not None:
-        picked = _fuse(per_source, k, weights)
-        taken = {p[3] for p in picked}
-        per_source = per_source if picked else []
-    for order, name, cands in per_source if weights is None else ():
-        pick = 0
-        for item, score in cands:
-            if pick >= quota[name]:
-                break
-            if item not in taken:
-                picked.append((0, pick, order, item, score, name))
-                taken.add(item)
-                pick += 1
-    if per_source and len(picked) < k and weights is None:
-        rest = sorted(
-            (srank, order, item, score, name)
-            for order, name, cands in per_source
-            for srank, (item, score) in enumerate(cands)
-            if item not in taken
-        )
-        pick, free = 0, k - len(picked)
-        for _srank, order, item, score, name in rest:
-            if pick >= free:
-                break
-            if item not in taken:
-                picked.append((1, pick, order, item, score, name))
-                taken.add(item)
-                pick += 1
+    picked = _fuse(per_source, k, weights) if weights is not None else _by_quota(per_source, k, quota)
+    from_sources = bool(picked)  # no source place taken: a popularity-only answer (a fallback)
+    taken = {p[3] for p in picked}
     need = k - len(picked)
     if need > 0:
         pick, order = 0, len(found)
@@ -156,12 +133,49 @@ def blend(
             picked.append((2, pick, order, item, float(np.float32(1.0 / (1.0 + pop_rank))), POPULARITY))
             pick += 1
     picked.sort(key=lambda p: (p[0], p[1], p[2]))
-    return Answer([(item, score, src) for _, _, _, item, score, src in picked[:k]], fallback=not per_source)
+    return Answer([(item, score, src) for _, _, _, item, score, src in picked[:k]], fallback=not from_sources)
 
 
-def _fuse(
-    per_source: list[tuple[int, str, list[tuple[str, float]]]], k: int, weights: Mapping[str, float]
-) -> list[tuple[int, int, int, str, float, str]]:
+def _by_quota(per_source: PerSource, k: int, quota: Mapping[str, int]) -> list[Pick]:
+    """Quota picks in source order (phase 0), then leftovers by (rank within source, source order) (phase 1)."""
+    picked: list[Pick] = []
+    taken: set[str] = set()
+    for order, name, cands in per_source:
+        pick = 0
+        for item, score in cands:
+            if pick >= quota[name]:
+                break
+            if item not in taken:
+                picked.append((0, pick, order, item, score, name))
+                taken.add(item)
+                pick += 1
+    rest = sorted(
+        (srank, order, item, score, name)
+        for order, name, cands in per_source
+        for srank, (item, score) in enumerate(cands)
+        if item not in taken
+    )
+    pick = 0
+    for _srank, order, item, score, name in rest:
+        if len(picked) >= k:
+            break
+        if item not in taken:
+            picked.append((1, pick, order, item, score, name))
+            taken.add(item)
+            pick += 1
+    return picked
+
+
+def best_first(cols: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best ``(cols, scores)`` of one row, best first, ties by the lower column (every caller agrees)."""
+    if k < len(scores):  # only the best k (and every tie with the k-th) need sorting
+        keep = scores >= scores[np.argpartition(-scores, k - 1)[k - 1]]
+        cols, scores = cols[keep], scores[keep]
+    order = np.lexsort((cols, -scores))[:k]
+    return cols[order], scores[order]
+
+
+def _fuse(per_source: PerSource, k: int, weights: Mapping[str, float]) -> list[Pick]:
     """Weighted reciprocal-rank fusion: ``sum_s w_s / (RRF_K + rank_s)``, best k (phase 0).
 
     Ties go to the better best rank, then to the source order; an item's source is the one

@@ -109,10 +109,10 @@ def production_queries(events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     return q.sort("user_id"), events
 
 
-def popularity(events: pl.DataFrame) -> list[str]:
-    """Item ids by event count, most first; ties by id so every run agrees."""
-    counts = events.group_by("item_id").len()
-    return counts.sort(["len", "item_id"], descending=[True, False])["item_id"].to_list()
+def popularity(events: pl.DataFrame | pl.LazyFrame) -> list[str]:
+    """Item ids by event count, most first; ties by id so every run agrees (the fallback of every list)."""
+    counts = events.lazy().group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
+    return counts.collect()["item_id"].to_list()
 
 
 def partition_of(keys: Iterable[str], partitions: int) -> np.ndarray:

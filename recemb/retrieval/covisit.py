@@ -41,6 +41,7 @@ from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import atomic_dir, load_checked_array, read_json_object, sha256_file, write_json
 from recemb.pooling import QUERY_MODES, csr_weights
+from recemb.retrieval.blend import best_first
 
 SCHEMA_VERSION = 1
 KIND = "covisit"
@@ -224,15 +225,8 @@ class CoVisitTable:
             if lo == hi:
                 out.append(None)
                 continue
-            cols, vals = scores.indices[lo:hi], scores.data[lo:hi]
-            kk = min(int(want[b]), hi - lo)
-            if kk < hi - lo:  # only the best kk need sorting
-                part = np.argpartition(-vals, kk - 1)[:kk]
-                cut = vals[part].min()
-                part = np.flatnonzero(vals >= cut)  # keep every tie at the cut for the row order below
-                cols, vals = cols[part], vals[part]
-            order = np.lexsort((cols, -vals))[:kk]
-            out.append((self.ids[cols[order]], vals[order].astype(np.float32)))
+            cols, vals = best_first(scores.indices[lo:hi], scores.data[lo:hi], int(want[b]))
+            out.append((self.ids[cols], vals.astype(np.float32)))
         return out
 
     # -------------------------------------------------------------- storage

@@ -78,7 +78,7 @@ class Retriever:
         if unknown:
             raise RecembError(f"weights name unknown sources {unknown}; sources are {list(self.sources)}")
         if weights is not None and (
-            not weights or any(not np.isfinite(w) or w < 0 for w in weights.values()) or not any(weights.values())
+            any(not np.isfinite(w) or w < 0 for w in weights.values()) or not any(weights.values())
         ):
             raise RecembError(f"weights must be finite, >= 0 and not all 0, got {dict(weights)}")
         if quotas is not None and weights is not None:
@@ -225,10 +225,11 @@ class Retriever:
         blocked_set = frozenset(_checked_lists([blocked], "blocked")[0])
         excluded = [frozenset(h).union(x) if exclude_seen else frozenset(x) for h, x in zip(hist, excl)]
         want = k + np.fromiter((len(e) for e in excluded), dtype=np.int64, count=b) + len(blocked_set)
-        quota = self.quotas_for(k, quotas if quotas is not None else self.quotas)
+        asked = quotas if quotas is not None else self.quotas
+        quota = self.quotas_for(k, asked)
         # No quotas asked for: fuse ranks (equal weights unless configured), the better default
         # (quickstart P-SESS Recall@20 0.674 fused vs 0.623 by even quotas, docs/candidates.md).
-        weights = fusion_weights(list(self.sources), quotas if quotas is not None else self.quotas, self.weights)
+        weights = fusion_weights(list(self.sources), asked, self.weights)
         found = {
             name: src.search(
                 hist,

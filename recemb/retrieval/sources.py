@@ -41,7 +41,7 @@ from recemb.retrieval.covisit import KIND as COVISIT_KIND
 from recemb.retrieval.covisit import CoVisitTable
 from recemb.retrieval.covisit import read_manifest as read_covisit_manifest
 
-EXACT_KIND = "exact"  # recemb.index.exact_export
+EXACT_KIND = "exact"  # recemb.index.exact_export.KIND
 USER_EMBEDDINGS = "user_embeddings"  # <run>/<model>/user_embeddings beside <model>/embeddings
 
 
@@ -96,13 +96,14 @@ class EmbeddingSource:
         self.items, self.index, self.users = items, index, users
         self.item_row = {s: i for i, s in enumerate(items.ids.tolist())}
         self.user_row = {s: i for i, s in enumerate(users.ids.tolist())} if users is not None else {}
-        # Cosine: each item counts equally in a pooled query, so rows are unit vectors; with a zero
-        # row (dim D) appended for unknown ids, whose weight is 0 anyway.
-        v = np.asarray(items.vectors, dtype=np.float32)
+        # Cosine: each item counts equally in a pooled query, so its weight is divided by its norm
+        # (the query's own length does not matter to a cosine index). [N] floats, not a normalised
+        # copy of a possibly memory-mapped [N, D] set.
+        self._scale = np.ones(len(items), dtype=np.float32)
         if index.metric == "cosine":
-            norms = np.linalg.norm(v, axis=1, keepdims=True)
-            v = (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-        self._pool_rows = np.vstack([v, np.zeros((1, items.dim), dtype=np.float32)])
+            for lo in range(0, len(items), 65536):
+                norms = np.linalg.norm(np.asarray(items.vectors[lo : lo + 65536], dtype=np.float32), axis=1)
+                self._scale[lo : lo + 65536] = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
         self._known = np.r_[np.ones(len(items), dtype=bool), False]  # row N: unknown ids
 
     def knows(self, item_id: str) -> bool:
@@ -123,7 +124,8 @@ class EmbeddingSource:
         offsets = np.zeros(b + 1, dtype=np.int64)
         np.cumsum([len(h) for h in histories], out=offsets[1:])
         w = csr_weights(items, offsets, self._known, mode, last_n)
-        q = weighted_mean(self._pool_rows, items, offsets, w)
+        rows = np.where(items < n, items, 0)  # unknown ids weigh 0: any row will do
+        q = weighted_mean(self.items.vectors, rows, offsets, w * self._scale[rows])
         have = np.bincount(np.repeat(np.arange(b), np.diff(offsets)), weights=w, minlength=b) > 0
         if query_vectors is not None:
             given = np.asarray(query_vectors, dtype=np.float32).reshape(b, -1)
@@ -178,21 +180,12 @@ class CoVisitSource:
     def knows(self, item_id: str) -> bool:
         return item_id in self.table.item_row
 
-    def search(
-        self,
-        histories: Sequence[Sequence[str]],
-        want: np.ndarray,
-        *,
-        user_ids: Sequence[str] | None = None,
-        mode: str = "mean_last_n",
-        last_n: int = 5,
-        query_vectors: np.ndarray | None = None,
-    ) -> list[Found | None]:
+    def search(self, histories: Sequence[Sequence[str]], want: np.ndarray, **_: object) -> list[Found | None]:
         return self.table.search([list(h) for h in histories], want)
 
 
 def source_kind(path: str | os.PathLike) -> str:
-    """The ``kind`` of the manifest in ``path`` (``annoy`` or ``covisit``)."""
+    """The ``kind`` of the manifest in ``path`` (``annoy``, ``exact`` or ``covisit``)."""
     f = Path(path) / "manifest.json"
     try:
         return str(json.loads(f.read_text()).get("kind"))
@@ -216,22 +209,21 @@ def load_source(
             model's ``<run>/<model>/user_embeddings`` when it exists, None/False = none.
         search_k: Annoy search_k; None = the manifest's.
     """
+    from recemb.index.exact_export import load_exact_index, read_exact_manifest
     from recemb.index.export import embeddings_dir, load_index, read_manifest
 
-    if source_kind(index_dir) == COVISIT_KIND:
+    kind = source_kind(index_dir)
+    if kind == COVISIT_KIND:
         return CoVisitSource(CoVisitTable.load(index_dir, verify=verify)), read_covisit_manifest(index_dir)
-    if source_kind(index_dir) == EXACT_KIND:
-        from recemb.index.exact_export import load_exact_index, read_exact_manifest
-
-        manifest = read_exact_manifest(index_dir)  # checked before anything is opened
-        emb_dir = embeddings_dir(index_dir)
-        items = EmbeddingSet.load(emb_dir, verify=verify)
-        index: Index = load_exact_index(index_dir, verify=verify, embeddings=items)
-    else:
-        manifest = read_manifest(index_dir)
-        emb_dir = embeddings_dir(index_dir)
-        items = EmbeddingSet.load(emb_dir, verify=verify)
-        index = load_index(index_dir, verify=verify, search_k=search_k, embeddings=items)
+    exact = kind == EXACT_KIND
+    manifest = read_exact_manifest(index_dir) if exact else read_manifest(index_dir)  # checked before opening
+    emb_dir = embeddings_dir(index_dir)
+    items = EmbeddingSet.load(emb_dir, verify=verify)
+    index: Index = (
+        load_exact_index(index_dir, verify=verify, embeddings=items)
+        if exact
+        else load_index(index_dir, verify=verify, search_k=search_k, embeddings=items)
+    )
     if users is True:
         guess = emb_dir.parent / USER_EMBEDDINGS
         users = guess if (guess / "manifest.json").is_file() else None
