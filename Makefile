@@ -26,7 +26,7 @@ $(STAMP): requirements/runtime.txt requirements/pretrained.txt requirements/dev.
 	$(BIN)/python -m pip install -q -r requirements/runtime.txt -r requirements/pretrained.txt -r requirements/dev.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements/torchrec.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -c "import torch, torchrec, ray, polars, annoy, recemb"
+	$(BIN)/python -c "import torch, torchrec, ray, polars, annoy, hnswlib, recemb"
 	touch $@
 
 run: $(STAMP)

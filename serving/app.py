@@ -9,6 +9,11 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
     POST /v1/recommend             {user_id?, items?, k?, exclude?, blend?, query?}
     GET  /metrics                  Prometheus text
     POST /v1/admin/reload          only when an admin token is configured (Bearer token)
+    PUT  /v1/admin/items/{item_id} {model, vector}: searchable now (HNSW indexes; admin)
+    DELETE /v1/admin/items/{item_id}  never returned again (admin)
+
+Item changes are made in this process's loaded generation and last until the
+next reload (re-export to keep them); under Ray Serve each replica has its own.
 
 Every answer to a bad request is a 4xx with a JSON body
 ``{"error": code, "message": text, "detail": ...}``; a request can name item
@@ -25,6 +30,7 @@ import hmac
 import logging
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -130,6 +136,13 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
             )
         )
         query: Literal["last", "mean", "mean_last_n", "recency"] | None = None
+
+    class ItemVector(BaseModel):
+        """An item's vector for one model's index (admin)."""
+
+        model_config = ConfigDict(extra="forbid")
+        model: IdStr
+        vector: list[float] = Field(min_length=1, max_length=4096)
 
     app = FastAPI(
         title="recemb retrieval service",
@@ -238,12 +251,43 @@ def create_app(settings: ServeConfig, state: ServingState | None = None) -> Fast
     token = s.token()
     if token:
 
+        def _authorised(authorization: str | None) -> bool:
+            given = (authorization or "").removeprefix("Bearer ").strip()
+            return hmac.compare_digest(given.encode(), token.encode())
+
+        _unauthorised = "missing or wrong admin token (Authorization: Bearer <token>)"
+
+        @app.put("/v1/admin/items/{item_id}", tags=["admin"], responses={401: {"model": ErrorBody}})
+        async def put_item(
+            item_id: Annotated[str, Path(min_length=1, max_length=s.max_id_length)],
+            body: ItemVector,
+            authorization: Annotated[str | None, Header()] = None,
+        ):
+            """Make an item searchable now in one model's HNSW index (a new item, or a new vector for a
+            known one, e.g. a cold item's content vector); lasts until the next reload."""
+            if not _authorised(authorization):
+                return _error(401, _unauthorised)
+            snap = state.current()
+            snap.retriever.add_items(body.model, [item_id], np.asarray([body.vector], dtype=np.float32))
+            return {"item_id": item_id, "model": body.model, "generation": snap.generation}
+
+        @app.delete("/v1/admin/items/{item_id}", tags=["admin"], responses={401: {"model": ErrorBody}})
+        async def delete_item(
+            item_id: Annotated[str, Path(min_length=1, max_length=s.max_id_length)],
+            authorization: Annotated[str | None, Header()] = None,
+        ):
+            """Never return an item again from any model or the fallback; lasts until the next reload."""
+            if not _authorised(authorization):
+                return _error(401, _unauthorised)
+            snap = state.current()
+            snap.retriever.remove_items([item_id])
+            return {"item_id": item_id, "removed": True, "generation": snap.generation}
+
         @app.post("/v1/admin/reload", tags=["admin"], responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
         async def reload(authorization: Annotated[str | None, Header()] = None):
             """Re-read the configured run's indexes and swap them in (refused if any is bad)."""
-            given = (authorization or "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return _error(401, "missing or wrong admin token (Authorization: Bearer <token>)")
+            if not _authorised(authorization):
+                return _error(401, _unauthorised)
             result = await asyncio.wrap_future(state.reload_in_background())
             record_reload(app, result)
             if not result.ok:

@@ -76,6 +76,12 @@ class AnnoyIndex(Index):
         self.threads = max(1, int(threads))
         self._ann: annoy.AnnoyIndex | None = None
 
+    def effort(self, k: int) -> dict[str, int]:
+        """What one query for ``k`` costs in Annoy's terms: the nodes it inspects."""
+        if self.search_k != -1:
+            return {"search_k": int(self.search_k)}
+        return {"search_k": int(round(self.search_k_factor * self.n_trees * k))}
+
     @property
     def annoy_metric(self) -> AnnoyMetric:
         return ANNOY_METRIC[self.metric]
@@ -146,9 +152,7 @@ class AnnoyIndex(Index):
         return self._ann
 
     def _search(self, queries: np.ndarray, k: int, rows: np.ndarray, scores: np.ndarray) -> None:
-        ann, search_k = self._require(), self.search_k
-        if search_k == -1 and self.search_k_factor != 1.0:
-            search_k = int(round(self.search_k_factor * self.n_trees * k))
+        ann, search_k = self._require(), self.effort(k)["search_k"]
 
         def one(i: int) -> None:
             r, dist = ann.get_nns_by_vector(queries[i], k, search_k, True)

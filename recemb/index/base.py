@@ -18,6 +18,7 @@ euclid ``-|q - x_r|`` (negated L2 distance)
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,6 +44,8 @@ class Index(abc.ABC):
 
     #: True when :meth:`search` returns the exact top-k.
     is_exact: bool = False
+    #: True when :meth:`search` takes ``exclude`` (rows per query skipped inside the search).
+    filters_inside: bool = False
 
     def __init__(self, metric: str = "cosine"):
         if metric not in METRICS:
@@ -75,24 +78,25 @@ class Index(abc.ABC):
     def build(self, vectors: np.ndarray) -> Index:
         """Index ``vectors`` ``[N, D]`` float32 (row i gets id i); returns ``self``."""
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows for each query.
 
         Args:
             queries: ``[B, D]`` (or one ``[D]`` query, treated as ``B = 1``).
             k: results per query; more than ``count`` is allowed and padded.
+            exclude: per query, rows never to return; only for an index with
+                :attr:`filters_inside` (others: filter the results yourself).
 
         Returns:
             ``(rows [B, k] int64, scores [B, k] float32)``, best first per row.
             Missing results (``k > count``, or an approximate index that
             found fewer) are padded with row ``-1`` and score ``-inf``.
         """
-        q = self._check_queries(queries)
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise RecembIndexError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
-        rows = np.full((q.shape[0], k), PAD_ROW, dtype=np.int64)
-        scores = np.full((q.shape[0], k), PAD_SCORE, dtype=np.float32)
+        if exclude is not None:
+            raise RecembIndexError(f"{type(self).__name__} cannot exclude rows inside its search; filter its results")
+        q, k, rows, scores = self._start(queries, k)
         if q.shape[0] and self._count:
             self._search(q, min(k, self._count), rows, scores)
         return rows, scores
@@ -101,6 +105,15 @@ class Index(abc.ABC):
     @abc.abstractmethod
     def _search(self, queries: np.ndarray, k: int, rows: np.ndarray, scores: np.ndarray) -> None:
         """Fill ``rows[:, :k]`` / ``scores[:, :k]`` in place; ``k <= count``."""
+
+    def _start(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """Checked ``(queries [B, D], k, rows [B, k] padded, scores [B, k] padded)`` of a search."""
+        q = self._check_queries(queries)
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise RecembIndexError(f"k must be a positive integer, got {k!r}")
+        rows = np.full((q.shape[0], int(k)), PAD_ROW, dtype=np.int64)
+        scores = np.full((q.shape[0], int(k)), PAD_SCORE, dtype=np.float32)
+        return q, int(k), rows, scores
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         q = np.asarray(queries, dtype=np.float32)

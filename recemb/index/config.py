@@ -1,4 +1,4 @@
-"""The ``export:`` section: Annoy export of a run's EmbeddingSets, and the co-visitation source."""
+"""The ``export:`` section: index export of a run's EmbeddingSets, and the co-visitation source."""
 
 from __future__ import annotations
 
@@ -18,8 +18,15 @@ class CoVisitConfig(Section):
     query: Literal["last", "mean", "mean_last_n", "recency"] = "recency"  # weights of a history's items
 
 
+class HnswConfig(Section):
+    """``export.hnsw``: the graph of ``export.backend: hnsw`` (recemb.index.hnsw_index)."""
+
+    m: int = Field(16, ge=2, le=256)  # links per element (2m on the bottom level): recall and memory grow with it
+    ef_construction: int = Field(100, ge=1)  # build breadth: a better graph for a slower build
+
+
 class ExportConfig(Section):
-    """Annoy export of the run's EmbeddingSets (recemb.index.export)."""
+    """Export of the run's EmbeddingSets to indexes (recemb.index.stage): Annoy, HNSW or exact."""
 
     n_trees: int = Field(50, ge=1)
     metric: Literal["cosine", "dot", "euclidean"] | None = None  # None: the EmbeddingSet's own
@@ -32,8 +39,11 @@ class ExportConfig(Section):
     # Which EmbeddingSets: names of <run>/<name>/embeddings; empty = every one in the run.
     models: list[str] = Field(default_factory=list)
     covisit: CoVisitConfig = CoVisitConfig()
-    # annoy: approximate (recall-certified); exact: blocked exact search, over float32 or compressed
-    # vectors (codec float16 / int8 with a per-row scale) with a float32 re-rank of the best `rerank`
-    backend: Literal["annoy", "exact"] = "annoy"
+    # annoy: approximate forest (recall-certified); hnsw: approximate graph (recall-certified, items
+    # can be added and removed while it serves; the pick past ~100k items); exact: blocked exact
+    # search, over float32 or compressed vectors (codec float16 / int8 with a per-row scale) with
+    # a float32 re-rank of the best `rerank`
+    backend: Literal["annoy", "hnsw", "exact"] = "annoy"
+    hnsw: HnswConfig = HnswConfig()
     codec: Literal["float32", "float16", "int8"] = "float32"
     rerank: int = Field(100, ge=0)

@@ -202,34 +202,34 @@ class HeldOutRecall:
 
 
 def certify_recall(
-    index: AnnoyIndex,
+    index: Any,
     vectors: np.ndarray,
     target: float,
     k: int = 10,
     queries: int = 1000,
     seed: int = 0,
     fixed: bool = False,
+    knob: str = "search_k_factor",
 ) -> dict[str, Any]:
-    """The cheapest ``search_k_factor`` whose recall@k against exact search on held-out queries meets ``target``.
+    """The cheapest setting of ``index.<knob>`` whose recall@k against exact search on held-out
+    queries meets ``target`` (Annoy's ``search_k_factor``, HNSW's ``ef_factor``).
 
     recall@k = share of the returned k that score at least the exact k-th score (ties count).
 
     Tries :data:`CERTIFY_FACTORS` in turn (only the index's own setting when ``fixed``: a
-    search_k set by hand) and returns ``{"target", "k", "queries", "met", "search_k_factor",
-    "search_k", "recall", "sweep": [{"search_k_factor", "search_k", "recall", "queries_per_s"}]}``;
-    when none meets the target, the best one tried.
+    search_k set by hand) and returns ``{"target", "k", "queries", "met", <knob>, **effort,
+    "recall", "sweep": [{<knob>, **effort, "recall", "queries_per_s"}]}``, where ``effort`` is
+    ``index.effort(k)`` (e.g. ``search_k`` or ``ef``); when none meets the target, the best one tried.
     """
     measure = HeldOutRecall(vectors, index.metric, k, queries, seed)
-    kk = measure.k
     sweep = []
-    for factor in (index.search_k_factor,) if fixed else CERTIFY_FACTORS:
-        index.search_k_factor = float(factor)
+    for factor in (getattr(index, knob),) if fixed else CERTIFY_FACTORS:
+        setattr(index, knob, float(factor))
         recall, seconds = measure(index)
-        search_k = index.search_k if index.search_k != -1 else int(round(factor * index.n_trees * kk))
         sweep.append(
             {
-                "search_k_factor": float(factor),
-                "search_k": search_k,
+                knob: float(factor),
+                **index.effort(measure.k),
                 "recall": recall,
                 "queries_per_s": round(len(measure.queries) / max(seconds, 1e-9), 1),
             }
@@ -239,14 +239,22 @@ def certify_recall(
     best = next((r for r in sweep if r["recall"] >= target), max(sweep, key=lambda r: r["recall"]))
     return {
         "target": target,
-        "k": kk,
+        "k": measure.k,
         "queries": len(measure.queries),
         "met": best["recall"] >= target,
-        "search_k_factor": best["search_k_factor"],
-        "search_k": best["search_k"],
-        "recall": best["recall"],
+        **{key: v for key, v in best.items() if key != "queries_per_s"},
         "sweep": sweep,
     }
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """One line for the export stage's log."""
+    recall = "n/a" if manifest.get("recall_at_10") is None else f"{manifest['recall_at_10']:.3f}"
+    c, cert = manifest.get("certified"), ""
+    if c:
+        below = "" if c["met"] else f" (BELOW the target {c['target']}, accepted)"
+        cert = f", held-out recall@10 {c['recall']:.3f} at {c['search_k_factor']:g} x n_trees x k{below}"
+    return f"{manifest['metric']}, Annoy {manifest['n_trees']} trees, recall@10 vs exact {recall}{cert}"
 
 
 # --------------------------------------------------------------------- loading

@@ -10,6 +10,7 @@ from recemb.errors import ConfigError
 from recemb.index.config import CoVisitConfig, ExportConfig
 from recemb.index.exact_export import export_exact
 from recemb.index.export import export_all
+from recemb.index.hnsw_export import export_hnsw
 
 COVISIT = "covisit"  # <run>/index/covisit/: the co-visitation source
 
@@ -44,6 +45,19 @@ def export_run(
                 metric=e.metric,
                 codec=e.codec,
                 rerank=e.rerank,
+                recall_target=e.recall_target,
+                accept_lower_recall=e.accept_lower_recall,
+            )
+            for m in wanted
+        }
+    elif e.backend == "hnsw":
+        out = {
+            m: export_hnsw(
+                found[m],
+                run_dir / "index" / m,
+                metric=e.metric,
+                m=e.hnsw.m,
+                ef_construction=e.hnsw.ef_construction,
                 recall_target=e.recall_target,
                 accept_lower_recall=e.accept_lower_recall,
             )

@@ -57,11 +57,12 @@ from recemb import __version__
 from recemb.data import schema, splits
 from recemb.data.repeats import resolve_exclude_seen
 from recemb.errors import ConfigError, DataValidationError
+from recemb.index.loading import manifest_kind
 from recemb.io import atomic_path, sha256_file, write_json
 from recemb.progress import Progress
 from recemb.retrieval.candidates_config import CandidatesConfig
 from recemb.retrieval.retriever import POPULARITY, Retriever
-from recemb.retrieval.sources import USER_EMBEDDINGS, load_source, source_kind
+from recemb.retrieval.sources import USER_EMBEDDINGS, load_source
 from recemb.retrieval.towers import check_batch
 from recemb.testing import faults
 
@@ -285,7 +286,7 @@ def _holdout_source(spec: SourceSpec, fit: pl.DataFrame, out: Path) -> SourceSpe
     """A co-visitation source rebuilt from the holdout's fit events (same settings) in ``out``; others as they are."""
     from recemb.retrieval.covisit import CoVisitTable, read_manifest
 
-    if source_kind(spec.index_dir) != "covisit":
+    if manifest_kind(spec.index_dir) != "covisit":
         return spec
     m = read_manifest(spec.index_dir)
     table = CoVisitTable.build(fit, unit=m["unit"], top=m["top_m"], query=m["query"])
@@ -305,7 +306,7 @@ def _fingerprint(c: CandidatesConfig, sources: list[SourceSpec], events_sha: str
         for d in (s.index_dir, s.users_dir):
             if d:
                 files[d] = json.loads((Path(d) / "manifest.json").read_text()).get("sha256")
-        if source_kind(s.index_dir) != "covisit":  # the vectors behind the index
+        if manifest_kind(s.index_dir) != "covisit":  # the vectors behind the index
             d = str(embeddings_dir(s.index_dir))
             files[d] = json.loads((Path(d) / "manifest.json").read_text()).get("sha256")
     blob = {

@@ -85,6 +85,26 @@ class Retriever:
             raise RecembError("set quotas or weights, not both: quotas pick places per source, weights fuse ranks")
         self.weights = None if weights is None else dict(weights)
         self.popularity: list[str] = list(dict.fromkeys(str(x) for x in list(popularity)))
+        self.removed: set[str] = set()  # items withdrawn live (remove_items): blocked for every source
+
+    # ----------------------------------------------------------- live changes
+    def add_items(self, source: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Make ``ids`` searchable in ``source`` now (an HNSW-backed embedding source): new items
+        or new vectors for known ones, e.g. a cold item's content vector ``[M, D]``."""
+        src = self.sources.get(source)
+        if not isinstance(src, EmbeddingSource):
+            raise RecembError(f"{source!r} is not an embedding source here; sources are {list(self.sources)}")
+        src.add_items(_checked_lists([ids], "ids")[0], vectors)
+        self.removed.difference_update(ids)
+
+    def remove_items(self, ids: Sequence[str]) -> None:
+        """Never return ``ids`` again from any source or the popularity fallback; an HNSW source
+        also drops them from its graph's results, so they cost no search slots."""
+        ids = _checked_lists([ids], "ids")[0]
+        for src in self.sources.values():
+            if isinstance(src, EmbeddingSource) and src.index.filters_inside:
+                src.remove_items(ids)
+        self.removed.update(ids)
 
     # ----------------------------------------------------------------- public
     def known_item(self, item_id: str) -> bool:
@@ -222,14 +242,18 @@ class Retriever:
             raise RecembError(f"exclude has {len(exclude)} lists but histories has {b}; one list per user")
         hist = _checked_lists(histories, "history")
         excl = _checked_lists(exclude, "exclude") if exclude is not None else [[] for _ in range(b)]
-        blocked_set = frozenset(_checked_lists([blocked], "blocked")[0])
+        asked_blocked = frozenset(_checked_lists([blocked], "blocked")[0])
         excluded = [frozenset(h).union(x) if exclude_seen else frozenset(x) for h, x in zip(hist, excl)]
-        want = k + np.fromiter((len(e) for e in excluded), dtype=np.int64, count=b) + len(blocked_set)
+        want = k + np.fromiter((len(e) for e in excluded), dtype=np.int64, count=b) + len(asked_blocked)
+        # Items removed live are filtered too, but not searched past: an HNSW source never returns
+        # them, and a long removal list must not widen every search (popularity tops up).
+        blocked_set = asked_blocked | self.removed
         asked = quotas if quotas is not None else self.quotas
         quota = self.quotas_for(k, asked)
         # No quotas asked for: fuse ranks (equal weights unless configured), the better default
         # (quickstart P-SESS Recall@20 0.674 fused vs 0.623 by even quotas, docs/candidates.md).
         weights = fusion_weights(list(self.sources), asked, self.weights)
+        dropped = [e | blocked_set for e in excluded]  # a source that filters inside its search skips these
         found = {
             name: src.search(
                 hist,
@@ -238,6 +262,7 @@ class Retriever:
                 mode=mode,
                 last_n=self.last_n,
                 query_vectors=(query_vectors or {}).get(name),
+                exclude=dropped,
             )
             for name, src in self.sources.items()
         }
