@@ -1,10 +1,12 @@
-"""ANN recall vs speed: recemb's Annoy index against exact search and peers (issue #5, item 4).
+"""ANN recall vs speed: recemb's Annoy and HNSW indexes against exact search and peers (issue #5, #16).
 
-Question: at what search_k does Annoy reach recall@10 >= 0.95 on 1M
-vectors of dim 64, and how many times faster than exact search is it there
-(target: >= 20x)? Peers in the same run: hnswlib (HNSW) and faiss-cpu
-(IVF-Flat), if installed (``pip install hnswlib faiss-cpu``); a missing
-peer is skipped with a note.
+Question: at what search_k (Annoy) or ef (HNSW) does recemb reach recall@10
+>= 0.95 on 1M vectors of dim 64, and how many times faster than exact search
+is it there (target: >= 20x, HNSW build <= 4 min on 2 cores)? recemb's HNSW
+rows also show the ef_factor ``recemb export`` would certify, and the cost of
+excluding a user's seen items inside the search against over-fetching.
+Peers in the same run: hnswlib (HNSW) and faiss-cpu (IVF-Flat), if installed
+(``pip install hnswlib faiss-cpu``); a missing peer is skipped with a note.
 
 Data: clustered synthetic vectors (a Gaussian mixture, one cluster per
 ~1000 vectors) with held-out queries drawn from the same mixture, and any
@@ -42,6 +44,8 @@ import numpy as np
 
 from recemb.index.annoy_index import AnnoyIndex
 from recemb.index.exact import ExactIndex
+from recemb.index.export import certify_recall
+from recemb.index.hnsw_index import HnswIndex
 from recemb.index.quantized import QuantizedIndex
 from recemb.vectors import l2_normalize
 
@@ -131,6 +135,7 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
                 )
             ann.unload()
 
+    rows += bench_recemb_hnsw(name, x, q, truth, exact_qps, args)
     xu, qu = l2_normalize(x), l2_normalize(q)
     if args.no_peers:
         return rows
@@ -204,6 +209,58 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
     return rows
 
 
+def bench_recemb_hnsw(name: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, exact_qps: float, args) -> list:
+    """recemb's HNSW backend (``export.backend: hnsw``): build, the ef_factor export would certify,
+    recall/speed per ef_factor, and per-query exclusion inside the search against over-fetching."""
+    rows: list[tuple] = []
+    index, t_build = timed(
+        lambda: HnswIndex("cosine", m=args.hnsw_m, ef_construction=args.hnsw_efc, threads=-1, seed=0).build(x)
+    )
+    index.threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp) / "items.hnsw")
+        size = (Path(tmp) / "items.hnsw").stat().st_size / 2**20
+    cert = certify_recall(index, x, 0.95, knob="ef_factor")
+    print(
+        f"  recemb hnsw m={args.hnsw_m} efC={args.hnsw_efc}: built in {t_build:.0f}s, {size:.0f} MB; export would "
+        f"certify ef_factor {cert['ef_factor']:g} (held-out recall@10 {cert['recall']:.3f})",
+        flush=True,
+    )
+    params = f"m={args.hnsw_m} efC={args.hnsw_efc}"
+    for factor in args.hnsw_ef_factors:
+        index.ef_factor = factor
+        index.search(q[:8], K)
+        (found, _), t = timed(lambda: index.search(q, K))
+        r, qps = recall(found, truth), len(q) / t
+        mark = " (certified)" if factor == cert["ef_factor"] else ""
+        rows.append(
+            (name, "recemb hnsw", f"{params} ef_factor={factor:g}{mark}", t_build, size, r, qps, qps / exact_qps)
+        )
+        print(f"  recemb hnsw ef_factor={factor:g}: recall {r:.3f}, {qps:,.0f} q/s", flush=True)
+    if args.exclude:
+        # A user's seen items: `exclude` random rows per query, skipped inside the walk vs fetched and dropped.
+        index.ef_factor = cert["ef_factor"]
+        rng = np.random.default_rng(args.seed)
+        skip = [rng.choice(len(x), args.exclude, replace=False) for _ in range(len(q))]
+        _, t_in = timed(lambda: index.search(q, K, exclude=skip))
+        _, t_over = timed(lambda: index.search(q, K + args.exclude))
+        for how, t in (("inside the search", t_in), (f"over-fetch k+{args.exclude}", t_over)):
+            rows.append(
+                (
+                    name,
+                    "recemb hnsw",
+                    f"exclude {args.exclude}: {how}",
+                    t_build,
+                    size,
+                    float("nan"),
+                    len(q) / t,
+                    len(q) / t / exact_qps,
+                )
+            )
+            print(f"  recemb hnsw exclude {args.exclude} {how}: {len(q) / t:,.0f} q/s", flush=True)
+    return rows
+
+
 def print_table(rows: list[tuple]) -> None:
     head = ("data", "method", "params", "build s", "size MB", "recall@10", "q/s", "x exact")
     fmt = "| {:<14} | {:<18} | {:<32} | {:>8} | {:>8} | {:>9} | {:>9} | {:>7} |"
@@ -235,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--hnsw-efc", type=int, default=100)
     p.add_argument("--hnsw-ef", type=int, nargs="+", default=[10, 20, 50, 100])
+    p.add_argument("--hnsw-ef-factors", type=float, nargs="+", default=[1, 2, 4, 8], help="recemb hnsw: ef = f x k")
+    p.add_argument("--exclude", type=int, default=50, help="recemb hnsw: excluded rows per query (0: skip)")
     p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--embeddings", type=Path, nargs="*", default=[], help="trained EmbeddingSet directories")
     p.add_argument("--no-peers", action="store_true")

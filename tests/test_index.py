@@ -413,5 +413,8 @@ def test_export_stage_writes_the_configured_backend(embset_dir, tmp_path):
     assert out["item2vec"]["kind"] == "exact" and out["item2vec"]["codec"] == "float16"
     assert out["item2vec"]["certified"]["met"]  # float16 + re-rank: exact
     assert (tmp_path / "index" / "item2vec" / "codes.npy").is_file()
+    out = export_run(tmp_path, ExportConfig(backend="hnsw", hnsw={"m": 8, "ef_construction": 40}))
+    assert out["item2vec"]["kind"] == "hnsw" and out["item2vec"]["m"] == 8 and out["item2vec"]["certified"]["met"]
+    assert not (tmp_path / "index" / "item2vec" / "codes.npy").exists()
     out = export_run(tmp_path, ExportConfig(n_trees=5))  # back to Annoy: the directory is replaced whole
-    assert out["item2vec"]["kind"] == "annoy" and not (tmp_path / "index" / "item2vec" / "codes.npy").exists()
+    assert out["item2vec"]["kind"] == "annoy" and not (tmp_path / "index" / "item2vec" / "items.hnsw").exists()

@@ -21,6 +21,7 @@ from recemb.embeddings import EmbeddingSet  # noqa: E402
 from recemb.errors import RecembError  # noqa: E402
 from recemb.index.exact_export import export_exact  # noqa: E402
 from recemb.index.export import export_all  # noqa: E402
+from recemb.index.hnsw_export import export_hnsw  # noqa: E402
 from recemb.retrieval.serve_config import ServeConfig  # noqa: E402
 from serving.state import ServingState, load_snapshot  # noqa: E402
 from serving.testing import clustered_vectors, make_demo_run  # noqa: E402
@@ -274,6 +275,52 @@ def test_hot_swap_to_a_compressed_exact_index(tmp_path):
         assert status == 200 and after["generation"] == 2 and len(after["items"]) == 10
         # Exact after the re-rank: at least the Annoy answer's quality (same or better neighbours).
         assert sum(h["score"] for h in after["items"]) >= sum(h["score"] for h in before["items"]) - 1e-5
+
+
+def test_hot_swap_to_hnsw_then_items_added_and_removed_live(tmp_path):
+    """Annoy -> HNSW by a reload; then a cold item's vector is servable at once (PUT) and a withdrawn
+    item is never returned (DELETE), without a rebuild; both are admin-only and checked."""
+    run = make_demo_run(tmp_path / "run", n_items=300, dim=16, seed=0)
+    settings = ServeConfig(run_dir=str(run), port=0, admin_token=TOKEN, exclude_seen=True)
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    with BackgroundServer(settings) as srv:
+        body = {"model": "item2vec", "vector": [1.0] * 16}
+        assert call(srv.url, "PUT", "/v1/admin/items/cold-1", body, headers=admin)[0] == 400  # Annoy: cannot
+        export_hnsw(run / "item2vec" / "embeddings", run / "index" / "item2vec", m=8, ef_construction=64)
+        status, reloaded = call(srv.url, "POST", "/v1/admin/reload", headers=admin)
+        assert status == 200 and reloaded["generation"] == 2
+        assert call(srv.url, "GET", "/v1/indexes")[1]["models"]["item2vec"]["kind"] == "hnsw"
+        emb = EmbeddingSet.load(run / "item2vec" / "embeddings")
+        rows = emb.lookup(["i3", "i7"])
+        unit = emb.vectors[rows] / np.linalg.norm(emb.vectors[rows], axis=1, keepdims=True)
+        body = {"model": "item2vec", "vector": unit.mean(0).tolist()}
+        assert call(srv.url, "PUT", "/v1/admin/items/cold-1", body)[0] == 401  # no token
+        status, put = call(srv.url, "PUT", "/v1/admin/items/cold-1", body, headers=admin)
+        assert status == 200 and put["generation"] == 2
+        status, rec = call(srv.url, "POST", "/v1/recommend", {"items": ["i3", "i7"], "k": 10})
+        assert status == 200 and rec["items"][0]["item_id"] == "cold-1"
+        assert call(srv.url, "GET", "/v1/similar/cold-1?k=5")[1]["fallback"] is False
+        status, _ = call(srv.url, "DELETE", "/v1/admin/items/cold-1", headers=admin)
+        assert status == 200
+        second = item_ids(rec)[1]
+        call(srv.url, "DELETE", f"/v1/admin/items/{second}", headers=admin)
+        after = item_ids(call(srv.url, "POST", "/v1/recommend", {"items": ["i3", "i7"], "k": 10})[1])
+        assert len(after) == 10 and not {"cold-1", second} & set(after)
+        bad = [
+            ({"model": "item2vec", "vector": [1.0] * 15}, 400, "shape"),
+            ({"model": "nope", "vector": [1.0] * 16}, 400, "not an embedding source"),
+            ({"model": "item2vec", "vector": []}, 422, "vector"),
+            ({"model": "item2vec", "vector": [1.0] * 16, "path": "/etc/passwd"}, 422, "path"),
+        ]
+        for payload, code, words in bad:
+            status, err = call(srv.url, "PUT", "/v1/admin/items/x", payload, headers=admin)
+            assert status == code and words in err["message"], (payload, err)
+        nan = b'{"model": "item2vec", "vector": [NaN' + b", 1.0" * 15 + b"]}"
+        status, err = call(srv.url, "PUT", "/v1/admin/items/x", raw=nan, headers=admin)
+        assert status == 400 and "NaN" in err["message"]  # JSON's NaN extension parses; the index refuses it
+        # a reload starts again from the export: the live changes are gone, as documented
+        assert call(srv.url, "POST", "/v1/admin/reload", headers=admin)[0] == 200
+        assert call(srv.url, "GET", "/v1/similar/cold-1?k=5")[1]["fallback"] is True
 
 
 def test_first_load_failure_is_not_ready_and_recovers(tmp_path):
