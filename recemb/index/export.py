@@ -165,17 +165,33 @@ def measure_recall(index, vectors: np.ndarray, sample: int = 1000, k: int = 10, 
 CERTIFY_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def held_out_queries(vectors: np.ndarray, n: int, seed: int = 0, per_query: int = 3) -> np.ndarray:
-    """``[n, D]`` queries that are not rows of the index: means of ``per_query`` random unit rows.
+def held_out_queries(
+    vectors: np.ndarray, n: int, seed: int = 0, per_query: int = 3, metric: str = "cosine"
+) -> np.ndarray:
+    """``[n, D]`` queries that are not rows of the index: histories of related items, pooled.
 
-    A pooled history query looks like this (recemb.pooling); an item's own vector would
-    find itself first and flatter the index.
+    Each query is the mean of ``per_query`` unit rows: a random row and ``per_query - 1`` of its
+    ``3 * per_query`` nearest neighbours (exact, by ``metric``), as a user's recent items are
+    related and a pooled history query (recemb.pooling) lands among them. An item's own vector
+    would find itself first and flatter the index; a mean of unrelated random rows lands where
+    every item scores nearly alike, where recall means little (the top-k are tied within
+    rounding) and no index, exact included, retrieves anything useful.
     """
     rng = np.random.default_rng(seed + 1)
-    rows = rng.integers(0, vectors.shape[0], size=n * per_query)
-    x = np.asarray(vectors[rows], dtype=np.float32)
+    seeds = rng.integers(0, vectors.shape[0], size=n)
+    first = np.asarray(vectors[seeds], dtype=np.float32)
+    width = min(3 * per_query + 1, vectors.shape[0])
+    near, _ = ExactIndex(metric).build(vectors).search(first, width)
+    picks = [seeds[:, None]]
+    if per_query > 1 and width > 1:  # ranks 1.. (rank 0 is usually the row itself)
+        cols = np.argsort(rng.random((n, width - 1)), axis=1)[:, : per_query - 1] + 1
+        picks.append(np.take_along_axis(near, cols, axis=1))
+    rows = np.concatenate(picks, axis=1)
+    rows = np.where(rows >= 0, rows, seeds[:, None])
+    x = np.asarray(vectors[rows.ravel()], dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).reshape(n, per_query, -1).mean(axis=1).astype(np.float32)
+    unit = (x / np.where(norms > 0, norms, 1.0)).reshape(n, rows.shape[1], -1)
+    return unit.mean(axis=1).astype(np.float32)
 
 
 class HeldOutRecall:
@@ -186,7 +202,7 @@ class HeldOutRecall:
     """
 
     def __init__(self, vectors: np.ndarray, metric: str, k: int = 10, queries: int = 1000, seed: int = 0):
-        self.queries = held_out_queries(vectors, min(queries, max(1, vectors.shape[0])), seed)
+        self.queries = held_out_queries(vectors, min(queries, max(1, vectors.shape[0])), seed, metric=metric)
         self.k = min(k, vectors.shape[0])
         _, exact_scores = ExactIndex(metric).build(vectors).search(self.queries, self.k)
         self.kth = exact_scores[:, self.k - 1 : self.k]
