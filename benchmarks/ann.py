@@ -11,7 +11,8 @@ Peers in the same run: hnswlib (HNSW) and faiss-cpu (IVF-Flat), if installed
 Data: clustered synthetic vectors (a Gaussian mixture, one cluster per
 ~1000 vectors) with held-out queries drawn from the same mixture, and any
 trained EmbeddingSet passed with ``--embeddings`` (queries = a sample of its
-own item vectors, as ``recemb export`` measures). Metric: cosine.
+own item vectors, or with ``--events`` the pooled last 5 items of real
+sessions: what the service is asked). Metric: cosine.
 
 Also recemb's compressed exact backend (``export.backend: exact``,
 ``export.codec``): float16 and int8 (per-row scale) codes searched blockwise,
@@ -261,6 +262,21 @@ def bench_recemb_hnsw(name: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray
     return rows
 
 
+def history_queries(emb, events_path: Path, n: int, seed: int) -> np.ndarray:
+    """``[n, D]`` real queries: the last 5 known items of ``n`` random sessions (users when events have
+    no sessions) of an events table, their unit vectors averaged (``mean_last_n``, what serving asks)."""
+    import polars as pl
+
+    events = pl.read_parquet(events_path)
+    unit = "session_id" if "session_id" in events.columns and events["session_id"].null_count() == 0 else "user_id"
+    rows_of = dict(zip(emb.ids.tolist(), range(len(emb))))
+    lists = events.sort("ts").group_by(unit, maintain_order=True).agg(pl.col("item_id"))["item_id"].to_list()
+    histories = [r for h in lists if (r := [rows_of[i] for i in h if i in rows_of][-5:])]
+    pick = np.random.default_rng(seed).choice(len(histories), min(n, len(histories)), replace=False)
+    x = l2_normalize(np.asarray(emb.vectors, dtype=np.float32))
+    return np.stack([x[histories[i]].mean(axis=0) for i in pick]).astype(np.float32)
+
+
 def print_table(rows: list[tuple]) -> None:
     head = ("data", "method", "params", "build s", "size MB", "recall@10", "q/s", "x exact")
     fmt = "| {:<14} | {:<18} | {:<32} | {:>8} | {:>8} | {:>9} | {:>9} | {:>7} |"
@@ -283,7 +299,7 @@ def print_table(rows: list[tuple]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000], help="synthetic sizes (none: skip)")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--n-trees", type=int, nargs="+", default=[50])
@@ -296,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude", type=int, default=50, help="recemb hnsw: excluded rows per query (0: skip)")
     p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--embeddings", type=Path, nargs="*", default=[], help="trained EmbeddingSet directories")
+    p.add_argument("--events", type=Path, help="with --embeddings: query with pooled real histories of these events")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--codecs", nargs="*", default=["float16", "int8"], help="compressed exact indexes to measure")
     p.add_argument("--rerank", type=int, nargs="+", default=[0, 100], help="float32 re-rank depths of those")
@@ -314,9 +331,13 @@ def main(argv: list[str] | None = None) -> int:
 
         emb = EmbeddingSet.load(emb_dir)
         x = np.ascontiguousarray(emb.vectors, dtype=np.float32)
-        sample = np.random.default_rng(args.seed).choice(len(x), min(args.queries, len(x)), replace=False)
-        print(f"{emb.kind} {len(x)} x {emb.dim} ({emb_dir}):", flush=True)
-        rows += bench(f"{emb.kind} {len(x) // 1000}k", x, x[sample], args)
+        if args.events:
+            queries, what = history_queries(emb, args.events, args.queries, args.seed), "pooled histories"
+        else:
+            sample = np.random.default_rng(args.seed).choice(len(x), min(args.queries, len(x)), replace=False)
+            queries, what = x[sample], "own vectors"
+        print(f"{emb.kind} {len(x)} x {emb.dim} ({emb_dir}), queries: {what}:", flush=True)
+        rows += bench(f"{emb.kind} {len(x) // 1000}k", x, queries, args)
     print()
     print_table(rows)
     return 0
