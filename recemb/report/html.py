@@ -312,10 +312,11 @@ def _latency_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> tup
 
 def _measure_latency(index_dir: Path, n: int, seed: int) -> dict[str, float]:
     from recemb.index.exact import ExactIndex
-    from recemb.index.export import embeddings_dir, load_index
+    from recemb.index.export import embeddings_dir
+    from recemb.index.loading import open_index
 
     emb = EmbeddingSet.load(embeddings_dir(index_dir))
-    ann = load_index(index_dir, verify=False, embeddings=emb)
+    ann, _ = open_index(index_dir, verify=False, embeddings=emb)
     exact = ExactIndex(ann.metric).build(np.asarray(emb.vectors))
     rng = np.random.default_rng(seed)
     queries = np.asarray(emb.vectors[np.sort(rng.choice(len(emb), size=min(n, len(emb)), replace=False))])
@@ -328,6 +329,16 @@ def _ms(lat: Mapping[str, float], which: str) -> str:
     return f"{lat[which + '_p50']:.3f} / {lat[which + '_p99']:.3f}" if lat else "-"
 
 
+def _index_params(m: Mapping[str, Any]) -> str:
+    """An index manifest's kind and main settings, e.g. ``annoy 50 trees``."""
+    kind = m.get("kind", "annoy")
+    if kind == "hnsw":
+        return f"hnsw m={m.get('m')} ef={m.get('ef_factor')}k"
+    if kind == "exact":
+        return f"exact {m.get('codec', 'float32')}"
+    return f"annoy {m.get('n_trees')} trees x{m.get('search_k_factor', 1)}"
+
+
 def ann_section(run: _Run) -> str:
     manifests = sorted((run.dir / "index").glob("*/manifest.json"))
     if not manifests:
@@ -335,22 +346,25 @@ def ann_section(run: _Run) -> str:
     rows, notes = [], []
     for path in manifests:
         m = _read_json(path)
+        if m.get("kind") == "covisit":  # not a vector index: its own table elsewhere
+            continue
         lat: dict[str, float] = {}
         if run.opts.latency_queries:
             try:
                 lat = _measure_latency(path.parent, run.opts.latency_queries, run.opts.seed)
             except (ImportError, RecembError, OSError) as e:
                 notes.append(_note(f"{path.parent.name}: latency not measured ({e})"))
-        sample = f" (n={m['recall_sample']})" if m.get("recall_sample") else ""
+        cert = m.get("certified") or {}
+        recall = cert.get("recall", m.get("recall_at_10"))
         rows.append(
             [
                 esc(path.parent.name),
                 _fmt("count", m.get("count")),
                 _fmt("dim", m.get("dim")),
                 esc(m.get("metric", "?")),
-                _fmt("n_trees", m.get("n_trees")),
-                _fmt("recall", m.get("recall_at_10")) + esc(sample),
-                f"{m.get('file_bytes', 0) / 2**20:.2f}",
+                esc(_index_params(m)),
+                _fmt("recall", recall),
+                f"{m.get('file_bytes', m.get('bytes', 0)) / 2**20:.2f}",
                 _fmt("build_seconds", m.get("build_seconds")),
                 _ms(lat, "annoy"),
                 _ms(lat, "exact"),
@@ -361,11 +375,11 @@ def ann_section(run: _Run) -> str:
         "items",
         "dim",
         "metric",
-        "n_trees",
-        "recall@10 vs exact",
+        "index",
+        "held-out recall@10 vs exact",
         "file MiB",
         "build s",
-        "annoy ms/query p50 / p99",
+        "index ms/query p50 / p99",
         "exact ms/query p50 / p99",
     ]
     lead = (
