@@ -162,9 +162,20 @@ def test_jobs_run_train_export_and_candidates_on_a_local_cluster(cluster, data, 
     assert metrics["workers"] == 1 and [h["epoch"] for h in metrics["epochs"]] == [1, 2, 3]
     assert latest_checkpoint(cfg.run_dir / "ray" / "item2vec").name == "checkpoint_epoch_0003"
 
-    run_job(cluster, "export", "python", "-m", "jobs.export_index", "--config", str(cfg_path))
+    # The HNSW backend here (Annoy is covered everywhere else): the candidate job below searches it.
+    run_job(
+        cluster,
+        "export",
+        "python",
+        "-m",
+        "jobs.export_index",
+        "--config",
+        str(cfg_path),
+        "--set",
+        "export.backend=hnsw",
+    )
     manifest = json.loads((cfg.run_dir / "index" / "item2vec" / "manifest.json").read_text())
-    assert manifest["count"] == 300 and manifest["dim"] == 32
+    assert manifest["kind"] == "hnsw" and manifest["count"] == 300 and manifest["dim"] == 32
     covisit = json.loads((cfg.run_dir / "index" / "covisit" / "manifest.json").read_text())
     assert covisit["kind"] == "covisit" and covisit["count"] >= 290  # items with an event
 
