@@ -15,6 +15,11 @@ the real network: ``serve.user_tower.model=sequence``), micro-batched::
 
     .venv/bin/python benchmarks/serve_load.py --tower sequence --history 50 --rate 200 --skip-serve
 
+``--direct`` (with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` in the environment) sends the
+Serve runs to the replica's own port (direct ingress) instead of the proxy::
+
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=1 .venv/bin/python benchmarks/serve_load.py --skip-uvicorn --direct
+
 "max" runs are closed-loop (each connection
 sends as soon as its answer arrives) and measure throughput.
 
@@ -78,8 +83,14 @@ async def _read_response(reader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def load(port: int, reqs: list[bytes], rate: float | None, seconds: float, conns: int) -> dict:
-    """Send ``reqs`` (open loop at ``rate``/s, or closed loop if None) for at most ``seconds``."""
+def ten_items(body: bytes) -> bool:
+    """A retrieval answer's check: k = 10 items."""
+    return len(json.loads(body)["items"]) == 10
+
+
+async def load(port: int, reqs: list[bytes], rate: float | None, seconds: float, conns: int, check=ten_items) -> dict:
+    """Send ``reqs`` (open loop at ``rate``/s, or closed loop if None) for at most ``seconds``;
+    an answer counts when its status is 200 and ``check(body)`` holds."""
     lat, fails = [], []
     t0 = time.perf_counter() + 0.05
     nxt = iter(range(len(reqs)))
@@ -99,7 +110,7 @@ async def load(port: int, reqs: list[bytes], rate: float | None, seconds: float,
                     writer.write(reqs[i])
                     status, body = await _read_response(reader)
                     done = time.perf_counter()
-                    if status != 200 or len(json.loads(body)["items"]) != 10:
+                    if status != 200 or not check(body):
                         fails.append(status)
                     else:
                         lat.append(done - due)
@@ -124,13 +135,13 @@ async def load(port: int, reqs: list[bytes], rate: float | None, seconds: float,
     }
 
 
-def run_load(port, reqs, rate, seconds, conns, swap=None) -> dict:
+def run_load(port, reqs, rate, seconds, conns, swap=None, check=ten_items) -> dict:
     """``load`` in this thread; ``swap()`` runs on another thread half-way through."""
     t = None
     if swap is not None:
         t = threading.Timer(seconds / 2, swap)
         t.start()
-    out = asyncio.run(load(port, reqs, rate, seconds, conns))
+    out = asyncio.run(load(port, reqs, rate, seconds, conns, check))
     if t is not None:
         t.join()
     return out
@@ -226,6 +237,13 @@ def bench_serve(run: Path, args, reqs) -> list[tuple]:
     try:
         url = run_serve(settings, reload_token=0)
         port = settings.port
+        if args.direct:  # Serve's direct ingress: the replica's own port, no proxy hop
+            from serving.serve_app import ingress_urls
+
+            urls = ingress_urls(settings.app_name)
+            if not urls:
+                raise SystemExit("--direct: no replica port; start with RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
+            url, port = urls[0], int(urls[0].rsplit(":", 1)[1])
         run_load(port, reqs[:500], None, 1.0, 4)
         rows.append(("ray serve", "max (closed loop)", run_load(port, reqs, None, args.seconds, args.conns)))
         rate = args.serve_rate
@@ -259,6 +277,12 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--skip-serve", action="store_true")
+    ap.add_argument("--skip-uvicorn", action="store_true")
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="Serve runs call the replica's own port (run with RAY_SERVE_THROUGHPUT_OPTIMIZED=1)",
+    )
     ap.add_argument("--tower", choices=["none", "sequence"], default="none", help="user tower for /v1/recommend")
     ap.add_argument("--history", type=int, default=5, help="recent items per recommend request")
     ap.add_argument("--covisit", action="store_true", help="also serve a co-visitation source, fused with the index")
@@ -274,7 +298,7 @@ def main() -> None:
             tower=args.tower != "none",
             covisit=args.covisit,
         )
-        rows = bench_uvicorn(run, args, reqs)
+        rows = [] if args.skip_uvicorn else bench_uvicorn(run, args, reqs)
         if not args.skip_serve:
             reexport(run, seed=0, model=model_of(args))
             rows += bench_serve(run, args, reqs)
@@ -295,7 +319,7 @@ def main() -> None:
             f"{r['p95']:>7.2f} {r['p99']:>7.2f} {r.get('generation', ''):>4}"
         )
     by = {(m, w.split()[0]): r for m, w, r in rows}
-    if ("ray serve", "max") in by:
+    if ("ray serve", "max") in by and ("uvicorn", "max") in by:
         ratio = by[("uvicorn", "max")]["rps"] / by[("ray serve", "max")]["rps"]
         print(f"max throughput uvicorn / Ray Serve = {ratio:.1f}x")
 

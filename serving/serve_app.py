@@ -9,12 +9,20 @@ constructor), builds the app of serving/app.py over them
 the configured run's indexes, check them and swap, without restarting. A
 refused index leaves the replica serving the old one. User-tower queries are
 batched with ``@serve.batch``.
+
+Latency: through Serve's HTTP proxy a request costs ~5 ms more than the app's
+own work on 2 cores (the proxy, the hop to the replica and back). Start Ray
+with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` and every replica also answers on a
+port of its own (direct ingress, on ``http_options.host``); calling those
+answers like plain uvicorn (docs/serving.md). List them with
+``python -m serving.serve_app urls [APP]`` or :func:`ingress_urls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -147,6 +155,39 @@ def app_config(settings: ServeConfig, reload_token: Any = 0) -> dict[str, Any]:
     }
 
 
+def ingress_urls(app_name: str, timeout_s: float = 5.0) -> list[str]:
+    """The URLs at which the app's replicas answer HTTP themselves (Serve's direct ingress).
+
+    With Ray started under ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (or
+    ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``), every ingress replica also serves on a port
+    of its own (30000-31000, on ``http_options.host``): a client or load balancer that
+    calls those skips the proxy hop, Serve's main cost on a small machine
+    (docs/serving.md). Empty when direct ingress is off. Waits up to ``timeout_s`` for
+    the replicas to report their ports.
+    """
+    import time
+
+    import ray
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        raise RecembError("Serve is not running in this Ray cluster: deploy the app first (run_serve / serve deploy)")
+    controller = client._controller  # no public API lists replica ports yet (Ray 2.60)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote(app_name))
+        urls = [
+            f"http://{t.ip}:{t.port}"
+            for g in groups
+            if g.app_name == app_name and str(g.protocol).upper().endswith("HTTP")
+            for t in g.targets
+        ]
+        if urls or time.monotonic() > deadline:
+            return urls
+        time.sleep(0.2)
+
+
 def run_serve(settings: ServeConfig, reload_token: Any = 0) -> str:
     """Deploy the app on Serve at ``settings.host:port`` (Ray must be up); returns the base URL.
 
@@ -163,3 +204,30 @@ def run_serve(settings: ServeConfig, reload_token: Any = 0) -> str:
     schema = ServeDeploySchema.model_validate({"applications": [app_config(settings, reload_token)]})
     client.deploy_apps(schema, _blocking=True)
     return f"http://{settings.host}:{settings.port}{settings.route_prefix.rstrip('/')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.serve_app urls [APP]``: print the app's direct-ingress replica URLs."""
+    import argparse
+
+    import ray
+
+    ap = argparse.ArgumentParser(prog="python -m serving.serve_app", description=main.__doc__)
+    ap.add_argument("command", choices=["urls"])
+    ap.add_argument("app", nargs="?", default=ServeConfig().app_name)
+    args = ap.parse_args(argv)
+    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    urls = ingress_urls(args.app)
+    if not urls:
+        print(
+            f"no replica of {args.app!r} serves on its own port: start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+            "(docs/serving.md), or call the proxy",
+            file=sys.stderr,
+        )
+        return 1
+    print("\n".join(urls))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,9 @@ import time
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Serve as docs/serving.md recommends: replicas also answer on their own ports (direct ingress),
+# so the Serve test covers the proxy path and the direct one. Read when Ray starts.
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 
 from pathlib import Path  # noqa: E402
 

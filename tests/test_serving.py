@@ -479,7 +479,7 @@ def test_openapi_fuzz_never_answers_5xx(run_dir):
 def test_ray_serve_runs_the_same_endpoints_and_swaps_in_place(ray_local, tmp_path):
     from ray import serve
 
-    from serving.serve_app import run_serve
+    from serving.serve_app import ingress_urls, run_serve
     from serving.uvicorn_main import free_port
 
     run = make_demo_run(tmp_path / "run", n_items=400, dim=16, seed=0)
@@ -499,11 +499,17 @@ def test_ray_serve_runs_the_same_endpoints_and_swaps_in_place(ray_local, tmp_pat
         assert failures == []
         after = call(url, "GET", "/v1/similar/i3?k=10")[1]
         assert after["generation"] == 2 and item_ids(after) != item_ids(before)
+        # Direct ingress (conftest starts Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1): the replica's
+        # own port answers the same, from the same swapped generation, without the proxy.
+        direct = ingress_urls(settings.app_name)
+        assert len(direct) == 1 and direct[0].startswith("http://127.0.0.1:") and direct[0] != url
+        assert call(direct[0], "GET", "/v1/similar/i3?k=10") == (200, after)
         swap_in_bad_index(run)
         run_serve(settings, reload_token=2)
         idx = call(url, "GET", "/v1/indexes")[1]
         assert idx["generation"] == 2 and idx["reloads"]["refused"] == 1
         assert call(url, "GET", "/v1/similar/i3?k=10") == (200, after)
+        assert call(direct[0], "GET", "/v1/similar/i3?k=10") == (200, after)
     finally:
         serve.delete(settings.app_name)
         serve.shutdown()
