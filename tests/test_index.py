@@ -418,3 +418,15 @@ def test_export_stage_writes_the_configured_backend(embset_dir, tmp_path):
     assert not (tmp_path / "index" / "item2vec" / "codes.npy").exists()
     out = export_run(tmp_path, ExportConfig(n_trees=5))  # back to Annoy: the directory is replaced whole
     assert out["item2vec"]["kind"] == "annoy" and not (tmp_path / "index" / "item2vec" / "items.hnsw").exists()
+
+
+def test_auto_backend_picks_hnsw_for_large_catalogues(embset_dir, tmp_path, monkeypatch):
+    from recemb.index import stage
+    from recemb.index.config import ExportConfig
+
+    assert ExportConfig().backend == "auto"
+    shutil.copytree(embset_dir, tmp_path / "item2vec" / "embeddings")
+    assert stage.export_run(tmp_path, ExportConfig(n_trees=5))["item2vec"]["kind"] == "annoy"  # 4,000 items
+    monkeypatch.setattr(stage, "HNSW_FROM", N)
+    assert stage.export_run(tmp_path, ExportConfig(n_trees=5))["item2vec"]["kind"] == "hnsw"
+    assert stage.export_run(tmp_path, ExportConfig(backend="annoy", n_trees=5))["item2vec"]["kind"] == "annoy"

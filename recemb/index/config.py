@@ -18,6 +18,10 @@ class CoVisitConfig(Section):
     query: Literal["last", "mean", "mean_last_n", "recency"] = "recency"  # weights of a history's items
 
 
+#: ``export.backend: auto`` picks HNSW from this many items up (Annoy's recall/speed falls off there).
+HNSW_FROM = 100_000
+
+
 class HnswConfig(Section):
     """``export.hnsw``: the graph of ``export.backend: hnsw`` (recemb.index.hnsw_index)."""
 
@@ -43,7 +47,7 @@ class ExportConfig(Section):
     # can be added and removed while it serves; the pick past ~100k items); exact: blocked exact
     # search, over float32 or compressed vectors (codec float16 / int8 with a per-row scale) with
     # a float32 re-rank of the best `rerank`
-    backend: Literal["annoy", "hnsw", "exact"] = "annoy"
+    backend: Literal["auto", "annoy", "hnsw", "exact"] = "auto"  # auto: annoy below HNSW_FROM items, else hnsw
     hnsw: HnswConfig = HnswConfig()
     codec: Literal["float32", "float16", "int8"] = "float32"
     rerank: int = Field(100, ge=0)

@@ -7,9 +7,9 @@ from typing import Any
 
 from recemb.embeddings import find_embedding_sets
 from recemb.errors import ConfigError
-from recemb.index.config import CoVisitConfig, ExportConfig
+from recemb.index.config import HNSW_FROM, CoVisitConfig, ExportConfig
 from recemb.index.exact_export import export_exact
-from recemb.index.export import export_all
+from recemb.index.export import export_index
 from recemb.index.hnsw_export import export_hnsw
 
 COVISIT = "covisit"  # <run>/index/covisit/: the co-visitation source
@@ -37,46 +37,51 @@ def export_run(
         )
     if COVISIT in wanted and e.covisit.enabled and events_path is not None:
         raise ConfigError(f"{run_dir}: a model named {COVISIT!r} would share the co-visitation index's directory")
-    if e.backend == "exact":
-        out = {
-            m: export_exact(
-                found[m],
-                run_dir / "index" / m,
-                metric=e.metric,
-                codec=e.codec,
-                rerank=e.rerank,
-                recall_target=e.recall_target,
-                accept_lower_recall=e.accept_lower_recall,
-            )
-            for m in wanted
-        }
-    elif e.backend == "hnsw":
-        out = {
-            m: export_hnsw(
-                found[m],
-                run_dir / "index" / m,
-                metric=e.metric,
-                m=e.hnsw.m,
-                ef_construction=e.hnsw.ef_construction,
-                recall_target=e.recall_target,
-                accept_lower_recall=e.accept_lower_recall,
-            )
-            for m in wanted
-        }
-    else:
-        out = export_all(
-            {m: found[m] for m in wanted},
-            run_dir,
-            n_trees=e.n_trees,
-            metric=e.metric,
-            search_k=e.search_k,
-            sample=e.sample,
-            recall_target=e.recall_target,
-            accept_lower_recall=e.accept_lower_recall,
-        )
+    out = {m: _export_one(found[m], run_dir / "index" / m, e) for m in wanted}
     if e.covisit.enabled and events_path is not None:
         out[COVISIT] = export_covisit(events_path, run_dir / "index" / COVISIT, e.covisit)
     return out
+
+
+def resolve_backend(backend: str, embset_dir: Path) -> str:
+    """``export.backend`` for one EmbeddingSet: ``auto`` = annoy below :data:`HNSW_FROM` items, else hnsw."""
+    if backend != "auto":
+        return backend
+    from recemb.embeddings import EmbeddingSet
+
+    return (
+        "hnsw" if len(EmbeddingSet.load(embset_dir, verify=False)) >= HNSW_FROM else "annoy"
+    )  # ids only: vectors mmap
+
+
+def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, Any]:
+    """Export one EmbeddingSet with the configured (or, for ``auto``, size-picked) backend."""
+    backend = resolve_backend(e.backend, embset_dir)
+    target, accept = e.recall_target, e.accept_lower_recall
+    if backend == "exact":
+        return export_exact(
+            embset_dir, out_dir, e.metric, e.codec, e.rerank, recall_target=target, accept_lower_recall=accept
+        )
+    if backend == "hnsw":
+        return export_hnsw(
+            embset_dir,
+            out_dir,
+            e.metric,
+            e.hnsw.m,
+            e.hnsw.ef_construction,
+            recall_target=target,
+            accept_lower_recall=accept,
+        )
+    return export_index(
+        embset_dir,
+        out_dir,
+        n_trees=e.n_trees,
+        metric=e.metric,
+        search_k=e.search_k,
+        sample=e.sample,
+        recall_target=target,
+        accept_lower_recall=accept,
+    )
 
 
 def export_covisit(events_path: str | Path, out_dir: str | Path, c: CoVisitConfig) -> dict[str, Any]:
