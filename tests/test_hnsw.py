@@ -4,10 +4,7 @@ exclusion inside the search, and the Retriever over it."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from recemb.index.hnsw_export import INDEX_FILE, MANIFEST_FILE, export_hnsw, loa
 from recemb.index.hnsw_index import HnswIndex
 from recemb.retrieval.retriever import Retriever
 from recemb.retrieval.sources import EmbeddingSource, load_source
+from tests.child_loads import load_in_child
 from tests.test_index import clustered
 
 N, D = 3000, 16
@@ -194,32 +192,9 @@ def test_damaged_hnsw_files_never_crash_the_process(exported, tmp_path):
         shutil.copytree(exported[0], d)
         damage(d)
         dirs[case] = str(d)
-    script = (
-        "import json, sys\n"
-        "from recemb.index.hnsw_export import load_hnsw_index\n"
-        "from recemb.errors import RecembError\n"
-        "emb = sys.argv[2]\n"
-        "out = {}\n"
-        "for case, d in json.loads(sys.argv[1]).items():\n"
-        "    try:\n"
-        "        idx = load_hnsw_index(d, verify=False, embeddings=emb)\n"
-        "        idx.search([[0.1] * idx.dim], 10)\n"
-        "        out[case] = 'loaded'\n"
-        "    except RecembError:\n"
-        "        out[case] = 'error'\n"
-        "print(json.dumps(out))\n"
-    )
     emb = str(exported[0].parent.parent / "item2vec" / "embeddings")
-    proc = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(dirs), emb],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ},
-    )
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {case: "error" for case in CASES}
+    result = load_in_child("recemb.index.hnsw_export:load_hnsw_index", dirs, embeddings=emb)
+    assert result == {case: "error" for case in CASES}
 
 
 # ------------------------------------------------------------- the Retriever

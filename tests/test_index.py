@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from recemb.index.export import (
     load_index,
     measure_recall,
 )
+from tests.child_loads import load_in_child
 
 N, D = 4000, 16
 
@@ -277,30 +275,7 @@ def test_corrupt_catalogue_never_crashes_the_process(exported, tmp_path):
         shutil.copytree(exported[0], d)
         corrupt(kind, d)
         dirs[kind] = str(d)
-    script = (
-        "import json, sys\n"
-        "from recemb.index.export import load_index\n"
-        "from recemb.errors import RecembError\n"
-        "out = {}\n"
-        "for kind, d in json.loads(sys.argv[1]).items():\n"
-        "    try:\n"
-        "        idx = load_index(d, verify=False)\n"
-        "        idx.search([[0.1] * idx.dim], 10)\n"
-        "        out[kind] = 'loaded'\n"
-        "    except RecembError as e:\n"
-        "        out[kind] = 'error'\n"
-        "print(json.dumps(out))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(dirs)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ},
-    )
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = load_in_child("recemb.index.export:load_index", dirs)
     assert result == {kind: "error" for kind in CASES}
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,11 @@ _FIX = "re-export with `recemb export CONFIG`"
 ON_DISK_MIN_ITEMS = 1_000_000
 
 
-def _annoy_version() -> str:
+def package_version(name: str) -> str:
+    """The installed version of a package, recorded in manifests ("unknown" for a source checkout)."""
     try:
-        return metadata.version("annoy")
-    except metadata.PackageNotFoundError:  # pragma: no cover - annoy built from a checkout
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # pragma: no cover - built from a checkout
         return "unknown"
 
 
@@ -89,12 +91,7 @@ def export_index(
         The manifest (also written to ``out_dir/manifest.json``).
     """
     embset_dir, out_dir = Path(embset_dir), Path(out_dir)
-    emb = EmbeddingSet.load(embset_dir)
-    metric = metric or emb.metric
-    if metric not in METRICS:
-        raise RecembIndexError(f"metric must be one of {METRICS}, got {metric!r}")
-    if len(emb) == 0:
-        raise RecembIndexError(f"{embset_dir}: the EmbeddingSet is empty; nothing to index")
+    emb, metric = load_for_export(embset_dir, metric)
     on_disk = len(emb) >= ON_DISK_MIN_ITEMS if on_disk is None else on_disk
 
     with atomic_dir(out_dir) as tmp:
@@ -137,11 +134,22 @@ def export_index(
             "recall_sample": min(sample, len(emb)) if sample else 0,
             "build_seconds": round(build_seconds, 3),
             "embeddings": embeddings_record(embset_dir, out_dir, emb),
-            "annoy_version": _annoy_version(),
+            "annoy_version": package_version("annoy"),
             "code_version": __version__,
         }
         write_json(tmp / MANIFEST_FILE, manifest)
     return manifest
+
+
+def load_for_export(embset_dir: Path, metric: str | None) -> tuple[EmbeddingSet, str]:
+    """The (verified, non-empty) EmbeddingSet to index and the metric to index it with."""
+    emb = EmbeddingSet.load(embset_dir)
+    metric = metric or emb.metric
+    if metric not in METRICS:
+        raise RecembIndexError(f"metric must be one of {METRICS}, got {metric!r}")
+    if len(emb) == 0:
+        raise RecembIndexError(f"{embset_dir}: the EmbeddingSet is empty; nothing to index")
+    return emb, metric
 
 
 def measure_recall(index, vectors: np.ndarray, sample: int = 1000, k: int = 10, seed: int = 0) -> float:
@@ -274,16 +282,41 @@ def describe(manifest: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------- loading
-_REQUIRED = {
+#: Keys every single-file index manifest (Annoy, HNSW) holds, with their types.
+FILE_INDEX_REQUIRED: dict[str, type] = {
     "schema_version": int,
     "kind": str,
     "dim": int,
     "count": int,
     "metric": str,
-    "n_trees": int,
     "file_bytes": int,
     "sha256": dict,
 }
+_REQUIRED = {**FILE_INDEX_REQUIRED, "n_trees": int}
+
+
+def check_index_file(
+    path: Path, manifest: dict[str, Any], verify: bool, structure: Callable[[Path], None], fix: str = _FIX
+) -> None:
+    """Check an index file against its manifest before a library maps it: present, of the
+    recorded size, of the right ``structure`` (a callable raising on a foreign or damaged
+    file) and, with ``verify``, of the recorded sha256."""
+    if not path.is_file():
+        raise RecembIndexError(f"{path}: missing; {fix}")
+    size = path.stat().st_size
+    if size != manifest["file_bytes"]:
+        raise RecembIndexError(
+            f"{path}: {size} bytes but {MANIFEST_FILE} says {manifest['file_bytes']}; the file is truncated or was "
+            f"replaced after export; {fix}"
+        )
+    structure(path)
+    if verify:
+        want, got = manifest["sha256"].get(path.name), sha256_file(path)
+        if want != got:
+            raise RecembIndexError(
+                f"{path}: sha256 {got[:12]}... does not match {MANIFEST_FILE} ({str(want)[:12]}...); the file "
+                f"was changed after export; {fix}"
+            )
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
@@ -384,22 +417,9 @@ def load_index(
     index_dir = Path(index_dir)
     m = read_manifest(index_dir)
     ann_path = index_dir / INDEX_FILE
-    if not ann_path.is_file():
-        raise RecembIndexError(f"{ann_path}: missing; {_FIX}")
-    size = ann_path.stat().st_size
-    if size != m["file_bytes"]:
-        raise RecembIndexError(
-            f"{ann_path}: {size} bytes but {MANIFEST_FILE} says {m['file_bytes']}; the file is truncated or was "
-            f"replaced after export; {_FIX}"
-        )
-    check_annoy_file(ann_path, m["dim"], m["count"], m["metric"], m["n_trees"])
-    if verify:
-        want, got = m["sha256"].get(INDEX_FILE), sha256_file(ann_path)
-        if want != got:
-            raise RecembIndexError(
-                f"{ann_path}: sha256 {got[:12]}... does not match {MANIFEST_FILE} ({str(want)[:12]}...); the file "
-                f"was changed after export; {_FIX}"
-            )
+    check_index_file(
+        ann_path, m, verify, lambda p: check_annoy_file(p, m["dim"], m["count"], m["metric"], m["n_trees"])
+    )
     if embeddings is not None:
         check_embeddings_match(m, embeddings, where=str(index_dir))
     return AnnoyIndex.open(

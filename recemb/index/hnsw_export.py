@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,23 @@ import numpy as np
 from recemb import __version__
 from recemb.embeddings import EmbeddingSet
 from recemb.index.base import RecembIndexError
-from recemb.index.export import certify_recall, check_embeddings_match, embeddings_dir, embeddings_record
+from recemb.index.export import (
+    FILE_INDEX_REQUIRED,
+    certify_recall,
+    check_embeddings_match,
+    check_index_file,
+    embeddings_dir,
+    embeddings_record,
+    load_for_export,
+    package_version,
+)
 from recemb.index.hnsw_index import HEADER, HNSW_SPACE, HnswIndex, element_bytes
 from recemb.io import atomic_dir, read_checked_manifest, sha256_file, write_json
-from recemb.vectors import METRICS
 
 SCHEMA_VERSION = 1
 KIND = "hnsw"
 INDEX_FILE, MANIFEST_FILE = "items.hnsw", "manifest.json"
 _FIX = "re-export with `recemb export CONFIG`"
-
-
-def _hnswlib_version() -> str:
-    try:
-        return metadata.version("hnswlib")
-    except metadata.PackageNotFoundError:  # pragma: no cover - hnswlib built from a checkout
-        return "unknown"
 
 
 def export_hnsw(
@@ -64,12 +64,7 @@ def export_hnsw(
     none does the export is refused (the old directory stays) unless ``accept_lower_recall``.
     """
     embset_dir, out_dir = Path(embset_dir), Path(out_dir)
-    emb = EmbeddingSet.load(embset_dir)
-    metric = metric or emb.metric
-    if metric not in METRICS:
-        raise RecembIndexError(f"metric must be one of {METRICS}, got {metric!r}")
-    if len(emb) == 0:
-        raise RecembIndexError(f"{embset_dir}: the EmbeddingSet is empty; nothing to index")
+    emb, metric = load_for_export(embset_dir, metric)
     with atomic_dir(out_dir) as tmp:
         t0 = time.perf_counter()
         index = HnswIndex(metric, m=m, ef_construction=ef_construction, threads=threads, seed=seed).build(emb.vectors)
@@ -102,24 +97,14 @@ def export_hnsw(
             "certified": certified,
             "build_seconds": round(build_seconds, 3),
             "embeddings": embeddings_record(embset_dir, out_dir, emb),
-            "hnswlib_version": _hnswlib_version(),
+            "hnswlib_version": package_version("hnswlib"),
             "code_version": __version__,
         }
         write_json(tmp / MANIFEST_FILE, manifest)
     return manifest
 
 
-_REQUIRED = {
-    "schema_version": int,
-    "kind": str,
-    "dim": int,
-    "count": int,
-    "metric": str,
-    "m": int,
-    "ef_factor": float,
-    "file_bytes": int,
-    "sha256": dict,
-}
+_REQUIRED = {**FILE_INDEX_REQUIRED, "m": int, "ef_factor": float}
 
 
 def read_hnsw_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
@@ -206,18 +191,7 @@ def load_hnsw_index(
     index_dir = Path(index_dir)
     m = read_hnsw_manifest(index_dir)
     path = index_dir / INDEX_FILE
-    if not path.is_file():
-        raise RecembIndexError(f"{path}: missing; {_FIX}")
-    if path.stat().st_size != m["file_bytes"]:
-        raise RecembIndexError(
-            f"{path}: {path.stat().st_size} bytes but {MANIFEST_FILE} says {m['file_bytes']}; the file is truncated "
-            f"or was replaced after export; {_FIX}"
-        )
-    check_hnsw_file(path, m["dim"], m["count"], m["m"])
-    if verify and m["sha256"].get(INDEX_FILE) != sha256_file(path):
-        raise RecembIndexError(
-            f"{path}: sha256 does not match {MANIFEST_FILE}; the file was changed after export; {_FIX}"
-        )
+    check_index_file(path, m, verify, lambda p: check_hnsw_file(p, m["dim"], m["count"], m["m"]))
     check_embeddings_match(m, embeddings if embeddings is not None else embeddings_dir(index_dir), where=str(index_dir))
     return HnswIndex.open(path, m["dim"], m["count"], m["metric"], m["m"], m["ef_factor"], threads=threads)
 
