@@ -405,3 +405,20 @@ def test_auto_backend_picks_hnsw_for_large_catalogues(embset_dir, tmp_path, monk
     monkeypatch.setattr(stage, "HNSW_FROM", N)
     assert stage.export_run(tmp_path, ExportConfig(n_trees=5))["item2vec"]["kind"] == "hnsw"
     assert stage.export_run(tmp_path, ExportConfig(backend="annoy", n_trees=5))["item2vec"]["kind"] == "annoy"
+
+
+def test_auto_backend_never_ships_an_index_slower_than_exact_search(tmp_path):
+    """Vectors no forest can partition (structureless high-dimensional noise, as an under-trained
+    model's rare items keep their random init): Annoy needs a near-exhaustive search for its
+    recall; auto exports exact instead."""
+    from recemb.index.config import ExportConfig
+    from recemb.index.stage import export_run
+
+    x = np.random.default_rng(0).normal(size=(8000, 64)).astype(np.float32)
+    EmbeddingSet([f"i{r}" for r in range(8000)], x, kind="t").save(tmp_path / "m" / "embeddings")
+    annoy = export_run(tmp_path, ExportConfig(backend="annoy", n_trees=10))["m"]
+    c = annoy["certified"]
+    assert c["exact_queries_per_s"] > c["queries_per_s"]  # the premise: exact is faster here
+    out = export_run(tmp_path, ExportConfig(n_trees=10))["m"]
+    assert out["kind"] == "exact" and out["codec"] == "float32"
+    # and on vectors a forest does partition, auto keeps Annoy (tests above: the clustered set)

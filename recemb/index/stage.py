@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,13 @@ from recemb.embeddings import find_embedding_sets
 from recemb.errors import ConfigError
 from recemb.index.config import HNSW_FROM, CoVisitConfig, ExportConfig
 from recemb.index.exact_export import export_exact
-from recemb.index.export import export_index
+from recemb.index.export import export_index, slower_than_exact
 from recemb.index.hnsw_export import export_hnsw
 
-COVISIT = "covisit"  # <run>/index/covisit/: the co-visitation source
+log = logging.getLogger(__name__)
+COVISIT = "covisit"
+#: ``auto`` swaps an approximate index for exact search when exact answers this many times faster.
+EXACT_MARGIN = 2.0  # <run>/index/covisit/: the co-visitation source
 
 
 def export_run(
@@ -55,8 +59,34 @@ def resolve_backend(backend: str, embset_dir: Path) -> str:
 
 
 def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, Any]:
-    """Export one EmbeddingSet with the configured (or, for ``auto``, size-picked) backend."""
-    backend = resolve_backend(e.backend, embset_dir)
+    """Export one EmbeddingSet with the configured backend. ``auto`` picks by size and never ships
+    an approximate index that answers :data:`EXACT_MARGIN` times slower than exact search at its
+    certified recall (vectors an index cannot partition, e.g. an under-trained model's, make it
+    search nearly everything)."""
+    manifest = _export_with(resolve_backend(e.backend, embset_dir), embset_dir, out_dir, e)
+    faster = slower_than_exact(manifest)
+    if faster is not None and faster < EXACT_MARGIN:  # a timing this close could flip from run to run
+        faster = None
+    if faster is not None and e.backend == "auto":
+        log.warning(
+            "%s: exact search answers %.1fx faster than %s at its certified recall; exporting exact instead",
+            out_dir.name,
+            faster,
+            manifest["kind"],
+        )
+        manifest = _export_with("exact", embset_dir, out_dir, e)
+    elif faster is not None:
+        log.warning(
+            "%s: exact search would answer %.1fx faster than this %s index at its certified recall; "
+            "consider export.backend: exact (or auto)",
+            out_dir.name,
+            faster,
+            manifest["kind"],
+        )
+    return manifest
+
+
+def _export_with(backend: str, embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, Any]:
     target, accept = e.recall_target, e.accept_lower_recall
     if backend == "exact":
         return export_exact(
