@@ -8,13 +8,14 @@ CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint clean help
+.PHONY: setup run test test-fast lint clean help gpu-check
 
 help:
 	@echo "make run   [CONFIG=configs/quickstart.yaml]  set up .venv and run the pipeline"
 	@echo "make test  [PYTEST_ARGS=...]                 set up .venv and run every test that needs no GPU"
 	@echo "make test-fast                                the quick subset (no slow multi-worker/cluster tests)"
 	@echo "make lint                                     ruff (check + format --check) and mypy"
+	@echo "make gpu-check                                the CUDA paths: gpu tests + a throughput table (skips without CUDA)"
 
 setup: $(STAMP)
 
@@ -45,6 +46,10 @@ clean:
 	rm -rf runs .pytest_cache
 
 # Lint: ruff (E, F, I, B, UP; pyproject.toml), the formatter's check and mypy over the package.
+# The CUDA paths on a GPU machine: tests marked gpu and a throughput table; says why and exits 0 without CUDA.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check recemb serving jobs tests benchmarks
 	$(BIN)/ruff format --check recemb serving jobs tests benchmarks
