@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/scale.py --quick               # 2 sizes, ~5 min on 2 cores
     .venv/bin/python benchmarks/scale.py --events 1000000 5000000 --items 10000 100000
+    .venv/bin/python benchmarks/scale.py --events 2000000 --items 1000000 \
+        --stages data two_tower "two_tower plain" export        # fused vs plain at 1M items
 
 For every (events, items) size, a synthetic dataset (streamed to Parquet in
 1M-event chunks) goes through the real stages, each one a fresh ``recemb
@@ -152,13 +154,13 @@ def throughput(run: Path, stage: str) -> str:
     return ""
 
 
-def bench_size(events: int, items: int, root: Path, log: Path) -> list[dict]:
+def bench_size(events: int, items: int, root: Path, log: Path, stages: list[str]) -> list[dict]:
     name = f"scale-{events}-{items}"
     cfg_path = root / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(config(events, items, root, name)))
     run = root / name
     rows = []
-    for stage in STAGES:
+    for stage in stages:
         extra: list[str] = []
         if stage == "two_tower plain":  # the same data, its own run directory
             extra = ["--set", f"run.name={name}-plain", "--set", f"data.prepared={run / 'data'}"]
@@ -208,6 +210,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000, 50_000_000])
     ap.add_argument("--items", type=int, nargs="+", default=[10_000])
     ap.add_argument("--quick", action="store_true", help="250k and 1M events x 10k items")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="a subset, in order (data first)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scale", help="tables, plot and the stages' log")
     ap.add_argument("--keep", action="store_true", help="keep the runs (under --out) instead of a temp dir")
     args = ap.parse_args()
@@ -224,7 +227,7 @@ def main() -> None:
         for items in args.items:
             for events in args.events:
                 try:
-                    rows += bench_size(events, items, root, log)
+                    rows += bench_size(events, items, root, log, args.stages)
                 except RuntimeError as e:
                     print(f"  {events:,} events x {items:,} items: {e}", flush=True)
                     break  # bigger sizes of this item count will not fit either
