@@ -67,6 +67,7 @@ CHECKPOINT_FILE = "two_tower.pt"
 
 
 # --------------------------------------------------------------------------- validation
+SCORE_BLOCK_BYTES = 64 << 20  # validation scores [users, N] per block (2M items x 64 MB: 8 users a block)
 
 
 @dataclass(frozen=True)
@@ -111,18 +112,27 @@ class Validation:
         """Recall@k with the user's train items masked (ties count against the target)."""
         if len(self.targets) == 0:
             return float("nan")
-        items = encode_items(net, collate, np.arange(len(collate.space.items)))
+        items = encode_items(net, collate, np.arange(len(collate.space.items)))  # [N, D]
         users = encode_users(net.user_tower, collate, self.seq, self.starts, self.lengths, self.user_rows)
-        scores = users @ items.T  # [U, N]
-        rows = np.repeat(np.arange(len(self.starts)), self.lengths)
-        first = np.cumsum(self.lengths) - self.lengths
-        cols = self.seq[np.repeat(self.starts - first, self.lengths) + np.arange(int(self.lengths.sum()))]
-        keep = cols != self.targets[rows]
+        # Users in blocks of scores <= SCORE_BLOCK_BYTES: a dense [U, N] would not fit at 1M items.
+        block = max(1, SCORE_BLOCK_BYTES // (4 * max(len(items), 1)))
+        hits = 0
+        for lo in range(0, len(users), block):
+            hits += self._hits(users[lo : lo + block] @ items.T, slice(lo, lo + block), k)
+        return hits / len(users)
+
+    def _hits(self, scores: np.ndarray, users: slice, k: int) -> int:
+        """How many of these users' targets rank in the top k, given their scores ``[B, N]``."""
+        starts, lengths, targets = self.starts[users], self.lengths[users], self.targets[users]
+        rows = np.repeat(np.arange(len(starts)), lengths)
+        first = np.cumsum(lengths) - lengths
+        cols = self.seq[np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))]
+        keep = cols != targets[rows]
         scores[rows[keep], cols[keep]] = -np.inf
-        known = self.targets >= 0
-        target_scores = np.where(known, scores[np.arange(len(scores)), np.maximum(self.targets, 0)], np.inf)
+        known = targets >= 0
+        target_scores = np.where(known, scores[np.arange(len(scores)), np.maximum(targets, 0)], np.inf)
         ranks = (scores >= target_scores[:, None]).sum(axis=1)  # the target counts itself
-        return float(np.mean(known & (ranks <= k)))
+        return int(np.sum(known & (ranks <= k)))
 
 
 # --------------------------------------------------------------------------- the loop
