@@ -108,6 +108,7 @@ class EmbeddingSource:
         self._scale = np.ones(len(items), dtype=np.float32)
         for lo in range(0, len(items), 65536):
             self._scale[lo : lo + 65536] = self._inverse_norms(np.asarray(items.vectors[lo : lo + 65536]))
+        self._known = np.r_[np.ones(len(items), dtype=bool), False]  # row R: unknown (or removed) ids
 
     @property
     def rows(self) -> int:
@@ -141,8 +142,7 @@ class EmbeddingSource:
         items = np.fromiter((get(x, n) for h in histories for x in h), dtype=np.int64)
         offsets = np.zeros(b + 1, dtype=np.int64)
         np.cumsum([len(h) for h in histories], out=offsets[1:])
-        known = np.r_[np.ones(n, dtype=bool), False]  # row R: unknown (or removed) ids
-        w = csr_weights(items, offsets, known, mode, last_n)
+        w = csr_weights(items, offsets, self._known, mode, last_n)
         rows = np.where(items < n, items, 0)  # unknown ids weigh 0: any row will do
         # weighted_mean only gathers rows of its matrix, which _StackedRows does as an array would.
         q = weighted_mean(cast(np.ndarray, self._vectors()), rows, offsets, w * self._scale[rows])
@@ -232,6 +232,7 @@ class EmbeddingSource:
         self._ids = np.concatenate([self._ids, np.asarray(ids, dtype=object)])
         self._added = np.concatenate([self._added, x])
         self._scale = np.concatenate([self._scale, self._inverse_norms(x)])
+        self._known = np.r_[np.ones(len(self._ids), dtype=bool), False]
         self.item_row.update(zip(ids, rows.tolist()))
 
     def remove_items(self, ids: Sequence[str]) -> list[str]:
