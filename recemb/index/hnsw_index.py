@@ -115,7 +115,7 @@ class HnswIndex(Index):
         n, d = x.shape
         h = hnswlib.Index(space=HNSW_SPACE[self.metric], dim=int(d))
         h.init_index(max_elements=max(n, 1), M=self.m, ef_construction=self.ef_construction, random_seed=self.seed)
-        h.set_num_threads(os.cpu_count() or 1 if self.threads == -1 else max(1, self.threads))
+        h.set_num_threads((os.cpu_count() or 1) if self.threads == -1 else max(1, self.threads))
         for start in range(0, n, 262144):  # a memmap is paged in block by block
             block = np.ascontiguousarray(x[start : start + 262144], dtype=np.float32)
             h.add_items(block, np.arange(start, start + len(block)))
