@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "export", help="export the run's EmbeddingSets to checked indexes (Annoy, HNSW or exact), and the co-visitation table"
+        "export",
+        help="export the run's EmbeddingSets to checked indexes (Annoy, HNSW or exact), and the co-visitation table",
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_export)
