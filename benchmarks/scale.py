@@ -154,7 +154,7 @@ def throughput(run: Path, stage: str) -> str:
     return ""
 
 
-def bench_size(events: int, items: int, root: Path, log: Path, stages: list[str]) -> list[dict]:
+def bench_size(events: int, items: int, root: Path, log: Path, stages: list[str], workers: int = 0) -> list[dict]:
     name = f"scale-{events}-{items}"
     cfg_path = root / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(config(events, items, root, name)))
@@ -165,6 +165,8 @@ def bench_size(events: int, items: int, root: Path, log: Path, stages: list[str]
         if stage == "two_tower plain":  # the same data, its own run directory
             extra = ["--set", f"run.name={name}-plain", "--set", f"data.prepared={run / 'data'}"]
             extra += ["--set", "two_tower.backend=torch"]
+        if workers and stage.split()[0] in ("item2vec", "two_tower"):  # Ray Train workers (0: in-process)
+            extra += ["--set", f"ray.workers={workers}"]
         r = run_stage(cfg_path, stage.split()[0], extra, log)
         rows.append({"events": events, "items": items, "stage": stage, **r, "throughput": throughput(run, stage)})
         print(
@@ -211,6 +213,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, nargs="+", default=[10_000])
     ap.add_argument("--quick", action="store_true", help="250k and 1M events x 10k items")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="a subset, in order (data first)")
+    ap.add_argument("--ray-workers", type=int, default=0, help="Ray Train workers for item2vec and two-tower")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scale", help="tables, plot and the stages' log")
     ap.add_argument("--keep", action="store_true", help="keep the runs (under --out) instead of a temp dir")
     args = ap.parse_args()
@@ -227,7 +230,7 @@ def main() -> None:
         for items in args.items:
             for events in args.events:
                 try:
-                    rows += bench_size(events, items, root, log, args.stages)
+                    rows += bench_size(events, items, root, log, args.stages, args.ray_workers)
                 except RuntimeError as e:
                     print(f"  {events:,} events x {items:,} items: {e}", flush=True)
                     break  # bigger sizes of this item count will not fit either

@@ -128,6 +128,8 @@ class Engine:
             topology=Topology(world_size=self.world_size, compute_device=self.device.type)
         )
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+        if self.rank == 0:
+            log.info("two_tower sharding plan (world size %d): %s", self.world_size, describe_plan(plan))
         self.net = DistributedModelParallel(model, device=self.device, plan=plan, sharders=sharders)
         dense = {n: p for n, p in self.net.named_parameters() if TABLE_MARK not in n}
         self._dense_opt: torch.optim.Optimizer | None = None
@@ -193,3 +195,16 @@ class Engine:
         if self.created_group and dist.is_initialized():
             dist.destroy_process_group()
             self.created_group = False
+
+
+def describe_plan(plan: Any) -> str:
+    """One line per table of a torchrec sharding plan: ``table: sharding_type/kernel on ranks [..]``."""
+    parts = []
+    for module, params in getattr(plan, "plan", {}).items():
+        for name, p in params.items():
+            ranks = getattr(p, "ranks", None)
+            parts.append(
+                f"{module + '.' if module else ''}{name}: {getattr(p, 'sharding_type', '?')}/"
+                f"{getattr(p, 'compute_kernel', '?')} on ranks {ranks}"
+            )
+    return "; ".join(parts) or "empty"
