@@ -26,10 +26,15 @@ from recemb import __version__
 from recemb.embeddings import EmbeddingSet
 from recemb.index.base import RecembIndexError
 from recemb.index.exact import ExactIndex
-from recemb.index.export import HeldOutRecall, check_embeddings_match, embeddings_dir, embeddings_record
+from recemb.index.export import (
+    HeldOutRecall,
+    check_embeddings_match,
+    embeddings_dir,
+    embeddings_record,
+    load_for_export,
+)
 from recemb.index.quantized import CODECS, QuantizedIndex
-from recemb.io import atomic_dir, load_checked_array, read_json_object, sha256_file, write_json
-from recemb.vectors import METRICS
+from recemb.io import atomic_dir, load_checked_array, read_checked_manifest, sha256_file, write_json
 
 SCHEMA_VERSION = 1
 KIND = "exact"
@@ -53,11 +58,10 @@ def export_exact(
     float32 exact search must meet it, or the export is refused (the old directory stays)
     unless ``accept_lower_recall``.
     """
+    if codec not in CODECS:
+        raise RecembIndexError(f"codec must be one of {CODECS}, got {codec!r}")
     embset_dir, out_dir = Path(embset_dir), Path(out_dir)
-    emb = EmbeddingSet.load(embset_dir)
-    metric = metric or emb.metric
-    if metric not in METRICS or codec not in CODECS:
-        raise RecembIndexError(f"metric must be one of {METRICS} and codec one of {CODECS}, got {metric!r}, {codec!r}")
+    emb, metric = load_for_export(embset_dir, metric)
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
         sha, size = {}, 0
@@ -103,19 +107,30 @@ def export_exact(
     return manifest
 
 
+_REQUIRED = {
+    "schema_version": int,
+    "kind": str,
+    "codec": str,
+    "rerank": int,
+    "dim": int,
+    "count": int,
+    "metric": str,
+    "sha256": dict,
+}
+
+
 def read_exact_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
     """Parse and check an exact index's manifest."""
     path = Path(index_dir) / MANIFEST_FILE
     if not path.is_file():
         raise RecembIndexError(f"{path}: missing; {_FIX}")
-    m = read_json_object(path, RecembIndexError, _FIX)
-    if m.get("schema_version") != SCHEMA_VERSION or m.get("kind") != KIND:
-        raise RecembIndexError(f"{path}: not an exact index of schema {SCHEMA_VERSION}; {_FIX}")
-    for key, typ in (("codec", str), ("rerank", int), ("dim", int), ("count", int), ("metric", str), ("sha256", dict)):
-        if not isinstance(m.get(key), typ) or isinstance(m.get(key), bool):
-            raise RecembIndexError(f"{path}: {key!r} must be a {typ.__name__}, got {m.get(key)!r}; {_FIX}")
-    if m["codec"] not in CODECS or m["metric"] not in METRICS or m["rerank"] < 0:
-        raise RecembIndexError(f"{path}: unknown codec {m['codec']!r} or metric {m['metric']!r}; {_FIX}")
+    m = read_checked_manifest(
+        path, RecembIndexError, _FIX, schema_version=SCHEMA_VERSION, required=_REQUIRED, oldest=SCHEMA_VERSION
+    )
+    if m["kind"] != KIND:
+        raise RecembIndexError(f"{path}: kind {m['kind']!r} is not {KIND!r}; {_FIX}")
+    if m["codec"] not in CODECS or m["rerank"] < 0:
+        raise RecembIndexError(f"{path}: unknown codec {m['codec']!r} or negative rerank; {_FIX}")
     return m
 
 

@@ -281,12 +281,13 @@ def certify_recall(
     }
 
 
-def slower_than_exact(manifest: dict[str, Any]) -> float | None:
+def slower_than_exact(manifest: dict[str, Any], margin: float = 1.0) -> float | None:
     """How many times faster exact search answers than this certified approximate index, when it
-    does (one query at a time, on the certification's queries); None when the index is faster."""
+    is at least ``margin`` times faster (one query at a time, on the certification's queries);
+    None otherwise."""
     c = manifest.get("certified") or {}
     ann, exact = c.get("queries_per_s"), c.get("exact_queries_per_s")
-    if not ann or not exact or exact <= ann:
+    if not ann or not exact or exact < margin * ann or exact <= ann:
         return None
     return float(exact / ann)
 

@@ -6,17 +6,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from recemb.embeddings import MANIFEST_FILE as EMB_MANIFEST
 from recemb.embeddings import find_embedding_sets
 from recemb.errors import ConfigError
 from recemb.index.config import HNSW_FROM, CoVisitConfig, ExportConfig
 from recemb.index.exact_export import export_exact
 from recemb.index.export import export_index, slower_than_exact
 from recemb.index.hnsw_export import export_hnsw
+from recemb.io import read_json_object
 
 log = logging.getLogger(__name__)
-COVISIT = "covisit"
-#: ``auto`` swaps an approximate index for exact search when exact answers this many times faster.
-EXACT_MARGIN = 2.0  # <run>/index/covisit/: the co-visitation source
+COVISIT = "covisit"  # <run>/index/covisit/: the co-visitation source
+#: ``auto`` swaps an approximate index for exact search when exact answers this many times faster
+#: (a closer timing could flip the choice from run to run).
+EXACT_MARGIN = 2.0
 
 
 def export_run(
@@ -51,11 +54,8 @@ def resolve_backend(backend: str, embset_dir: Path) -> str:
     """``export.backend`` for one EmbeddingSet: ``auto`` = annoy below :data:`HNSW_FROM` items, else hnsw."""
     if backend != "auto":
         return backend
-    from recemb.embeddings import EmbeddingSet
-
-    return (
-        "hnsw" if len(EmbeddingSet.load(embset_dir, verify=False)) >= HNSW_FROM else "annoy"
-    )  # ids only: vectors mmap
+    count = read_json_object(embset_dir / EMB_MANIFEST, ConfigError, "retrain the model").get("count", 0)
+    return "hnsw" if isinstance(count, int) and count >= HNSW_FROM else "annoy"
 
 
 def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, Any]:
@@ -64,9 +64,7 @@ def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, A
     certified recall (vectors an index cannot partition, e.g. an under-trained model's, make it
     search nearly everything)."""
     manifest = _export_with(resolve_backend(e.backend, embset_dir), embset_dir, out_dir, e)
-    faster = slower_than_exact(manifest)
-    if faster is not None and faster < EXACT_MARGIN:  # a timing this close could flip from run to run
-        faster = None
+    faster = slower_than_exact(manifest, EXACT_MARGIN)
     if faster is not None and e.backend == "auto":
         log.warning(
             "%s: exact search answers %.1fx faster than %s at its certified recall; exporting exact instead",

@@ -97,6 +97,9 @@ class Retriever:
         src.add_items(_checked_lists([ids], "ids")[0], vectors)
         self.removed.difference_update(ids)
 
+    def _filters_inside(self) -> bool:
+        return any(isinstance(s, EmbeddingSource) and s.index.filters_inside for s in self.sources.values())
+
     def remove_items(self, ids: Sequence[str]) -> None:
         """Never return ``ids`` again from any source or the popularity fallback; an HNSW source
         also drops them from its graph's results, so they cost no search slots."""
@@ -253,7 +256,8 @@ class Retriever:
         # No quotas asked for: fuse ranks (equal weights unless configured), the better default
         # (quickstart P-SESS Recall@20 0.674 fused vs 0.623 by even quotas, docs/candidates.md).
         weights = fusion_weights(list(self.sources), asked, self.weights)
-        dropped = [e | blocked_set for e in excluded]  # a source that filters inside its search skips these
+        # A source that filters inside its search (HNSW) skips these; built only when one does.
+        dropped = [e | blocked_set for e in excluded] if self._filters_inside() else None
         found = {
             name: src.search(
                 hist,
