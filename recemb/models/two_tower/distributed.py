@@ -64,6 +64,59 @@ def _gather_tree(tree: Any, rank: int) -> Any:
     return tree
 
 
+def _flatten(tree: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """``{key path: leaf}`` of a nested dict."""
+    if not isinstance(tree, dict):
+        return {path: tree}
+    flat: dict[tuple[str, ...], Any] = {}
+    for k, v in tree.items():
+        flat.update(_flatten(v, (*path, k)))
+    return flat
+
+
+def _gather_owned_tree(tree: Any, rank: int, world_size: int, device: torch.device) -> Any:
+    """Like :func:`_gather_tree` for a tree whose ShardedTensors exist only on the ranks that own a shard.
+
+    torchrec's fused optimizer state lists only the tables a rank holds (a
+    table-wise table's momentum is on its one owner), so ranks walk different
+    keys and a per-key ``ShardedTensor.gather`` would wait forever for the
+    ranks that lack the key. Here every rank learns the union of keys first,
+    then takes part in one reduce per key, contributing its shards (zeros
+    elsewhere): shards never overlap, so the sum is the full tensor on rank 0.
+    Plain tensors (replicated state) are taken from rank 0.
+    """
+    flat = _flatten(tree)
+    owned = {k: (tuple(v.size()), v.dtype) for k, v in flat.items() if _is_sharded(v)}
+    everyone: list[Any] = [None] * world_size
+    dist.all_gather_object(everyone, owned)
+    shapes: dict[tuple[str, ...], tuple[tuple[int, ...], torch.dtype]] = {}
+    for part in everyone:
+        shapes.update(part)
+    gathered: dict[tuple[str, ...], Any] = {}
+    for key in sorted(shapes):
+        size, dtype = shapes[key]
+        full = torch.zeros(size, dtype=dtype, device=device)
+        live = flat.get(key)
+        if live is not None:
+            for shard in live.local_shards():
+                md = shard.metadata
+                full[tuple(slice(o, o + s) for o, s in zip(md.shard_offsets, md.shard_sizes))] = shard.tensor
+        dist.reduce(full, dst=0)
+        gathered[key] = full.cpu()
+    if rank != 0:
+        return None
+    for key, leaf in flat.items():
+        if key not in gathered:
+            gathered[key] = leaf.detach().cpu().clone() if isinstance(leaf, torch.Tensor) else leaf
+    nested: dict[str, Any] = {}
+    for key, leaf in gathered.items():
+        node = nested
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = leaf
+    return nested
+
+
 def _scatter_tree(live: Any, full: Any, where: str) -> None:
     """Copy ``full`` (plain tensors) into ``live`` in place: ShardedTensor local shards get their slice."""
     if isinstance(live, dict):
@@ -174,7 +227,8 @@ class Engine:
         model = _gather_tree(dict(self._module().state_dict()), self.rank)
         sparse = None
         if self.backend == "torchrec":
-            sparse = _gather_tree(self.net.fused_optimizer.state_dict()["state"], self.rank)
+            state = self.net.fused_optimizer.state_dict()["state"]
+            sparse = _gather_owned_tree(state, self.rank, self.world_size, self.device)
         if self.rank != 0:
             return None
         return {"model": model, "sparse_optim": sparse, "dense_optim": self._dense_optimizer().state_dict()}
