@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -282,6 +283,48 @@ def test_injected_fault_in_process_resumes_and_matches_uninterrupted_run(small_s
     )
 
 
+@needs_torchrec
+def test_the_job_trains_from_its_example_store_as_the_in_memory_fit_does(small_synth, tmp_path, monkeypatch):
+    """The job prepares examples in a child process and its training loop reads them from disk a few blocks
+    at a time, never the events; the model is the one the in-memory fit of the same split trains. The store
+    is reused while events and settings stay, and rebuilt when a setting that shapes the examples changes."""
+    import recemb.data.dataset as dataset
+    from recemb.data.dataset import write_dataset
+    from recemb.embeddings import EmbeddingSet
+    from recemb.models.two_tower.features import item_vocab
+    from recemb.train.ray_config import RayTrainConfig
+    from recemb.train.two_tower import fit_two_tower, train_two_tower
+
+    write_dataset(small_synth, tmp_path / "data")
+    section = TwoTowerConfig(backend="torchrec", **{**FAST, "epochs": 2})
+    split = leave_last_out(small_synth.events)
+    fitted = fit_two_tower(
+        section,
+        split.train,
+        small_synth.items,
+        small_synth.users,
+        catalogue=item_vocab(small_synth.events, small_synth.items),
+        validation=split.validation,
+    )
+
+    def no_events(*args, **kwargs):
+        raise AssertionError("the training loop read the events")
+
+    monkeypatch.setattr(dataset, "load_dataset", no_events)  # the store is prepared in a child process
+    out = train_two_tower(section, RayTrainConfig(), tmp_path / "data", tmp_path / "run")
+    from recemb.models.two_tower.encode import item_embedding_set
+
+    expected = item_embedding_set(fitted.net, fitted.space, fitted.history)
+    np.testing.assert_allclose(EmbeddingSet.load(out / "embeddings").vectors, expected.vectors, atol=1e-5)
+    store = tmp_path / "run" / "ray" / "two_tower.examples"
+    written = (store / "store.json").stat().st_mtime_ns
+    train_two_tower(section.model_copy(update={"epochs": 3}), RayTrainConfig(), tmp_path / "data", tmp_path / "run")
+    assert (store / "store.json").stat().st_mtime_ns == written  # more epochs: the same examples
+    changed = section.model_copy(update={"history_length": 5})
+    train_two_tower(changed, RayTrainConfig(resume=False), tmp_path / "data", tmp_path / "run")
+    assert json.loads((store / "store.json").read_text())["two_tower"]["history_length"] == 5
+
+
 # --------------------------------------------------------------------------- Ray
 
 
@@ -324,7 +367,10 @@ def _three_sharded_tables(rank: int, world_size: int) -> dict:
     class Tables(nn.Module):
         def __init__(self):
             super().__init__()
-            configs = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=8, num_embeddings=2000, feature_names=[f"f{i}"]) for i in range(3)]
+            configs = [
+                EmbeddingBagConfig(name=f"t{i}", embedding_dim=8, num_embeddings=2000, feature_names=[f"f{i}"])
+                for i in range(3)
+            ]
             self.ebc = EmbeddingBagCollection(tables=configs, device=torch.device("meta"))
             self.dense = nn.Linear(8, 8)  # the dense optimizer needs a parameter
 

@@ -218,18 +218,30 @@ class HeldOutRecall:
         self.tol = 1e-4 * np.maximum(1.0, np.abs(self.kth))
         # Exact search one query at a time (as an ANN index answers them): what an index must beat.
         sample = self.queries[:200]
-        t0 = time.perf_counter()
-        for q in sample:
-            exact.search(q, self.k)
-        self.exact_queries_per_s = round(len(sample) / max(time.perf_counter() - t0, 1e-9), 1)
+        seconds = best_seconds(lambda: [exact.search(q, self.k) for q in sample])
+        self.exact_queries_per_s = round(len(sample) / max(seconds, 1e-9), 1)
 
     def __call__(self, index: Any) -> tuple[float, float]:
         """``(recall@k, seconds of the search)``."""
-        t0 = time.perf_counter()
-        rows, scores = index.search(self.queries, self.k)
-        seconds = time.perf_counter() - t0
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        seconds = best_seconds(lambda: found.append(index.search(self.queries, self.k)))
+        rows, scores = found[0]
         hits = ((rows >= 0) & (scores >= self.kth - self.tol)).sum(axis=1)
         return round(float(hits.mean() / self.k), 4), seconds
+
+
+TIMING_REPEATS = 3
+
+
+def best_seconds(work: Any, repeats: int = TIMING_REPEATS) -> float:
+    """The fastest of ``repeats`` runs of ``work()``: one run of a few milliseconds is easily
+    stretched by another process on a busy machine, and the exact-vs-index choice compares two."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def certify_recall(

@@ -31,7 +31,11 @@ def _member(fn: Callable[..., Any], rank: int, world_size: int, store: str, time
 
     try:
         dist.init_process_group(
-            "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
+            "gloo",
+            init_method=f"file://{store}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
         )
         try:
             # Plain pickle bytes: the queue's own pickler would pass tensors as shared-memory

@@ -1,7 +1,8 @@
 """Two-tower training: the epoch loop, per-epoch validation, ``train_loop`` and the ``train two-tower`` driver.
 
-- :func:`fit_loop`: one process's loop (rank r of W trains on its 1/W of
-  each epoch's shuffled examples; W = 1 in-process). Fused RowWiseAdagrad
+- :func:`fit_loop`: one process's loop (rank r of W trains on its share of
+  each epoch's blocks of examples, shuffled a few blocks at a time,
+  recemb.models.two_tower.example_store; W = 1 in-process). Fused RowWiseAdagrad
   for tables + Adam for dense layers under DistributedModelParallel
   (recemb.models.two_tower.distributed). After each epoch the unsharded
   state is gathered to rank 0, which measures validation Recall@K and
@@ -9,11 +10,15 @@
   ``torch.load(weights_only=True)``); a restart resumes from the last one.
 - :func:`fit_two_tower`: tables -> features -> :func:`fit_loop`, the one code
   path of ``TwoTower.fit`` and of every Ray Train worker.
+- :func:`prepare_examples`: in a child process of the driver, the prepared
+  dataset split leave-last-out (trains on train, validates on the
+  validation item) into an example store on disk, beside the checkpoints
+  (``<storage>/two_tower.examples``), reused while events and settings stay.
 - :func:`train_loop`: ``train_loop(config: dict)``, the same function in one
-  process and in each ``TorchTrainer`` worker (recemb.train.runner): loads the
-  prepared dataset, splits it leave-last-out (trains on train, validates on
-  the validation item), and on rank 0 exports ``embeddings/``,
-  ``user_embeddings/``, ``user_tower/`` and ``metrics.json``.
+  process and in each ``TorchTrainer`` worker (recemb.train.runner): reads
+  the store (never the events, so its memory does not grow with them), and
+  on rank 0 exports ``embeddings/``, ``user_embeddings/``, ``user_tower/``
+  and ``metrics.json`` (with the process's ``peak_rss_mb``).
 - :func:`train_two_tower`: the driver.
 
 With W > 1 in-batch negatives are each rank's local batch (no all-gather).
@@ -23,8 +28,11 @@ This module never imports recemb.models.two_tower.model (which calls it).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,9 +52,18 @@ from recemb.models.two_tower.encode import (
     build_plain_net,
     encode_items,
     encode_users,
+    histories_embedding_set,
     item_embedding_set,
     save_user_tower,
-    user_embedding_set,
+)
+from recemb.models.two_tower.example_store import (
+    EpochPlan,
+    ExampleSource,
+    InMemoryExamples,
+    Store,
+    epoch_batches,
+    events_digest,
+    write_store,
 )
 from recemb.models.two_tower.features import (
     Collator,
@@ -138,12 +155,6 @@ class Validation:
 # --------------------------------------------------------------------------- the loop
 
 
-def _steps(n_examples: int, world: int, batch: int) -> tuple[int, int]:
-    """``(examples per rank, steps per epoch)``: equal on every rank (sharded lookups need it)."""
-    per_rank = n_examples // world
-    return per_rank, max(per_rank // batch, 1 if per_rank >= 2 else 0)
-
-
 def _resumable(config: TwoTowerConfig) -> dict[str, Any]:
     """The settings a checkpoint must share to be resumed (epochs may grow: that extends a run)."""
     return config.model_dump(mode="json", exclude={"epochs"})
@@ -163,7 +174,7 @@ def _writer(full: dict[str, Any] | None, task: RetrievalTask, history: list[dict
 
 def fit_loop(
     space: FeatureSpace,
-    examples: Examples,
+    examples: Examples | ExampleSource,
     config: TwoTowerConfig,
     *,
     validation: Validation | None = None,
@@ -171,16 +182,19 @@ def fit_loop(
 ) -> tuple[TwoTowerNet | None, list[dict[str, Any]]]:
     """Train; return (a plain-torch copy of the trained towers on rank 0 / None elsewhere, per-epoch metrics).
 
-    ``ctx`` (default: one process, no checkpoints) gives the checkpoint to resume from and takes
-    one ``two_tower.pt`` per epoch; rank and world size come from the process group.
+    ``examples``: in memory, or an example store's files (read a few blocks at a time,
+    recemb.models.two_tower.example_store). ``ctx`` (default: one process, no checkpoints)
+    gives the checkpoint to resume from and takes one ``two_tower.pt`` per epoch; rank and
+    world size come from the process group.
     """
+    source = InMemoryExamples(examples) if isinstance(examples, Examples) else examples
     ctx = ctx or WorkerContext()
     device = torch.device(ctx.device) if ctx.device else resolve_device(config.device, setting="two_tower.device")
     backend = resolve_sparse_backend(config.backend)
     torch.manual_seed(config.seed)  # identical dense initialisation on every rank
     # Only targets train an item's id row; with content, other items are placed by their content.
     id_trained = np.zeros(len(space.items), dtype=bool)
-    id_trained[examples.target] = True
+    id_trained[source.targets()] = True
     engine = Engine(
         lambda b, d: build_net(space, config, b, d, id_trained),
         backend,
@@ -214,8 +228,8 @@ def fit_loop(
         start, history = int(state["epoch"]), list(state["history"])
         log.info("two_tower: resumed after epoch %d", start)
     rank, world = engine.rank, engine.world_size
-    per_rank, steps = _steps(len(examples), world, config.batch_size)
-    batch = min(config.batch_size, per_rank)
+    plan = EpochPlan.of(len(source), world, config.batch_size)
+    steps, batch = plan.steps, plan.batch
     plain: TwoTowerNet | None = None
     progress = Progress(
         f"two_tower x{world}" if world > 1 else "two_tower", steps * (config.epochs - start), "step", enabled=rank == 0
@@ -223,17 +237,14 @@ def fit_loop(
     try:
         for epoch in ctx.epochs(start, config.epochs):
             engine.train()
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(examples))
-            mine = order[rank * per_rank : (rank + 1) * per_rank]
             epoch_seed = config.seed * 1_000_003 + epoch * 7919 + rank
             gen = torch.Generator().manual_seed(epoch_seed)
             # Dropout and modality dropout draw from the global generator: seeding it per
             # epoch makes a resumed run repeat the uninterrupted one exactly.
             torch.manual_seed(epoch_seed)
             t0, total = time.perf_counter(), 0.0
-            for s in range(steps):
-                rows = mine[s * batch : (s + 1) * batch]
-                user_feats, targets = collate.examples(examples, rows)
+            for s, (window, rows) in enumerate(epoch_batches(source, plan, world, rank, config.seed, epoch)):
+                user_feats, targets = collate.examples(window, rows)
                 neg = task.sample_negatives(gen).numpy() if task.mixed_negatives else None
                 item_idx = targets if neg is None else np.concatenate([targets, neg])
                 idx_t = torch.from_numpy(item_idx).to(device)
@@ -324,55 +335,118 @@ def fit_two_tower(
     return FittedTwoTower(space, net, history, len(examples))
 
 
-def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Train and export one two-tower model; runs as-is in-process or in a Ray Train worker.
+def prepare_examples(config: dict[str, Any]) -> dict[str, Any]:
+    """Events -> an example store (recemb.models.two_tower.example_store); run in a child process.
 
-    ``config`` keys: ``two_tower`` (the section as a dict), ``data_dir``
-    (prepared canonical tables), ``out_dir`` (``<run>/two_tower``),
-    ``cache_dir`` (frozen content features), and the runner's own keys
-    (checkpoints, threads). Every worker builds its own features, content
-    included, from ``data_dir``: nothing large travels in the config.
-    Returns the metrics dict on rank 0 (None elsewhere).
+    ``config`` as :func:`train_loop`'s, plus ``store`` (where to write it) and
+    ``events_sha256``. The events, their split and the features are built
+    here and gone with the process, so no training process holds them.
+    Returns the store's ``store.json``.
     """
     from recemb.data.dataset import load_dataset
     from recemb.data.splits import leave_last_out
 
+    section = TwoTowerConfig.model_validate(config["two_tower"])
+    ds = load_dataset(config["data_dir"])
+    split = leave_last_out(ds.events)
+    space = FeatureSpace(item_vocab(ds.events, ds.items), section, ds.items, ds.users, ds.root, config.get("cache_dir"))
+    examples = build_examples(split.train, space)
+    if len(examples) < 2:
+        raise DataValidationError(
+            f"two-tower: only {len(examples)} training example(s); users need more than "
+            f"two_tower.min_history = {section.min_history} events"
+        )
+    val = Validation.build(split.train, split.validation, space)
+    # Users' vectors for serving come from all their events; the tower reads the latest history_length.
+    seq, offsets, users = user_sequences(ds.events, space)
+    keep = np.minimum(np.diff(offsets), section.history_length)
+    latest = np.concatenate([np.arange(e - k, e) for e, k in zip(offsets[1:], keep)]) if len(keep) else offsets[:0]
+    serving = (seq[latest], np.concatenate([[0], np.cumsum(keep)]), users.to_numpy())
+    validation = {
+        "seq": val.seq,
+        "starts": val.starts,
+        "lengths": val.lengths,
+        "user_rows": val.user_rows,
+        "targets": val.targets,
+    }
+    meta = {"events_sha256": config["events_sha256"], "two_tower": _resumable(section)}
+    write_store(Path(config["store"]), examples, validation, serving, space.items, meta)
+    return Store.open(config["store"]).meta
+
+
+def _side_tables(data_dir: Path) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """The items and users tables of a prepared dataset (the events are not read)."""
+    from recemb.data import schema
+
+    return tuple(  # type: ignore[return-value]
+        schema.read_table(data_dir / f"{t}.parquet", t) if (data_dir / f"{t}.parquet").is_file() else None
+        for t in ("items", "users")
+    )
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Train and export one two-tower model; runs as-is in-process or in a Ray Train worker.
+
+    ``config`` keys: ``two_tower`` (the section as a dict), ``data_dir``
+    (prepared canonical tables: only items and users are read here),
+    ``store`` (the example store :func:`prepare_examples` wrote), ``out_dir``
+    (``<run>/two_tower``), ``cache_dir`` (frozen content features), and the
+    runner's own keys (checkpoints, threads). A worker reads its examples a
+    few blocks at a time, so its memory does not grow with the events.
+    Returns the metrics dict on rank 0 (None elsewhere).
+    """
     ctx = worker_context(config)
     section = TwoTowerConfig.model_validate(config["two_tower"])
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
-    ds = load_dataset(config["data_dir"])
-    split = leave_last_out(ds.events)
     t0 = time.perf_counter()
-    fitted = fit_two_tower(
-        section,
-        split.train,
-        ds.items,
-        ds.users,
-        catalogue=item_vocab(ds.events, ds.items),
-        validation=split.validation,
-        root=ds.root,
-        cache_dir=config.get("cache_dir"),
-        ctx=ctx,
-    )
-    if fitted.net is None:
+    data_dir = Path(config["data_dir"])
+    store = Store.open(config["store"])
+    items, users = _side_tables(data_dir)
+    space = FeatureSpace(store.items(), section, items, users, data_dir, config.get("cache_dir"))
+    val = Validation(**store.validation_arrays()) if ctx.rank == 0 else None
+    examples = store.examples()
+    net, history = fit_loop(space, examples, section, validation=val, ctx=ctx)
+    if net is None:
         return None
     out = Path(config["out_dir"])
-    item_embedding_set(fitted.net, fitted.space, fitted.history).save(out / "embeddings")
-    # Users from all their events: the latest history is the best query for serving.
-    user_embedding_set(fitted.net, fitted.space, ds.events).save(out / "user_embeddings")
-    save_user_tower(fitted.net.user_tower, fitted.space, out / "user_tower")
+    item_embedding_set(net, space, history).save(out / "embeddings")
+    histories_embedding_set(net, space, *store.serving_histories()).save(out / "user_embeddings")
+    save_user_tower(net.user_tower, space, out / "user_tower")
     metrics = {
         "train_seconds": time.perf_counter() - t0,
-        "examples": fitted.examples,
-        "items": len(fitted.space.items),
+        "examples": len(examples),
+        "items": len(space.items),
         "backend": resolve_sparse_backend(section.backend),
-        "epochs": fitted.history,
+        # this process's peak resident memory (Linux reports KiB): flat in the event count
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "epochs": history,
     }
-    if fitted.space.content is not None:
-        metrics["content_coverage"] = fitted.space.content.coverage()
+    if space.content is not None:
+        metrics["content_coverage"] = space.content.coverage()
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def ensure_example_store(loop_config: dict[str, Any], store: Path) -> Path:
+    """Prepare ``store`` in a child process unless it already holds these events' examples for these settings."""
+    digest = events_digest(Path(loop_config["data_dir"]))
+    section = TwoTowerConfig.model_validate(loop_config["two_tower"])
+    try:
+        meta = Store.open(store).meta
+        if meta.get("events_sha256") == digest and meta.get("two_tower") == _resumable(section):
+            log.info("two_tower: reusing the example store %s", store)
+            return store
+    except DataValidationError:
+        pass
+    t0 = time.perf_counter()
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        meta = pool.submit(prepare_examples, {**loop_config, "store": str(store), "events_sha256": digest}).result()
+    log.info(
+        "two_tower: %s examples prepared in %.1fs (%s)", fmt_number(meta["examples"]), time.perf_counter() - t0, store
+    )
+    return store
 
 
 def train_two_tower(
@@ -406,5 +480,8 @@ def train_two_tower(
         "out_dir": str(out.resolve()),
         "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
     }
-    run_training(train_loop, loop_config, ray, experiment_dir(ray, run_dir, "two_tower"))
+    experiment = experiment_dir(ray, run_dir, "two_tower")
+    # Beside the checkpoints, not among them: ray.resume=false discards those, not the examples.
+    store = ensure_example_store(loop_config, experiment.with_name(f"{experiment.name}.examples").resolve())
+    run_training(train_loop, {**loop_config, "store": str(store)}, ray, experiment)
     return out

@@ -99,9 +99,16 @@ def encode_histories(
 def user_embedding_set(net: TwoTowerNet, space: FeatureSpace, events: pl.DataFrame) -> EmbeddingSet:
     """One ``[U, D]`` vector per user of ``events``, from their latest ``history_length`` items."""
     seq, offsets, users = user_sequences(events, space)
-    vectors = encode_histories(net, space, seq, offsets, users.to_numpy())
+    return histories_embedding_set(net, space, seq, offsets, users.to_numpy())
+
+
+def histories_embedding_set(
+    net: TwoTowerNet, space: FeatureSpace, seq: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray
+) -> EmbeddingSet:
+    """One ``[U, D]`` vector per user from CSR histories (``offsets`` ``[U + 1]``) of item indices."""
+    vectors = encode_histories(net, space, seq, offsets, user_ids)
     return EmbeddingSet(
-        users.to_numpy().astype(object),
+        np.asarray(user_ids).astype(object),
         vectors,
         kind="two_tower_users",
         metric="cosine",
