@@ -23,7 +23,9 @@ evaluate    P-ML Recall/NDCG@20 of both models and popularity
 
 Per stage: wall seconds; peak RSS of the stage's whole process tree (its
 Ray workers included: every process below the stage's, sampled from /proc
-every 0.1 s) and of its largest single process; throughput where the stage
+every 0.1 s), of its largest single process and, for the two-tower, of the
+training process alone (its ``metrics.json`` ``peak_rss_mb``: the examples
+are prepared in a child process, the trainer reads them in blocks); throughput where the stage
 reports one (events/s, samples/s). Then per stage the fitted log-log slope
 of seconds against events (1 = linear) and a PNG of the curves.
 """
@@ -138,19 +140,27 @@ def run_stage(cfg_path: Path, stage: str, extra: list[str], log: Path) -> dict:
     return {"seconds": seconds, "peak_tree_mb": rss.peak_tree / 2**20, "peak_one_mb": rss.peak_one / 2**20}
 
 
-def throughput(run: Path, stage: str) -> str:
-    """The stage's own throughput figure, from what it wrote."""
+def _metrics(run: Path, stage: str) -> dict:
+    """What a training stage wrote to its ``metrics.json`` ({} for the others, or when absent)."""
+    if stage == "item2vec":
+        path = run / "item2vec"
+    elif stage.startswith("two_tower"):
+        path = run.parent / f"{run.name}-plain" / "two_tower" if stage == "two_tower plain" else run / "two_tower"
+    else:
+        return {}
     try:
-        if stage == "item2vec":
-            e = json.loads((run / "item2vec" / "metrics.json").read_text())["epochs"][-1]
-            return f"{e['events_per_s']:,.0f} events/s"
-        if stage.startswith("two_tower"):
-            name = "two_tower" if stage == "two_tower" else "two_tower_plain"
-            path = run.parent / f"{run.name}-plain" / "two_tower" if name == "two_tower_plain" else run / name
-            e = json.loads((path / "metrics.json").read_text())["epochs"][-1]
-            return f"{e['samples_per_s']:,.0f} samples/s"
-    except (OSError, KeyError, IndexError, json.JSONDecodeError):
-        return ""
+        return json.loads((path / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def throughput(metrics: dict) -> str:
+    """The stage's own throughput figure, from its last epoch."""
+    epochs = metrics.get("epochs") or [{}]
+    if "events_per_s" in epochs[-1]:
+        return f"{epochs[-1]['events_per_s']:,.0f} events/s"
+    if "samples_per_s" in epochs[-1]:
+        return f"{epochs[-1]['samples_per_s']:,.0f} samples/s"
     return ""
 
 
@@ -168,10 +178,23 @@ def bench_size(events: int, items: int, root: Path, log: Path, stages: list[str]
         if workers and stage.split()[0] in ("item2vec", "two_tower"):  # Ray Train workers (0: in-process)
             extra += ["--set", f"ray.workers={workers}"]
         r = run_stage(cfg_path, stage.split()[0], extra, log)
-        rows.append({"events": events, "items": items, "stage": stage, **r, "throughput": throughput(run, stage)})
+        metrics = _metrics(run, stage)
+        # The training process alone (rank 0): the two-tower prepares its examples in a child process.
+        trainer = metrics.get("peak_rss_mb")
+        rows.append(
+            {
+                "events": events,
+                "items": items,
+                "stage": stage,
+                **r,
+                "throughput": throughput(metrics),
+                "trainer_mb": trainer,
+            }
+        )
         print(
             f"  {events:>11,} events {items:>9,} items  {stage:<16} {r['seconds']:8.1f} s  "
-            f"peak {r['peak_tree_mb']:7.0f} MB tree / {r['peak_one_mb']:6.0f} MB one  {rows[-1]['throughput']}",
+            f"peak {r['peak_tree_mb']:7.0f} MB tree / {r['peak_one_mb']:6.0f} MB one"
+            f"{f' / {trainer:.0f} MB trainer' if trainer else ''}  {rows[-1]['throughput']}",
             flush=True,
         )
     return rows
@@ -235,12 +258,16 @@ def main() -> None:
                     print(f"  {events:,} events x {items:,} items: {e}", flush=True)
                     break  # bigger sizes of this item count will not fit either
     (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
-    print("\n| events | items | stage | seconds | peak MB (tree) | peak MB (largest process) | throughput |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| events | items | stage | seconds | peak MB (tree) | peak MB (largest process) "
+        "| peak MB (training process) | throughput |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        trainer = f"{r['trainer_mb']:.0f}" if r.get("trainer_mb") else ""
         print(
             f"| {r['events']:,} | {r['items']:,} | {r['stage']} | {r['seconds']:.1f} | {r['peak_tree_mb']:.0f} | "
-            f"{r['peak_one_mb']:.0f} | {r['throughput']} |"
+            f"{r['peak_one_mb']:.0f} | {trainer} | {r['throughput']} |"
         )
     for items in args.items:
         fitted = slopes([r for r in rows if r["items"] == items])
