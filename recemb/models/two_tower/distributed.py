@@ -64,6 +64,11 @@ def _gather_tree(tree: Any, rank: int) -> Any:
     return tree
 
 
+def _region(metadata: Any) -> tuple[slice, ...]:
+    """Where a shard (its ``ShardMetadata``) sits in the full tensor."""
+    return tuple(slice(o, o + s) for o, s in zip(metadata.shard_offsets, metadata.shard_sizes))
+
+
 def _flatten(tree: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     """``{key path: leaf}`` of a nested dict."""
     if not isinstance(tree, dict):
@@ -99,8 +104,7 @@ def _gather_owned_tree(tree: Any, rank: int, world_size: int, device: torch.devi
         live = flat.get(key)
         if live is not None:
             for shard in live.local_shards():
-                md = shard.metadata
-                full[tuple(slice(o, o + s) for o, s in zip(md.shard_offsets, md.shard_sizes))] = shard.tensor
+                full[_region(shard.metadata)] = shard.tensor
         dist.reduce(full, dst=0)
         gathered[key] = full.cpu()
     if rank != 0:
@@ -127,9 +131,7 @@ def _scatter_tree(live: Any, full: Any, where: str) -> None:
         return
     if _is_sharded(live):
         for shard in live.local_shards():
-            md = shard.metadata
-            sl = tuple(slice(o, o + s) for o, s in zip(md.shard_offsets, md.shard_sizes))
-            shard.tensor.detach().copy_(full[sl])
+            shard.tensor.detach().copy_(full[_region(shard.metadata)])
     elif isinstance(live, torch.Tensor):
         live.detach().copy_(full)
 
