@@ -292,6 +292,7 @@ def test_the_job_trains_from_its_example_store_as_the_in_memory_fit_does(small_s
     from recemb.data.dataset import write_dataset
     from recemb.embeddings import EmbeddingSet
     from recemb.models.two_tower.features import item_vocab
+    from recemb.train import two_tower as tt
     from recemb.train.ray_config import RayTrainConfig
     from recemb.train.two_tower import fit_two_tower, train_two_tower
 
@@ -311,11 +312,20 @@ def test_the_job_trains_from_its_example_store_as_the_in_memory_fit_does(small_s
         raise AssertionError("the training loop read the events")
 
     monkeypatch.setattr(dataset, "load_dataset", no_events)  # the store is prepared in a child process
+    monkeypatch.setattr(tt, "USER_BLOCK", 7)  # validation and serving vectors read users in many blocks
     out = train_two_tower(section, RayTrainConfig(), tmp_path / "data", tmp_path / "run")
-    from recemb.models.two_tower.encode import item_embedding_set
+    monkeypatch.undo()
+    from recemb.models.two_tower.encode import item_embedding_set, user_embedding_set
 
     expected = item_embedding_set(fitted.net, fitted.space, fitted.history)
     np.testing.assert_allclose(EmbeddingSet.load(out / "embeddings").vectors, expected.vectors, atol=1e-5)
+    users = EmbeddingSet.load(out / "user_embeddings")
+    expected_users = user_embedding_set(fitted.net, fitted.space, small_synth.events)
+    assert list(users.ids) == list(expected_users.ids)
+    np.testing.assert_allclose(users.vectors, expected_users.vectors, atol=1e-5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    recalls = [e["val_recall@20"] for e in metrics["epochs"]]
+    assert recalls == pytest.approx([e["val_recall@20"] for e in fitted.history], abs=1e-6)
     store = tmp_path / "run" / "ray" / "two_tower.examples"
     written = (store / "store.json").stat().st_mtime_ns
     train_two_tower(section.model_copy(update={"epochs": 3}), RayTrainConfig(), tmp_path / "data", tmp_path / "run")
@@ -437,7 +447,7 @@ def test_validation_recall_is_the_same_scored_in_user_blocks(monkeypatch):
     n, u = 50, 30
     items, users = rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(u, 8)).astype(np.float32)
     monkeypatch.setattr(tt, "encode_items", lambda net, collate, rows: items)
-    monkeypatch.setattr(tt, "encode_users", lambda *a: users)
+    monkeypatch.setattr(tt, "encode_users", lambda tower, collate, seq, starts, lengths, rows: users[rows])
     lengths = rng.integers(0, 6, u)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     seq = rng.integers(0, n, int(lengths.sum()))

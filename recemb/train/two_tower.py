@@ -43,6 +43,7 @@ import polars as pl
 import torch
 
 from recemb.data.vocab import Vocab
+from recemb.embeddings import EmbeddingSet
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import write_json
 from recemb.models.device import resolve_device, resolve_sparse_backend
@@ -57,12 +58,15 @@ from recemb.models.two_tower.encode import (
     save_user_tower,
 )
 from recemb.models.two_tower.example_store import (
+    VALIDATION_FIELDS,
     EpochPlan,
     ExampleSource,
     InMemoryExamples,
+    Seq,
     Store,
     epoch_batches,
     events_digest,
+    read_windows,
     write_store,
 )
 from recemb.models.two_tower.features import (
@@ -85,6 +89,7 @@ CHECKPOINT_FILE = "two_tower.pt"
 
 # --------------------------------------------------------------------------- validation
 SCORE_BLOCK_BYTES = 64 << 20  # validation scores [users, N] per block (2M items x 64 MB: 8 users a block)
+USER_BLOCK = 65_536  # users encoded at a time (validation, serving vectors): their histories in memory
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,13 @@ class Validation:
     """P-ML validation: per user, the train history as query and one held-out item as target.
 
     Attributes:
-        seq, starts, lengths: CSR windows of each user's train items (catalogue indices).
+        seq, starts, lengths: CSR windows of each user's train items (catalogue indices); ``seq``
+            in memory, or an example store's file, read one block of users at a time.
         user_rows: ``[U]`` rows in ``FeatureSpace.user_cats``.
         targets: ``[U]`` item index of the validation item (-1 = unknown item).
     """
 
-    seq: np.ndarray
+    seq: Seq
     starts: np.ndarray
     lengths: np.ndarray
     user_rows: np.ndarray
@@ -130,20 +136,24 @@ class Validation:
         if len(self.targets) == 0:
             return float("nan")
         items = encode_items(net, collate, np.arange(len(collate.space.items)))  # [N, D]
-        users = encode_users(net.user_tower, collate, self.seq, self.starts, self.lengths, self.user_rows)
-        # Users in blocks of scores <= SCORE_BLOCK_BYTES: a dense [U, N] would not fit at 1M items.
-        block = max(1, SCORE_BLOCK_BYTES // (4 * max(len(items), 1)))
+        # Users in blocks of scores <= SCORE_BLOCK_BYTES: a dense [U, N] would not fit at 1M items
+        # (and their histories are read a block at a time when they are on disk).
+        block = max(1, min(USER_BLOCK, SCORE_BLOCK_BYTES // (4 * max(len(items), 1))))
         hits = 0
-        for lo in range(0, len(users), block):
-            hits += self._hits(users[lo : lo + block] @ items.T, slice(lo, lo + block), k)
-        return hits / len(users)
+        for lo in range(0, len(self.targets), block):
+            users = slice(lo, lo + block)
+            seq, starts = read_windows(self.seq, self.starts[users], self.lengths[users])
+            vectors = encode_users(net.user_tower, collate, seq, starts, self.lengths[users], self.user_rows[users])
+            hits += self._hits(vectors @ items.T, seq, starts, users, k)
+        return hits / len(self.targets)
 
-    def _hits(self, scores: np.ndarray, users: slice, k: int) -> int:
-        """How many of these users' targets rank in the top k, given their scores ``[B, N]``."""
-        starts, lengths, targets = self.starts[users], self.lengths[users], self.targets[users]
+    def _hits(self, scores: np.ndarray, seq: np.ndarray, starts: np.ndarray, users: slice, k: int) -> int:
+        """How many of these users' targets rank in the top k, given their scores ``[B, N]`` and
+        their train items' windows ``seq[starts[b] : starts[b] + lengths[b]]``."""
+        lengths, targets = self.lengths[users], self.targets[users]
         rows = np.repeat(np.arange(len(starts)), lengths)
         first = np.cumsum(lengths) - lengths
-        cols = self.seq[np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))]
+        cols = seq[np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))]
         keep = cols != targets[rows]
         scores[rows[keep], cols[keep]] = -np.inf
         known = targets >= 0
@@ -193,8 +203,7 @@ def fit_loop(
     backend = resolve_sparse_backend(config.backend)
     torch.manual_seed(config.seed)  # identical dense initialisation on every rank
     # Only targets train an item's id row; with content, other items are placed by their content.
-    id_trained = np.zeros(len(space.items), dtype=bool)
-    id_trained[source.targets()] = True
+    id_trained = source.trained_items(len(space.items))
     engine = Engine(
         lambda b, d: build_net(space, config, b, d, id_trained),
         backend,
@@ -362,13 +371,7 @@ def prepare_examples(config: dict[str, Any]) -> dict[str, Any]:
     keep = np.minimum(np.diff(offsets), section.history_length)
     latest = np.concatenate([np.arange(e - k, e) for e, k in zip(offsets[1:], keep)]) if len(keep) else offsets[:0]
     serving = (seq[latest], np.concatenate([[0], np.cumsum(keep)]), users.to_numpy())
-    validation = {
-        "seq": val.seq,
-        "starts": val.starts,
-        "lengths": val.lengths,
-        "user_rows": val.user_rows,
-        "targets": val.targets,
-    }
+    validation = {field: getattr(val, field) for field in VALIDATION_FIELDS}  # built in memory here
     meta = {"events_sha256": config["events_sha256"], "two_tower": _resumable(section)}
     write_store(Path(config["store"]), examples, validation, serving, space.items, meta)
     return Store.open(config["store"]).meta
@@ -411,7 +414,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     out = Path(config["out_dir"])
     item_embedding_set(net, space, history).save(out / "embeddings")
-    histories_embedding_set(net, space, *store.serving_histories()).save(out / "user_embeddings")
+    serving_embedding_set(net, space, store).save(out / "user_embeddings")
     save_user_tower(net.user_tower, space, out / "user_tower")
     metrics = {
         "train_seconds": time.perf_counter() - t0,
@@ -426,6 +429,20 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         metrics["content_coverage"] = space.content.coverage()
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def serving_embedding_set(net: TwoTowerNet, space: FeatureSpace, store: Store) -> EmbeddingSet:
+    """Every user's ``[U, D]`` serving vector from the store's latest histories, a block of users at a time."""
+    seq, offsets, users = store.serving_histories()
+    rows = space.user_rows(users, len(users))
+    vectors = np.zeros((len(users), net.user_tower.out_dim), dtype=np.float32)
+    collate = Collator(space)
+    for lo in range(0, len(users), USER_BLOCK):
+        block = slice(lo, min(lo + USER_BLOCK, len(users)))
+        lengths = np.diff(offsets[block.start : block.stop + 1])
+        values, starts = read_windows(seq, offsets[block], lengths)
+        vectors[block] = encode_users(net.user_tower, collate, values, starts, lengths, rows[block])
+    return histories_embedding_set(net, space, users, vectors)
 
 
 def ensure_example_store(loop_config: dict[str, Any], store: Path) -> Path:

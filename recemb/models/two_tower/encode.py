@@ -99,14 +99,14 @@ def encode_histories(
 def user_embedding_set(net: TwoTowerNet, space: FeatureSpace, events: pl.DataFrame) -> EmbeddingSet:
     """One ``[U, D]`` vector per user of ``events``, from their latest ``history_length`` items."""
     seq, offsets, users = user_sequences(events, space)
-    return histories_embedding_set(net, space, seq, offsets, users.to_numpy())
+    ids = users.to_numpy()
+    return histories_embedding_set(net, space, ids, encode_histories(net, space, seq, offsets, ids))
 
 
 def histories_embedding_set(
-    net: TwoTowerNet, space: FeatureSpace, seq: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray
+    net: TwoTowerNet, space: FeatureSpace, user_ids: np.ndarray, vectors: np.ndarray
 ) -> EmbeddingSet:
-    """One ``[U, D]`` vector per user from CSR histories (``offsets`` ``[U + 1]``) of item indices."""
-    vectors = encode_histories(net, space, seq, offsets, user_ids)
+    """The users' EmbeddingSet (kind "two_tower_users") of their ``[U, D]`` user-tower vectors."""
     return EmbeddingSet(
         np.asarray(user_ids).astype(object),
         vectors,

@@ -10,6 +10,7 @@ it), plus the validation and serving histories on rank 0::
 
     <store>/
       examples_{seq,hist_start,hist_len,target,user_row}.npy   Examples, user-major
+      trained_items.npy                                        [N] bool: items that are some example's target
       validation_{seq,starts,lengths,user_rows,targets}.npy    Validation (rank 0)
       serve_{seq,offsets}.npy, serve_users.parquet             each user's latest items (user vectors)
       items.parquet                                            the item Vocab (counts over all events)
@@ -83,6 +84,20 @@ class NpyFile:
         return self.read(0, len(self))
 
 
+Seq = np.ndarray | NpyFile  # a CSR value array, in memory or on disk
+
+
+def read_windows(seq: Seq, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, starts)`` for history windows ``seq[starts[i] : starts[i] + lengths[i]]`` (int64):
+    in memory, ``seq`` itself; on disk, only the span of ``seq`` these windows cover, starts rebased."""
+    if isinstance(seq, np.ndarray):
+        return seq, starts
+    if len(starts) == 0:
+        return np.zeros(0, np.int64), starts
+    lo, hi = int(starts.min()), int((starts + lengths).max())
+    return seq.read(lo, hi).astype(np.int64), starts - lo
+
+
 class InMemoryExamples:
     """:class:`Examples` already in memory, behind the block interface of :class:`ExampleFiles`."""
 
@@ -92,8 +107,11 @@ class InMemoryExamples:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def targets(self) -> np.ndarray:
-        return self.examples.target
+    def trained_items(self, n_items: int) -> np.ndarray:
+        """``[N]`` bool: the items some example has as its target."""
+        mask = np.zeros(n_items, dtype=bool)
+        mask[self.examples.target] = True
+        return mask
 
     def blocks(self, spans: list[tuple[int, int]]) -> Examples:
         rows = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, np.int64)
@@ -104,6 +122,7 @@ class ExampleFiles:
     """The examples of a store, read block by block (``examples_*.npy``)."""
 
     def __init__(self, store: Path):
+        self.root = store
         self.files = {f: NpyFile(store / f"examples_{f}.npy") for f in EXAMPLE_FIELDS}
         n = len(self.files["target"])
         if any(len(self.files[f]) != n for f in ("hist_start", "hist_len", "user_row")):
@@ -112,9 +131,14 @@ class ExampleFiles:
     def __len__(self) -> int:
         return len(self.files["target"])
 
-    def targets(self) -> np.ndarray:
-        """``[E]`` every example's target (read once, for which item rows train)."""
-        return self.files["target"].all().astype(np.int64)
+    def trained_items(self, n_items: int) -> np.ndarray:
+        """``[N]`` bool: the items some example has as its target (written with the store)."""
+        mask = np.load(self.root / "trained_items.npy")
+        if mask.shape != (n_items,) or mask.dtype != bool:
+            raise DataValidationError(
+                f"{self.root}: trained_items.npy does not fit {n_items} items; re-run the two-tower job"
+            )
+        return mask
 
     def blocks(self, spans: list[tuple[int, int]]) -> Examples:
         """The examples of row ranges ``spans``, with just the part of ``seq`` their histories use."""
@@ -228,14 +252,19 @@ class Store:
     def items(self) -> Vocab:
         return Vocab.load(self.root / "items.parquet")
 
-    def validation_arrays(self) -> dict[str, np.ndarray]:
-        return {f: NpyFile(self.root / f"validation_{f}.npy").all().astype(np.int64) for f in VALIDATION_FIELDS}
+    def validation_arrays(self) -> dict[str, Any]:
+        """Validation's fields: per-user arrays in memory, ``seq`` (all train items) read per block of users."""
+        out: dict[str, Any] = {
+            f: NpyFile(self.root / f"validation_{f}.npy").all().astype(np.int64)
+            for f in VALIDATION_FIELDS
+            if f != "seq"
+        }
+        return {**out, "seq": NpyFile(self.root / "validation_seq.npy")}
 
-    def serving_histories(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(seq, offsets [U + 1], user_ids [U])``: each user's latest items over all events."""
+    def serving_histories(self) -> tuple[NpyFile, np.ndarray, np.ndarray]:
+        """``(seq on disk, offsets [U + 1], user_ids [U])``: each user's latest items over all events."""
         users = pl.read_parquet(self.root / "serve_users.parquet")["user_id"].to_numpy()
-        seq = NpyFile(self.root / "serve_seq.npy").all().astype(np.int64)
-        return seq, NpyFile(self.root / "serve_offsets.npy").all().astype(np.int64), users
+        return NpyFile(self.root / "serve_seq.npy"), NpyFile(self.root / "serve_offsets.npy").all(), users
 
 
 def events_digest(data_dir: Path) -> str:
@@ -271,8 +300,9 @@ def write_store(
         _save(tmp / "examples_hist_len.npy", examples.hist_len, np.int32)
         _save(tmp / "examples_target.npy", examples.target, _index_dtype(len(items)))
         _save(tmp / "examples_user_row.npy", examples.user_row, np.int64)
+        np.save(tmp / "trained_items.npy", InMemoryExamples(examples).trained_items(len(items)))
         for f in VALIDATION_FIELDS:
-            _save(tmp / f"validation_{f}.npy", validation[f], np.int64)
+            _save(tmp / f"validation_{f}.npy", validation[f], _index_dtype(len(items)) if f == "seq" else np.int64)
         seq, offsets, users = serving
         _save(tmp / "serve_seq.npy", seq, _index_dtype(len(items)))
         _save(tmp / "serve_offsets.npy", offsets, np.int64)
