@@ -8,8 +8,9 @@
   state is gathered to rank 0, which measures validation Recall@K and
   writes a checkpoint (``two_tower.pt``, tensors only, read back with
   ``torch.load(weights_only=True)``); a restart resumes from the last one.
-- :func:`fit_two_tower`: tables -> features -> :func:`fit_loop`, the one code
-  path of ``TwoTower.fit`` and of every Ray Train worker.
+- :func:`fit_two_tower`: tables -> features -> :func:`fit_loop` in memory,
+  the code path of ``TwoTower.fit`` (the job's workers run the same loop
+  over the same examples, read from the store below).
 - :func:`prepare_examples`: in a child process of the driver, the prepared
   dataset split leave-last-out (trains on train, validates on the
   validation item) into an example store on disk, beside the checkpoints
@@ -74,6 +75,7 @@ from recemb.models.two_tower.features import (
     Examples,
     FeatureSpace,
     build_examples,
+    gather_windows,
     item_vocab,
     user_sequences,
 )
@@ -316,6 +318,17 @@ class FittedTwoTower:
     examples: int
 
 
+def _training_examples(train: pl.DataFrame, space: FeatureSpace) -> Examples:
+    """The examples of ``train``; fewer than 2 is an error that says what to change."""
+    examples = build_examples(train, space)
+    if len(examples) < 2:
+        raise DataValidationError(
+            f"two-tower: only {len(examples)} training example(s); users need more than "
+            f"two_tower.min_history = {space.config.min_history} events"
+        )
+    return examples
+
+
 def fit_two_tower(
     config: TwoTowerConfig,
     events: pl.DataFrame,
@@ -333,12 +346,7 @@ def fit_two_tower(
         raise DataValidationError("TwoTower.fit: the events table is empty; nothing to train on")
     vocab = catalogue if catalogue is not None else item_vocab(events, items)
     space = FeatureSpace(vocab, config, items, users, root, cache_dir)
-    examples = build_examples(events, space)
-    if len(examples) < 2:
-        raise DataValidationError(
-            f"TwoTower.fit: only {len(examples)} training example(s); users need more than "
-            f"two_tower.min_history = {config.min_history} events"
-        )
+    examples = _training_examples(events, space)
     val = Validation.build(events, validation, space) if validation is not None else None
     net, history = fit_loop(space, examples, config, validation=val, ctx=ctx)
     return FittedTwoTower(space, net, history, len(examples))
@@ -359,18 +367,12 @@ def prepare_examples(config: dict[str, Any]) -> dict[str, Any]:
     ds = load_dataset(config["data_dir"])
     split = leave_last_out(ds.events)
     space = FeatureSpace(item_vocab(ds.events, ds.items), section, ds.items, ds.users, ds.root, config.get("cache_dir"))
-    examples = build_examples(split.train, space)
-    if len(examples) < 2:
-        raise DataValidationError(
-            f"two-tower: only {len(examples)} training example(s); users need more than "
-            f"two_tower.min_history = {section.min_history} events"
-        )
+    examples = _training_examples(split.train, space)
     val = Validation.build(split.train, split.validation, space)
     # Users' vectors for serving come from all their events; the tower reads the latest history_length.
     seq, offsets, users = user_sequences(ds.events, space)
     keep = np.minimum(np.diff(offsets), section.history_length)
-    latest = np.concatenate([np.arange(e - k, e) for e, k in zip(offsets[1:], keep)]) if len(keep) else offsets[:0]
-    serving = (seq[latest], np.concatenate([[0], np.cumsum(keep)]), users.to_numpy())
+    serving = (gather_windows(seq, offsets[1:] - keep, keep), np.concatenate([[0], np.cumsum(keep)]), users.to_numpy())
     validation = {field: getattr(val, field) for field in VALIDATION_FIELDS}  # built in memory here
     meta = {"events_sha256": config["events_sha256"], "two_tower": _resumable(section)}
     write_store(Path(config["store"]), examples, validation, serving, space.items, meta)
@@ -381,10 +383,11 @@ def _side_tables(data_dir: Path) -> tuple[pl.DataFrame | None, pl.DataFrame | No
     """The items and users tables of a prepared dataset (the events are not read)."""
     from recemb.data import schema
 
-    return tuple(  # type: ignore[return-value]
-        schema.read_table(data_dir / f"{t}.parquet", t) if (data_dir / f"{t}.parquet").is_file() else None
-        for t in ("items", "users")
-    )
+    def table(name: str) -> pl.DataFrame | None:
+        path = data_dir / f"{name}.parquet"
+        return schema.read_table(path, name) if path.is_file() else None
+
+    return table("items"), table("users")
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:

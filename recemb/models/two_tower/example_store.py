@@ -145,16 +145,14 @@ class ExampleFiles:
         parts: dict[str, list[np.ndarray]] = {f: [] for f in EXAMPLE_FIELDS}
         base = 0
         for a, b in spans:
-            start = self.files["hist_start"].read(a, b).astype(np.int64)
             length = self.files["hist_len"].read(a, b).astype(np.int64)
-            lo = int(start.min()) if len(start) else 0
-            hi = int((start + length).max()) if len(start) else 0
-            parts["seq"].append(self.files["seq"].read(lo, hi).astype(np.int64))
-            parts["hist_start"].append(start - lo + base)
+            seq, start = read_windows(self.files["seq"], self.files["hist_start"].read(a, b).astype(np.int64), length)
+            parts["seq"].append(seq)
+            parts["hist_start"].append(start + base)
             parts["hist_len"].append(length)
             parts["target"].append(self.files["target"].read(a, b).astype(np.int64))
             parts["user_row"].append(self.files["user_row"].read(a, b).astype(np.int64))
-            base += hi - lo
+            base += len(seq)
         if not spans:
             return Examples(*(np.zeros(0, np.int64) for _ in EXAMPLE_FIELDS))
         return Examples(*(np.concatenate(parts[f]) for f in EXAMPLE_FIELDS))

@@ -85,7 +85,7 @@ def _jagged(keys: list[str], parts: list[tuple[np.ndarray, np.ndarray]], b: int)
     )
 
 
-def _gather_csr(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def gather_windows(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenate the windows ``values[starts[i] : starts[i] + lengths[i]]``."""
     total = int(lengths.sum())
     first = np.cumsum(lengths) - lengths
@@ -311,10 +311,10 @@ class Collator:
         lengths = np.asarray(lengths, dtype=np.int64)
         h = np.minimum(lengths, c.history_length)
         hs = starts + lengths - h
-        parts = [(_hash_rows(_gather_csr(seq, hs, h), self._item_rows), h)]
+        parts = [(_hash_rows(gather_windows(seq, hs, h), self._item_rows), h)]
         if c.recent_length > 0:
             r = np.minimum(lengths, c.recent_length)
-            parts.append((_hash_rows(_gather_csr(seq, starts + lengths - r, r), self._item_rows), r))
+            parts.append((_hash_rows(gather_windows(seq, starts + lengths - r, r), self._item_rows), r))
         if self.space.user_columns:
             rows = np.full(b, -1, np.int64) if user_rows is None else np.asarray(user_rows, dtype=np.int64)
             cats = (
