@@ -105,3 +105,22 @@ def test_a_damaged_store_is_refused_with_how_to_fix(tmp_path):
         es.Store.open(store)
     with pytest.raises(DataValidationError, match="re-run the two-tower job"):
         es.Store.open(tmp_path / "missing")
+
+
+def test_a_window_read_from_disk_holds_its_own_blocks_only_however_long_the_epoch(tmp_path, monkeypatch):
+    """Rows left over at the end of a window go into the next one; they must not bring the previous
+    window's whole sequence along (that chained every window of an epoch: memory grew with the events)."""
+    monkeypatch.setattr(es, "BLOCK", 40)
+    monkeypatch.setattr(es, "WINDOW", 2)
+    ex = _examples(users=600, seed=2)
+    validation = {f: np.arange(3) for f in es.VALIDATION_FIELDS}
+    serving = (np.arange(2), np.array([0, 2]), np.array(["u"], dtype=object))
+    store = es.write_store(tmp_path / "s", ex, validation, serving, Vocab([str(i) for i in range(50)]), {})
+    plan = es.EpochPlan.of(len(ex), 1, 48)  # 48 does not divide a window: every window leaves a carry
+    spans = [
+        int((ex.hist_start[a:b] + ex.hist_len[a:b]).max() - ex.hist_start[a:b].min())
+        for a, b in ((a, min(a + 40, len(ex))) for a in range(0, len(ex), 40))
+    ]
+    bound = es.WINDOW * max(spans) + plan.batch * int(ex.hist_len.max())
+    sizes = [len(window.seq) for window, _ in es.epoch_batches(es.Store.open(store).examples(), plan, 1, 0, 0, 0)]
+    assert len(sizes) == plan.steps > 100 and max(sizes) <= bound

@@ -39,7 +39,7 @@ import polars as pl
 from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError
 from recemb.io import atomic_dir, write_json
-from recemb.models.two_tower.features import Examples
+from recemb.models.two_tower.features import Examples, gather_windows
 
 STORE_FORMAT = "recemb.two_tower.examples/1"
 BLOCK = 65_536  # examples per block (~2 MB of example rows)
@@ -205,11 +205,19 @@ def epoch_batches(
             yield window, order[s * batch : (s + 1) * batch]
             done += 1
         rest = order[whole * batch :]
-        carry = _take(window, rest) if len(rest) else None
+        # Compacted: a carry that kept its window's whole sequence would chain every window of the epoch.
+        carry = _compact(window, rest) if len(rest) else None
 
 
 def _take(ex: Examples, rows: np.ndarray) -> Examples:
     return Examples(ex.seq, ex.hist_start[rows], ex.hist_len[rows], ex.target[rows], ex.user_row[rows])
+
+
+def _compact(ex: Examples, rows: np.ndarray) -> Examples:
+    """The examples at ``rows`` with a sequence of just their own histories."""
+    lengths = ex.hist_len[rows]
+    seq = gather_windows(ex.seq, ex.hist_start[rows], lengths)
+    return Examples(seq, np.cumsum(lengths) - lengths, lengths, ex.target[rows], ex.user_row[rows])
 
 
 def _concat(a: Examples, b: Examples) -> Examples:
