@@ -412,7 +412,8 @@ def test_auto_backend_never_ships_an_index_slower_than_exact_search(tmp_path):
     model's rare items keep their random init): Annoy needs a near-exhaustive search for its
     recall; auto exports exact instead."""
     from recemb.index.config import ExportConfig
-    from recemb.index.stage import export_run
+    from recemb.index.export import slower_than_exact
+    from recemb.index.stage import EXACT_MARGIN, export_run
 
     x = np.random.default_rng(0).normal(size=(8000, 64)).astype(np.float32)
     EmbeddingSet([f"i{r}" for r in range(8000)], x, kind="t").save(tmp_path / "m" / "embeddings")
@@ -420,5 +421,11 @@ def test_auto_backend_never_ships_an_index_slower_than_exact_search(tmp_path):
     c = annoy["certified"]
     assert c["exact_queries_per_s"] > c["queries_per_s"]  # the premise: exact is faster here
     out = export_run(tmp_path, ExportConfig(n_trees=10))["m"]
-    assert out["kind"] == "exact" and out["codec"] == "float32"
+    # auto decides on its own timing of the forest (quiet 2 cores: exact 3-4x faster here; a loaded
+    # machine can bring that under the margin, and then Annoy is the right choice of that run)
+    if out["kind"] == "exact":
+        assert out["codec"] == "float32" and out["replaced"]["kind"] == "annoy"
+        assert slower_than_exact({"certified": out["replaced"]["certified"]}, EXACT_MARGIN) is not None
+    else:
+        assert out["kind"] == "annoy" and slower_than_exact(out, EXACT_MARGIN) is None
     # and on vectors a forest does partition, auto keeps Annoy (tests above: the clustered set)

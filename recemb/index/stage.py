@@ -72,7 +72,8 @@ def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, A
             faster,
             manifest["kind"],
         )
-        manifest = _export_with("exact", embset_dir, out_dir, e)
+        replaced = {"kind": manifest["kind"], "certified": manifest.get("certified"), "exact_faster": faster}
+        manifest = {**_export_with("exact", embset_dir, out_dir, e), "replaced": replaced}
     elif faster is not None:
         log.warning(
             "%s: exact search would answer %.1fx faster than this %s index at its certified recall; "
