@@ -26,7 +26,6 @@ examples (``TwoTower.fit``) go through the same order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import polars as pl
 
 from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError
-from recemb.io import atomic_dir, write_json
+from recemb.io import atomic_dir, sha256_file, write_json
 from recemb.models.two_tower.features import Examples, gather_windows
 
 STORE_FORMAT = "recemb.two_tower.examples/1"
@@ -275,11 +274,7 @@ class Store:
 
 def events_digest(data_dir: Path) -> str:
     """sha256 of the prepared events file: a store is reused only for the same events."""
-    h = hashlib.sha256()
-    with open(data_dir / "events.parquet", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(data_dir / "events.parquet")
 
 
 def _save(path: Path, array: np.ndarray, dtype: Any) -> None:
