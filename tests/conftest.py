@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -64,6 +65,9 @@ def ray_cpus_released(request):
         import ray
 
         if ray.is_initialized():
+            # Actors of a failed Ray Data or Train run can sit in reference cycles (the exception a test
+            # caught keeps them) and hold their CPUs until collected: without this, 60 s waits.
+            gc.collect()
             deadline = time.monotonic() + 60
             while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
                 time.sleep(0.5)
