@@ -47,7 +47,7 @@ from recemb.models.sequence.net import SequenceNet
 from recemb.models.sequence.windows import Sequences, training_windows
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.model import TwoTower
-from recemb.tune.validation import validation_split
+from recemb.eval.validation import validation_split
 
 DATASETS = {  # name -> (protocol, baselines, metric columns)
     "yoochoose": ("sess", ["popularity", "knn-last", "knn-recency"], ["recall@20", "mrr@20"]),

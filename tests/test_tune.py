@@ -15,11 +15,11 @@ from recemb.data.dataset import load_dataset
 from recemb.data.synth import SynthConfig
 from recemb.errors import ConfigError
 from recemb.eval.config import EvalConfig
-from recemb.eval.evaluate import protocol_inputs
+from recemb.eval.evaluate import protocol_inputs, validation_inputs
+from recemb.eval.validation import fit_events, scored_events
 from recemb.stages.registry import MODELS, model_spec
 from recemb.tune.space import apply_params, defaults, model_space, overlay_tree
 from recemb.tune.trial import TrialSetup, report_epochs, run_trial, rungs
-from recemb.tune.validation import fit_events, scored_events, validation_inputs
 
 KEYS = ["user_id", "item_id", "ts"]
 

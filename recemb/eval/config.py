@@ -33,6 +33,10 @@ class EvalConfig(Section):
     run_embeddings: bool = False
     query: Literal["last", "mean", "mean_last_n", "recency"] = "mean_last_n"
     query_last_n: int = Field(5, ge=1)
+    # Protocols on which each model's query (its own encoder, or one pooling of its item vectors) is
+    # chosen on the validation split inside the train part (recemb.eval.query_choice): one more fit
+    # per model. On imp by default: a slate shown later is ranked by long-term taste, not the next click.
+    select_query: list[Literal["ml", "sess", "imp"]] = Field(default_factory=lambda: ["imp"])
     scoring: Literal["cosine", "dot"] = "cosine"
     # P-ML / P-COLD: mask the user's seen items (the target too when it is one), as the candidate
     # job and the service drop them; auto: when under 5% of events repeat an item (recemb.data.repeats).

@@ -4,12 +4,16 @@
 (DESIGN.md §7) that the data supports, runs every baseline in
 ``eval.baselines`` and every model scorer it is given (the registered models
 of ``eval.models``, EmbeddingSets on disk: recemb.stages.evaluate) through
-the protocol runner on the same split, and writes ``<run>/eval/metrics.json``::
+the protocol runner on the same split, and writes ``<run>/eval/metrics.json``. On the protocols of
+``eval.select_query`` each model's query is first chosen on the validation
+split (recemb.eval.query_choice) and its rows say which::
 
     {"dataset": str, "config": {...}, "recemb_version": str,
      "protocols": {"ml": {"split": {counts}, "rows": [
          {"model": "popularity", "recall@10": ..., ..., "queries": int,
-          "fit_s": float, "score_s": float}, ...]}, ...},
+          "fit_s": float, "score_s": float}, ...]},
+      "imp": {..., "rows": [{..., "query": "mean"}, ...],
+              "query_choice": {model: {"query", "metric", "validation": {choice: value}, ...}}}, ...},
      "skipped": {"imp": "why", ...}}
 
 The pieces (:func:`protocol_inputs`, :func:`baseline_scorers`,
@@ -46,8 +50,10 @@ from recemb.errors import ConfigError
 from recemb.eval.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
 from recemb.eval.config import EvalConfig
 from recemb.eval.protocols import IMPRESSION_CLICK, run_protocol
+from recemb.eval.query_choice import choose_queries
 from recemb.eval.scorers import Scorer
 from recemb.eval.tables import format_tables
+from recemb.eval.validation import validation_split
 from recemb.io import atomic_path, write_json
 from recemb.progress import Progress
 
@@ -89,6 +95,14 @@ def protocol_inputs(
         split = splits.impression_split(ev, ds.impressions)
         return split, Vocab.from_ids(pl.concat([ev["item_id"], ds.impressions["item_id"]]))
     raise ConfigError(f"eval.protocols: unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+def validation_inputs(
+    ds: Dataset, protocol: str, e: EvalConfig, fraction: float = 0.1, gap_minutes: float = 30.0
+) -> tuple[Any, Vocab]:
+    """The validation split of ``protocol`` on ``ds`` and its catalogue; the test part is dropped here."""
+    split, catalogue = protocol_inputs(ds, protocol, e, gap_minutes)
+    return validation_split(protocol, split, catalogue, fraction)
 
 
 def baseline_scorers(names: Iterable[str], protocol: str, seed: int = 0) -> dict[str, Scorer]:
@@ -234,6 +248,7 @@ def evaluate(
         p: {**baseline_scorers(e.baselines, p, e.seed), **(scorers_for(p) if scorers_for else {})} for p in e.protocols
     }
     folds_of = {p: e.cold_folds if p == "cold" else 1 for p in e.protocols}
+    chosen: dict[str, dict[str, Any]] = {}  # protocol -> model -> its query choice on validation
     progress = Progress("evaluate", sum(len(scorers_of[p]) * folds_of[p] for p in e.protocols), "model")
 
     def model_done(line: str) -> None:
@@ -254,20 +269,25 @@ def evaluate(
                     break
                 if folds > 1:
                     progress.note(f"  {protocol} fold {fold + 1}/{folds}")
-                fold_rows.append(
-                    run_rows(
-                        protocol,
-                        split,
-                        catalogue,
-                        scorers,
-                        ks,
-                        e.batch_size,
-                        e.seed,
-                        model_done,
-                        runner_options(protocol, e),
-                        {"exclude_seen": e.exclude_seen} if protocol in MASKING_PROTOCOLS else None,
-                    )
+                masking = {"exclude_seen": e.exclude_seen} if protocol in MASKING_PROTOCOLS else None
+                if protocol in e.select_query:
+                    chosen[protocol] = choose_queries(protocol, split, catalogue, scorers, e, masking, progress.note)
+                rows = run_rows(
+                    protocol,
+                    split,
+                    catalogue,
+                    scorers,
+                    ks,
+                    e.batch_size,
+                    e.seed,
+                    model_done,
+                    runner_options(protocol, e),
+                    masking,
                 )
+                for row in rows:
+                    if row["model"] in chosen.get(protocol, {}):
+                        row["query"] = chosen[protocol][row["model"]]["query"]
+                fold_rows.append(rows)
                 if protocol in MASKING_PROTOCOLS:
                     counts["exclude_seen"] = int(resolve_exclude_seen(e.exclude_seen, split.train))
                 for key, n in split_counts(split).items():
@@ -278,7 +298,7 @@ def evaluate(
             results["protocols"][protocol] = {
                 "split": counts | ({"folds": folds} if folds > 1 else {}),
                 "rows": pool_folds(fold_rows) if folds > 1 else fold_rows[0],
-            }
+            } | ({"query_choice": chosen[protocol]} if protocol in chosen else {})
         progress.summary = f"{len(results['protocols'])} protocol(s)"
     if candidates is not None:  # written candidate lists, scored against their own holdout
         part = results["protocols"].get(candidates["protocol"])

@@ -12,6 +12,12 @@ model encodes each query's history with ``encode_histories`` (e.g. the
 two-tower's user tower) and scores the catalogue by ``eval.scoring``; a
 model with ``own_scores`` (e.g. the sequence model's repeat path) scores the
 catalogue itself through ``score_histories``.
+
+Every model also offers its item vectors pooled as queries
+(:meth:`ModelScorer.query_choices`): ``recemb evaluate`` picks one on the
+protocol's validation split where ``eval.select_query`` says so
+(recemb.eval.query_choice). A next-click encoder is not always the best
+query for a slate shown days later.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from recemb.eval.scorers import QueryBatch
 from recemb.models.protocol import EmbeddingModel
 from recemb.pooling import QUERY_MODES, QueryMode
 from recemb.vectors import l2_normalize
+
+OWN_QUERY = "model"  # a query choice: the model's own encoder (user tower, sequence state)
 
 
 class ModelScorer:
@@ -57,9 +65,11 @@ class ModelScorer:
         self.query, self.last_n, self.scoring = query, last_n, scoring
         self.side = dict(side or {})
         self.model: EmbeddingModel | None = None
+        self.own_query = True  # a model with its own query encoder uses it (False: pool its item vectors)
         self._pooled: EmbeddingScorer | None = None
         self._items: CatalogueMatrix | None = None
         self._rows: np.ndarray | None = None  # [N] model item row of each catalogue item (-1: none)
+        self._fitted_on: tuple[pl.DataFrame, Vocab] | None = None
 
     def fit(self, train: pl.DataFrame, catalogue: Vocab, on_epoch: Callable[[int], None] | None = None) -> ModelScorer:
         """Fit a fresh model on ``train``; ``on_epoch(epoch)`` after each epoch, with this scorer
@@ -80,13 +90,14 @@ class ModelScorer:
     def _attach(self, model: EmbeddingModel, train: pl.DataFrame, catalogue: Vocab) -> ModelScorer:
         """Score with the fitted ``model`` from now on."""
         self.model, self._pooled, self._items, self._rows = model, None, None, None
+        self._fitted_on = (train, catalogue)
         items = model.item_embeddings()
-        if model.own_scores:
-            self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
-        elif model.pooled_query:
+        if model.pooled_query or not self.own_query:
             self._pooled = EmbeddingScorer(
                 items, query=self.query, last_n=self.last_n, scoring=self.scoring, name=self.name
             ).fit(train, catalogue)
+        elif model.own_scores:
+            self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
         else:
             self._items = CatalogueMatrix(items, catalogue, self.scoring, f"ModelScorer {self.name!r}")
             self._rows = items.lookup(pl.Series("id", catalogue.ids.tolist(), dtype=pl.String))
@@ -104,6 +115,25 @@ class ModelScorer:
         self.query, self.last_n = query, last_n
         if self._pooled is not None:  # it reads both per batch
             self._pooled.query, self._pooled.last_n = query, last_n
+
+    def query_choices(self) -> tuple[str, ...]:
+        """The queries this fitted model can score with: ``"model"`` (its own encoder, where it has one)
+        and each pooling of :data:`~recemb.pooling.QUERY_MODES` over its item vectors."""
+        if self.model is None:
+            raise NotFittedError(f"ModelScorer {self.name!r}: fit it before asking for its query choices")
+        return QUERY_MODES if self.model.pooled_query else (OWN_QUERY, *QUERY_MODES)
+
+    def use_query(self, choice: str) -> None:
+        """Score with ``choice`` (one of :meth:`query_choices`) from now on, in this fit and the next ones."""
+        if choice not in self.query_choices():
+            raise ConfigError(f"ModelScorer {self.name!r}: query {choice!r} is not one of {self.query_choices()}")
+        own = choice == OWN_QUERY
+        if not own:
+            self.set_query(choice, self.last_n)  # type: ignore[arg-type]  # checked above
+        if own != self.own_query:
+            self.own_query = own
+            if self.model is not None:
+                self._attach(self.model, *self._fitted_on)
 
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """``[B, N]`` float32 scores of every catalogue item for each query."""

@@ -76,3 +76,19 @@ class Scorer(Protocol):
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
         """Return ``[B, N]`` float32 scores over the N catalogue items (higher is better)."""
         ...
+
+
+class Prefitted:
+    """A fitted scorer that a protocol runner must not refit (its ``fit`` does nothing).
+
+    For scoring one fit several ways: a tuning trial's epochs, evaluate's query choice.
+    """
+
+    def __init__(self, scorer: Scorer):
+        self.scorer, self.name = scorer, scorer.name
+
+    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> Prefitted:
+        return self
+
+    def score_queries(self, queries: QueryBatch) -> np.ndarray:
+        return self.scorer.score_queries(queries)

@@ -9,8 +9,6 @@ from pydantic import Field, field_validator
 
 from recemb.section import Section
 
-# Selection metric of each protocol when ``tune.metric`` is unset (all higher-is-better).
-DEFAULT_METRICS = {"ml": "ndcg@10", "sess": "mrr@20", "imp": "auc"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 
 
@@ -39,7 +37,7 @@ class TuneConfig(Section):
     # The whole search, split evenly across models (a default search ends within 15 minutes); None: no limit.
     time_budget: str | float | None = "12m"
     protocol: Literal["auto", "ml", "sess", "imp"] = "auto"  # auto: the first of eval.protocols among these
-    metric: str | None = None  # selection metric; default DEFAULT_METRICS[protocol]
+    metric: str | None = None  # selection metric; default recemb.eval.validation.SELECTION_METRICS[protocol]
     searcher: Literal["random", "tpe"] = "random"  # tpe: Optuna's TPE through Ray Tune (pip install optuna)
     # asha: stop weak trials early. Trials are compared at equal shares of their own epochs (their
     # learning-rate schedules are at the same point then), at rungs grace, grace*rf, ... of 1.

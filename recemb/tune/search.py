@@ -39,14 +39,15 @@ import yaml
 
 from recemb.config import PipelineConfig, build_config, config_to_dict, merge_tree
 from recemb.errors import ConfigError, RecembError
+from recemb.eval.evaluate import validation_inputs
+from recemb.eval.validation import PROTOCOLS, SELECTION_METRICS
 from recemb.io import atomic_path, write_json
 from recemb.stages.registry import MODELS, ModelSpec, Variant, eval_entry, model_spec
 from recemb.testing import faults
 from recemb.tune.blend import fit_blend_weights, format_blend
-from recemb.tune.config import DEFAULT_METRICS, TuneConfig
+from recemb.tune.config import TuneConfig
 from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, query_grid, split_space, to_ray
 from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, run_trial, rungs
-from recemb.tune.validation import PROTOCOLS, validation_inputs
 
 log = logging.getLogger("recemb.tune")
 FINGERPRINT_FILE = "recemb_tune.json"
@@ -329,7 +330,7 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
     if unknown:
         raise ConfigError(f"tune.spaces: unknown model(s) {sorted(unknown)}; registered: {list(MODELS)}")
     protocol = tune_protocol(cfg)
-    metric = t.metric or DEFAULT_METRICS[protocol]
+    metric = t.metric or SELECTION_METRICS[protocol]
     check_metric(protocol, metric)
     if not (cfg.prepared_dir / "events.parquet").is_file():
         from recemb.stages import STAGES

@@ -1,7 +1,7 @@
 """One tuning trial: a model with the trial's settings, fitted on the validation split's train part,
 scored on its validation queries after the epochs the scheduler looks at, each score reported to Ray Tune.
 
-The split handed to a trial is built by the driver (recemb.tune.validation)
+The split handed to a trial is built by the driver (recemb.eval.validation)
 and holds no test rows; every report carries how many rows the trial fitted
 on and scored (``fit_rows``, ``scored_rows``), so a test can check that.
 """
@@ -15,17 +15,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import polars as pl
-
 from recemb.config import PipelineConfig
 from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError
 from recemb.eval.protocols import run_protocol
-from recemb.eval.scorers import QueryBatch
+from recemb.eval.scorers import Prefitted
+from recemb.eval.validation import fit_events, scored_events
 from recemb.stages.registry import Variant, model_spec
 from recemb.tune.space import apply_params
-from recemb.tune.validation import fit_events, scored_events
 
 SCORE = "score"  # the key every report carries the selection metric under (Ray Tune's ``metric``)
 _METRICS = {
@@ -102,19 +99,6 @@ class TrialSetup:
     env: dict[str, str] = field(default_factory=dict)
 
 
-class _Fitted:
-    """A scorer the runner must not refit: the trial fitted it already (per epoch)."""
-
-    def __init__(self, scorer: Any):
-        self.scorer, self.name = scorer, scorer.name
-
-    def fit(self, train: pl.DataFrame, catalogue: Vocab) -> _Fitted:
-        return self
-
-    def score_queries(self, queries: QueryBatch) -> np.ndarray:
-        return self.scorer.score_queries(queries)
-
-
 def trial_config(setup: TrialSetup, params: dict[str, Any]) -> PipelineConfig:
     """The base config with the trial's settings and the trial's thread count."""
     spec = model_spec(setup.model)
@@ -167,7 +151,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> 
         res = run_protocol(
             setup.protocol,
             setup.split,
-            _Fitted(scorer),
+            Prefitted(scorer),
             setup.catalogue,
             ks,
             batch_size=e.batch_size,

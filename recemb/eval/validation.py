@@ -1,4 +1,7 @@
-"""Validation splits: the protocol's split rebuilt inside its train part, so tuning never reads test rows.
+"""Validation splits: the protocol's split rebuilt inside its train part, so selection never reads test rows.
+
+``recemb tune`` fits its trials here, and ``recemb evaluate`` chooses each
+model's query here (``eval.select_query``).
 
 =========  =================================================================
 protocol   validation split (what a trial fits on / scores)
@@ -23,14 +26,13 @@ from typing import Any
 import polars as pl
 
 from recemb.data import splits
-from recemb.data.dataset import Dataset
 from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError
-from recemb.eval.config import EvalConfig
-from recemb.eval.evaluate import protocol_inputs
 from recemb.eval.protocols import impression_fit_events
 
 PROTOCOLS = ("ml", "sess", "imp")
+# What a selection maximises on each protocol's validation split, when not configured (all higher-is-better).
+SELECTION_METRICS = {"ml": "ndcg@10", "sess": "mrr@20", "imp": "auc"}
 
 
 def validation_split(protocol: str, split: Any, catalogue: Vocab, fraction: float = 0.1) -> tuple[Any, Vocab]:
@@ -44,14 +46,6 @@ def validation_split(protocol: str, split: Any, catalogue: Vocab, fraction: floa
     if protocol == "ml":
         return splits.leave_last_out(pl.concat([split.train, split.validation], how="diagonal_relaxed")), catalogue
     raise ConfigError(f"tune: no validation split for protocol {protocol!r}; choose one of {PROTOCOLS}")
-
-
-def validation_inputs(
-    ds: Dataset, protocol: str, e: EvalConfig, fraction: float = 0.1, gap_minutes: float = 30.0
-) -> tuple[Any, Vocab]:
-    """The validation split of ``protocol`` on ``ds`` and its catalogue; the test part is dropped here."""
-    split, catalogue = protocol_inputs(ds, protocol, e, gap_minutes)
-    return validation_split(protocol, split, catalogue, fraction)
 
 
 def fit_events(protocol: str, split: Any) -> pl.DataFrame:
