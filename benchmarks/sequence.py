@@ -40,6 +40,7 @@ from recemb.data.sources import prepare_source
 from recemb.eval.config import EvalConfig
 from recemb.eval.evaluate import baseline_scorers, protocol_inputs, run_rows
 from recemb.eval.model_scorer import ModelScorer
+from recemb.eval.validation import validation_split
 from recemb.models.sequence.config import SequenceConfig
 from recemb.models.sequence.epochs import SequenceTrainer
 from recemb.models.sequence.model import SequenceModel
@@ -47,7 +48,6 @@ from recemb.models.sequence.net import SequenceNet
 from recemb.models.sequence.windows import Sequences, training_windows
 from recemb.models.two_tower.config import TwoTowerConfig
 from recemb.models.two_tower.model import TwoTower
-from recemb.eval.validation import validation_split
 
 DATASETS = {  # name -> (protocol, baselines, metric columns)
     "yoochoose": ("sess", ["popularity", "knn-last", "knn-recency"], ["recall@20", "mrr@20"]),
