@@ -11,6 +11,7 @@ from recemb.data.repeats import ExcludeSeen
 from recemb.section import Section
 
 ProtocolName = Literal["ml", "sess", "imp", "cold"]
+SelectableProtocol = Literal["ml", "sess", "imp"]  # the protocols with a validation split
 
 
 class EvalConfig(Section):
@@ -36,7 +37,7 @@ class EvalConfig(Section):
     # Protocols on which each model's query (its own encoder, or one pooling of its item vectors) is
     # chosen on the validation split inside the train part (recemb.eval.query_choice): one more fit
     # per model. On imp by default: a slate shown later is ranked by long-term taste, not the next click.
-    select_query: list[Literal["ml", "sess", "imp"]] = Field(default_factory=lambda: ["imp"])
+    select_query: list[SelectableProtocol] = Field(default_factory=lambda: list[SelectableProtocol](["imp"]))
     scoring: Literal["cosine", "dot"] = "cosine"
     # P-ML / P-COLD: mask the user's seen items (the target too when it is one), as the candidate
     # job and the service drop them; auto: when under 5% of events repeat an item (recemb.data.repeats).

@@ -132,7 +132,7 @@ class ModelScorer:
             self.set_query(choice, self.last_n)  # type: ignore[arg-type]  # checked above
         if own != self.own_query:
             self.own_query = own
-            if self.model is not None:
+            if self.model is not None and self._fitted_on is not None:
                 self._attach(self.model, *self._fitted_on)
 
     def score_queries(self, queries: QueryBatch) -> np.ndarray:
