@@ -67,6 +67,27 @@ def test_the_newest_window_is_full():
     assert w.targets.tolist() == [[3, 4, 5, 6], [1, 2, -1, -1]]
 
 
+def test_a_batch_pads_only_to_its_longest_window_and_carries_gaps():
+    rng = np.random.default_rng(3)
+    lengths = [6, 1, 3, 10, 2]
+    items = rng.integers(0, 30, size=sum(lengths))
+    gaps = rng.integers(1, 20, size=len(items))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    w = training_windows(Sequences(items, gaps, offsets), 4)
+    rows = np.array([3, 0])
+    inputs, g, targets, target_gaps = w.batch(rows)
+    assert inputs.shape == (2, int(w.lengths[rows].max()))
+    for b, r in enumerate(rows):  # each row: the window's items, then padding; gaps as the events had them
+        s, n = int(w.starts[r]), int(w.lengths[r])
+        assert inputs[b, :n].tolist() == (items[s : s + n] + 1).tolist() and (inputs[b, n:] == PAD).all()
+        assert targets[b, :n].tolist() == items[s + 1 : s + n + 1].tolist() and (targets[b, n:] == -1).all()
+        assert g[b, 0] == 0 and g[b, 1:n].tolist() == gaps[s + 1 : s + n].tolist()
+        assert target_gaps[b, :n].tolist() == gaps[s + 1 : s + n + 1].tolist()
+    full = w.padded()
+    for mine, all_rows in zip((inputs, g, targets, target_gaps), full, strict=True):
+        assert (mine == all_rows[rows, : inputs.shape[1]]).all()
+
+
 def test_repeat_rate_and_the_auto_repeat_path():
     from recemb.models.sequence.fit import uses_repeat_path
     from recemb.models.sequence.windows import repeat_rate

@@ -64,11 +64,7 @@ class SequenceTrainer:
         batches = epoch_batches(windows.lengths, self.config.batch_size, self.config.seed * 7919 + rank, epoch)
         for step, idx in enumerate(batches):
             self._set_lr((epoch + step / len(batches)) / self.config.epochs)
-            width = int(windows.lengths[idx].max())
-            inputs, gaps, targets, target_gaps = (
-                torch.from_numpy(a[idx, :width]).to(self.device)
-                for a in (windows.inputs, windows.gaps, windows.targets, windows.target_gaps)
-            )
+            inputs, gaps, targets, target_gaps = (torch.from_numpy(a).to(self.device) for a in windows.batch(idx))
             negatives = None
             if not self.full:
                 negatives = torch.randint(self.module.n_items, (self.config.negatives,), device=self.device)

@@ -40,7 +40,7 @@ from recemb.train.runner import WorkerContext
 
 log = logging.getLogger("recemb.sequence")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the data digest reads the windows' CSR spans (1 hashed padded arrays)
 # Settings that change what a checkpoint's weights mean; epochs may grow (that extends a run).
 MODEL_KEYS = tuple(
     k for k in SequenceConfig.model_fields if k not in ("epochs", "device", "threads", "full_softmax_max_items")
@@ -49,8 +49,8 @@ MODEL_KEYS = tuple(
 
 def data_digest(windows: Windows, vocab: Vocab, categories: ItemCategories | None = None) -> str:
     """sha256 over the training windows, item ids and categories: a checkpoint resumes only on the same data."""
-    h = hashlib.sha256()
-    arrays = [windows.inputs, windows.gaps, windows.targets]
+    h = hashlib.sha256(f"windows of {windows.width}".encode())
+    arrays = [windows.seqs.items, windows.seqs.gaps, windows.starts, windows.lengths]
     if categories is not None:
         arrays += [categories.offsets, categories.values]
     for a in arrays:

@@ -105,30 +105,72 @@ def repeat_rate(seqs: Sequences) -> float:
     return float((~first.to_series().to_numpy()).sum()) / seqs.n_targets
 
 
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (inputs, gaps, targets, target_gaps), [B, L'] each
+
+
 @dataclass(frozen=True)
 class Windows:
-    """Padded training windows, ``W`` of them, ``L`` wide.
+    """``W`` training windows of at most ``L`` inputs, held as spans of the sequences' CSR arrays.
+
+    Nothing is padded until a batch is built (:meth:`batch`): a window costs
+    16 bytes here and the events 16 bytes each, where ``[W, L]`` padded int64
+    arrays cost 40 x ``L`` bytes a window (2 kB at ``L`` = 50, whatever its length).
 
     Attributes:
-        inputs: ``[W, L]`` int64 input ids (item row + 1; 0 = padding).
-        gaps: ``[W, L]`` int64 gap buckets of the inputs.
-        targets: ``[W, L]`` int64 item row of the next item (-1 where no target).
-        lengths: ``[W]`` int64 valid positions of each window (>= 1).
-        target_gaps: ``[W, L]`` int64 gap bucket from each input to its target (the query gap).
+        seqs: the sequences the windows cut.
+        starts: ``[W]`` int64 position in ``seqs.items`` of each window's first input.
+        lengths: ``[W]`` int64 inputs in each window (>= 1); its targets are the items after them.
+        width: ``L``, the longest window.
     """
 
-    inputs: np.ndarray
-    gaps: np.ndarray
-    targets: np.ndarray
+    seqs: Sequences
+    starts: np.ndarray
     lengths: np.ndarray
-    target_gaps: np.ndarray
+    width: int
 
     def take(self, rows: np.ndarray) -> Windows:
         """The windows at ``rows``."""
-        return Windows(*(getattr(self, f)[rows] for f in ("inputs", "gaps", "targets", "lengths", "target_gaps")))
+        return Windows(self.seqs, self.starts[rows], self.lengths[rows], self.width)
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def batch(self, rows: np.ndarray, width: int | None = None) -> Batch:
+        """``(inputs, gaps, targets, target_gaps)`` of the windows at ``rows``, each ``[B, width]`` int64.
+
+        Right-padded (default ``width``: the longest of them): ``inputs`` are
+        input ids (item row + 1; 0 = padding), ``gaps`` their gap buckets (a
+        window's first is unknown, as in a query), ``targets`` the next item's
+        row (-1 where no target), ``target_gaps`` the gap bucket from each
+        input to its target (the query gap).
+        """
+        starts, lengths = self.starts[rows], self.lengths[rows]
+        width = int(lengths.max(initial=1)) if width is None else width
+        idx = starts[:, None] + np.arange(width)[None, :]
+        valid = np.arange(width)[None, :] < lengths[:, None]
+        idx = np.where(valid, idx, 0)
+        items, gaps = self.seqs.items, self.seqs.gaps
+        inputs = np.where(valid, items[idx] + 1, PAD)
+        input_gaps = np.where(valid, gaps[idx], UNKNOWN_GAP)
+        input_gaps[:, 0] = UNKNOWN_GAP  # as in a query: a window's first item has no earlier item in view
+        after = np.minimum(idx + 1, len(items) - 1)
+        targets = np.where(valid, items[after], NO_TARGET)
+        target_gaps = np.where(valid, gaps[after], UNKNOWN_GAP)
+        return inputs, input_gaps, targets, target_gaps
+
+    def padded(self) -> Batch:
+        """:meth:`batch` of every window at width ``L`` (small data and tests only)."""
+        return self.batch(np.arange(len(self)), self.width)
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """``[W, L]`` input ids of every window (padded; :meth:`padded`)."""
+        return self.padded()[0]
+
+    @property
+    def targets(self) -> np.ndarray:
+        """``[W, L]`` target rows of every window (padded; :meth:`padded`)."""
+        return self.padded()[2]
 
 
 def training_windows(seqs: Sequences, length: int) -> Windows:
@@ -140,17 +182,7 @@ def training_windows(seqs: Sequences, length: int) -> Windows:
     first = seqs.offsets[:-1][seq]
     end = first + n_targets[seq] - k * length  # exclusive end of the window's inputs
     start = np.maximum(first, end - length)
-    lengths = end - start
-    idx = start[:, None] + np.arange(length)[None, :]
-    valid = idx < end[:, None]
-    idx = np.where(valid, idx, 0)
-    inputs = np.where(valid, seqs.items[idx] + 1, PAD)
-    gaps = np.where(valid, seqs.gaps[idx], UNKNOWN_GAP)
-    gaps[:, 0] = UNKNOWN_GAP  # as in a query: a window's first item has no earlier item in view
-    after = np.minimum(idx + 1, len(seqs.items) - 1)
-    targets = np.where(valid, seqs.items[after], NO_TARGET)
-    target_gaps = np.where(valid, seqs.gaps[after], UNKNOWN_GAP)
-    return Windows(inputs, gaps, targets, lengths, target_gaps)
+    return Windows(seqs, start.astype(np.int64), (end - start).astype(np.int64), length)
 
 
 def query_gaps(ts: np.ndarray | None, offsets: np.ndarray, at: np.ndarray | None, buckets: int) -> np.ndarray:
