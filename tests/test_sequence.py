@@ -96,8 +96,8 @@ def test_repeat_rate_and_the_auto_repeat_path():
     assert repeat_rate(seqs) == pytest.approx(2 / 3)  # 3 targets: 2 repeat their own history
     assert repeat_rate(csr([[1, 2, 3], [1, 2]])) == 0.0  # another session's item is no repeat
     auto = SequenceConfig(**FAST)
-    assert auto.repeat == "auto" and uses_repeat_path(auto, seqs) and not uses_repeat_path(auto, csr([[1, 2, 3]]))
-    assert uses_repeat_path(SequenceConfig(**{**FAST, "repeat": True}), csr([[1, 2, 3]]))
+    assert auto.repeat == "auto" and uses_repeat_path(auto, repeat_rate(seqs)) and not uses_repeat_path(auto, 0.0)
+    assert uses_repeat_path(SequenceConfig(**{**FAST, "repeat": True}), 0.0)
 
 
 def test_gap_buckets_and_query_windows():
@@ -205,6 +205,48 @@ def test_injected_fault_in_process_resumes_and_matches(tmp_path):
         out = train_sequence(config, RayTrainConfig(max_failures=1), tmp_path / "data", tmp_path / "b")
     assert marker.exists() and (out / "metrics.json").is_file()
     np.testing.assert_array_equal(SequenceModel.load(out).item_embeddings().vectors, clean.item_embeddings().vectors)
+
+
+def test_window_store_round_trip_gives_the_same_batches_and_digest(tmp_path):
+    from recemb.errors import DataValidationError
+    from recemb.models.sequence.fit import training_data
+    from recemb.models.sequence.window_store import load_window_store, write_window_store
+
+    config = SequenceConfig(**{**FAST, "item_categories": True})
+    ds = load_synth(tmp_path / "synth")
+    built = training_data(config, ds.events, items=ds.items)
+    loaded = load_window_store(write_window_store(tmp_path / "store", built, {}))
+    assert loaded.windows.seqs.items.dtype == np.int32 and loaded.windows.seqs.gaps.dtype == np.uint8
+    assert loaded.digest == built.digest and loaded.repeat_rate == built.repeat_rate
+    assert loaded.vocab.ids.tolist() == built.vocab.ids.tolist()
+    assert loaded.categories.trained == built.categories.trained
+    np.testing.assert_array_equal(loaded.categories.values, built.categories.values)
+    rows = np.random.default_rng(0).permutation(len(built.windows))[:50]
+    for a, b in zip(loaded.windows.batch(rows), built.windows.batch(rows), strict=True):
+        assert a.dtype == np.int64 and (a == b).all()
+
+    np.save(tmp_path / "store" / "lengths.npy", built.windows.lengths[:-1])  # damaged: one window short
+    with pytest.raises(DataValidationError, match="re-run"):
+        load_window_store(tmp_path / "store")
+
+
+def test_the_job_trains_from_its_window_store_as_the_in_memory_fit_does(tmp_path, caplog):
+    from recemb.train.ray_config import RayTrainConfig
+    from recemb.train.sequence import train_sequence
+
+    ds = load_synth(tmp_path / "synth")
+    write_dataset(ds, tmp_path / "data")
+    config = SequenceConfig(**{**FAST, "epochs": 2})
+    ray = RayTrainConfig(storage_path=str(tmp_path / "ray"))
+    job = SequenceModel.load(train_sequence(config, ray, tmp_path / "data", tmp_path / "run"))
+    in_memory = SequenceModel(config).fit(load_dataset(tmp_path / "data").events)
+    np.testing.assert_array_equal(job.item_embeddings().vectors, in_memory.item_embeddings().vectors)
+    assert (tmp_path / "ray" / "sequence.windows" / "store.json").is_file()
+    # Run again with more epochs: the windows are reused (not rebuilt) and training resumes at epoch 3.
+    with caplog.at_level("INFO", logger="recemb.sequence"):
+        more = train_sequence(config.model_copy(update={"epochs": 3}), ray, tmp_path / "data", tmp_path / "run")
+    assert "reusing the window store" in caplog.text
+    assert [h["epoch"] for h in SequenceModel.load(more).history] == [1, 2, 3]
 
 
 def load_synth(out, **over):

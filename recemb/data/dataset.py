@@ -112,3 +112,8 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists() else {}
     tables = {t: schema.read_table(path / f"{t}.parquet", t) for t in TABLES if (path / f"{t}.parquet").exists()}
     return Dataset(name=meta.get("name", path.name), meta=meta, root=path, **tables).validate()
+
+
+def events_digest(data_dir: str | os.PathLike) -> str:
+    """sha256 of a prepared dataset's events file: a job's prepared inputs are reused only for the same events."""
+    return sha256_file(Path(data_dir) / "events.parquet")

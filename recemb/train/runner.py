@@ -23,11 +23,13 @@ tests for free.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,3 +263,13 @@ class ProgressFollower:
                             offset += len(line.encode())
             if stopping:
                 return
+
+
+def in_child_process(fn: Callable[[dict[str, Any]], dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+    """``fn(config)`` in a fresh (spawned) process, and its result: what ``fn`` loads is freed with it.
+
+    The jobs prepare their training inputs this way (the events are read, turned into
+    examples or windows, written to a store and gone), so the driver never holds them.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, config).result()

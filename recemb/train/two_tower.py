@@ -29,11 +29,9 @@ This module never imports recemb.models.two_tower.model (which calls it).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +41,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recemb.data.dataset import events_digest
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import DataValidationError, RecembError
@@ -66,7 +65,6 @@ from recemb.models.two_tower.example_store import (
     Seq,
     Store,
     epoch_batches,
-    events_digest,
     read_windows,
     write_store,
 )
@@ -83,7 +81,7 @@ from recemb.models.two_tower.task import RetrievalTask
 from recemb.models.two_tower.towers import TwoTowerNet, build_net
 from recemb.progress import Progress, fmt_number
 from recemb.train.ray_config import RayTrainConfig
-from recemb.train.runner import WorkerContext, experiment_dir, run_training, worker_context
+from recemb.train.runner import WorkerContext, experiment_dir, in_child_process, run_training, worker_context
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "two_tower.pt"
@@ -460,9 +458,7 @@ def ensure_example_store(loop_config: dict[str, Any], store: Path) -> Path:
     except DataValidationError:
         pass
     t0 = time.perf_counter()
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        meta = pool.submit(prepare_examples, {**loop_config, "store": str(store), "events_sha256": digest}).result()
+    meta = in_child_process(prepare_examples, {**loop_config, "store": str(store), "events_sha256": digest})
     log.info(
         "two_tower: %s examples prepared in %.1fs (%s)", fmt_number(meta["examples"]), time.perf_counter() - t0, store
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from recemb.models.device import resolve_device
 from recemb.models.sequence.config import SequenceConfig
 from recemb.models.sequence.epochs import SequenceTrainer, uses_full_softmax
 from recemb.models.sequence.net import ItemCategories, SequenceNet
-from recemb.models.sequence.windows import Sequences, Windows, build_sequences, repeat_rate, training_windows
+from recemb.models.sequence.windows import Windows, build_sequences, repeat_rate, training_windows
 from recemb.progress import Progress
 from recemb.train.runner import WorkerContext
 
@@ -70,13 +71,33 @@ def resume_problem(state: dict[str, Any], config: SequenceConfig, digest: str) -
     return "it was trained with " + ", ".join(diff) if diff else None
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training process needs: built from events (:func:`training_data`) or read from a
+    window store (recemb.models.sequence.window_store).
+
+    Attributes:
+        vocab: the item vocabulary (event items in frequency order, then cold ones with categories).
+        windows: the training windows (and the sequences they cut).
+        digest: sha256 of the windows, item ids and categories (checkpoints resume only on the same).
+        categories: every item's categories, with ``item_categories``.
+        repeat_rate: share of the targets that repeat an item of their own sequence.
+    """
+
+    vocab: Vocab
+    windows: Windows
+    digest: str
+    categories: ItemCategories | None
+    repeat_rate: float
+
+
 def training_data(
     config: SequenceConfig,
     events: pl.DataFrame,
     catalogue: Vocab | None = None,
     items: pl.DataFrame | None = None,
-) -> tuple[Vocab, Sequences, Windows, str, ItemCategories | None]:
-    """``(vocab, sequences, windows, digest, categories)`` of canonical ``events`` (items limited to ``catalogue``).
+) -> TrainingData:
+    """The training data of canonical ``events`` (items limited to ``catalogue``).
 
     The vocabulary is the event items in frequency order; with
     ``item_categories`` the ``items`` table's other items follow them (cold
@@ -99,8 +120,7 @@ def training_data(
             "sequence model: no session or history has 2 or more events, so there is no next item to learn; "
             "check session_id (or sessionize with a longer gap)"
         )
-    digest = data_digest(windows, vocab, categories)
-    return vocab, seqs, windows, digest, categories
+    return TrainingData(vocab, windows, data_digest(windows, vocab, categories), categories, repeat_rate(seqs))
 
 
 def with_categories(vocab: Vocab, items: pl.DataFrame | None, catalogue: Vocab | None) -> tuple[Vocab, ItemCategories]:
@@ -125,27 +145,23 @@ def with_categories(vocab: Vocab, items: pl.DataFrame | None, catalogue: Vocab |
     return full, ItemCategories(offsets, values[keep][order], len(names), trained=len(vocab))
 
 
-def uses_repeat_path(config: SequenceConfig, seqs: Sequences) -> bool:
-    """``config.repeat``, or under ``"auto"``: does the data repeat items (rate >= ``repeat_min_rate``)?"""
+def uses_repeat_path(config: SequenceConfig, rate: float) -> bool:
+    """``config.repeat``, or under ``"auto"``: does the data repeat items (``rate`` >= ``repeat_min_rate``)?"""
     if isinstance(config.repeat, bool):
         return config.repeat
-    return repeat_rate(seqs) >= config.repeat_min_rate
+    return rate >= config.repeat_min_rate
 
 
 def fit_sequence(
-    config: SequenceConfig,
-    events: pl.DataFrame,
-    ctx: WorkerContext,
-    catalogue: Vocab | None = None,
-    items: pl.DataFrame | None = None,
+    config: SequenceConfig, data: TrainingData, ctx: WorkerContext
 ) -> tuple[Vocab, SequenceNet, list[dict[str, Any]]]:
-    """Train on ``events`` as worker ``ctx.rank`` of ``ctx.world_size``; return ``(vocab, net, history)``.
+    """Train on ``data`` as worker ``ctx.rank`` of ``ctx.world_size``; return ``(vocab, net, history)``.
 
-    ``catalogue`` limits the items to it (evaluation); the vocabulary is the
-    event items in frequency order. Every rank builds the same windows and
-    trains on its share; rank 0 writes a checkpoint after each epoch.
+    Every rank has the same windows and trains on its share; rank 0 writes
+    a checkpoint after each epoch.
     """
-    vocab, seqs, windows, digest, categories = training_data(config, events, catalogue, items)
+    vocab, windows, digest, categories = data.vocab, data.windows, data.digest, data.categories
+    n_targets = int(data.windows.lengths.sum())
     if ctx.world_size > 1:
         # Every rank gets ceil(W / world) windows (the last few wrap around to the first), so every
         # rank runs the same number of steps: DDP's gradient all-reduce needs all ranks at each one.
@@ -156,7 +172,7 @@ def fit_sequence(
         torch.set_num_threads(config.threads or ctx.threads)
     device = torch.device(ctx.device) if ctx.device else resolve_device(config.device, setting="sequence.device")
     torch.manual_seed(config.seed)  # the initial weights; every rank starts from the same ones
-    net = SequenceNet(len(vocab), config, categories, repeat=uses_repeat_path(config, seqs)).to(device)
+    net = SequenceNet(len(vocab), config, categories, repeat=uses_repeat_path(config, data.repeat_rate)).to(device)
     wrapped: torch.nn.Module = net
     if ctx.world_size > 1 and torch.distributed.is_initialized():
         from torch.nn.parallel import DistributedDataParallel
@@ -178,10 +194,10 @@ def fit_sequence(
 
     progress = Progress("sequence", config.epochs, unit="epoch")
     loss_kind = "full softmax" if uses_full_softmax(config, len(vocab)) else f"sampled softmax ({config.negatives})"
-    repeats = f"repeat path {'on' if net.repeat else 'off'} ({repeat_rate(seqs):.1%} of targets repeat)"
+    repeats = f"repeat path {'on' if net.repeat else 'off'} ({data.repeat_rate:.1%} of targets repeat)"
     ctx.note(
         progress,
-        f"sequence: {len(vocab)} items, {seqs.n_targets} targets in {len(windows)} windows, {loss_kind}, {repeats}",
+        f"sequence: {len(vocab)} items, {n_targets} targets in {len(windows)} windows, {loss_kind}, {repeats}",
     )
     for epoch in ctx.epochs(start, config.epochs):
         stats = trainer.run_epoch(windows, epoch, ctx.rank)

@@ -78,7 +78,7 @@ class SequenceModel(EmbeddingModel):
         ``checkpoint_epoch_NNNN/`` there after each epoch and resume from the newest.
         ``on_epoch``: the contract's hook, ``on_epoch(epoch, model so far)`` after each epoch.
         """
-        from recemb.models.sequence.fit import fit_sequence
+        from recemb.models.sequence.fit import fit_sequence, training_data
         from recemb.train.checkpoints import LocalCheckpoints
         from recemb.train.runner import WorkerContext
 
@@ -86,7 +86,8 @@ class SequenceModel(EmbeddingModel):
             checkpoints=LocalCheckpoints(Path(checkpoint_dir)) if checkpoint_dir else None,
             on_epoch=epoch_observer(on_epoch, lambda state: SequenceModel.from_trained(self.config, *state)),
         )
-        self.vocab, self.net, self.history = fit_sequence(self.config, events, ctx, catalogue=catalogue, items=items)
+        data = training_data(self.config, events, catalogue, items)
+        self.vocab, self.net, self.history = fit_sequence(self.config, data, ctx)
         return self
 
     @classmethod

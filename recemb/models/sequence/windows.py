@@ -156,7 +156,8 @@ class Windows:
         after = np.minimum(idx + 1, len(items) - 1)
         targets = np.where(valid, items[after], NO_TARGET)
         target_gaps = np.where(valid, gaps[after], UNKNOWN_GAP)
-        return inputs, input_gaps, targets, target_gaps
+        # A store holds int32 items and uint8 gaps (recemb.models.sequence.window_store); batches are int64.
+        return tuple(a.astype(np.int64, copy=False) for a in (inputs, input_gaps, targets, target_gaps))  # type: ignore[return-value]
 
     def padded(self) -> Batch:
         """:meth:`batch` of every window at width ``L`` (small data and tests only)."""

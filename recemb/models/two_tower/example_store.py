@@ -37,7 +37,7 @@ import polars as pl
 
 from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError
-from recemb.io import atomic_dir, sha256_file, write_json
+from recemb.io import atomic_dir, write_json
 from recemb.models.two_tower.features import Examples, gather_windows
 
 STORE_FORMAT = "recemb.two_tower.examples/1"
@@ -270,11 +270,6 @@ class Store:
         """``(seq on disk, offsets [U + 1], user_ids [U])``: each user's latest items over all events."""
         users = pl.read_parquet(self.root / "serve_users.parquet")["user_id"].to_numpy()
         return NpyFile(self.root / "serve_seq.npy"), NpyFile(self.root / "serve_offsets.npy").all(), users
-
-
-def events_digest(data_dir: Path) -> str:
-    """sha256 of the prepared events file: a store is reused only for the same events."""
-    return sha256_file(data_dir / "events.parquet")
 
 
 def _save(path: Path, array: np.ndarray, dtype: Any) -> None:
