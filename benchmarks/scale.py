@@ -15,6 +15,8 @@ item2vec    1 epoch (numba kernel, in-process: ``ray.workers: 0``, the default)
 two_tower   1 epoch in-process, torchrec fused path (EmbeddingBagCollection + fused
             RowWiseAdagrad under DMP), and ``two_tower plain`` the same model
             as ``nn.EmbeddingBag`` + Adam (``two_tower.backend: torch``)
+sequence    1 epoch in-process (windows prepared in a child process, full softmax up to
+            20k items, sampled above)
 export      the index of each model (``export.backend: auto``: Annoy below
             100k items, HNSW from there) + the co-visitation table
 candidates  top-100 for every user (Ray Data, 1 worker)
@@ -47,7 +49,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECEMB = [sys.executable, "-m", "recemb.cli"]
-STAGES = ("data", "item2vec", "two_tower", "two_tower plain", "export", "candidates", "evaluate")
+STAGES = ("data", "item2vec", "two_tower", "two_tower plain", "sequence", "export", "candidates", "evaluate")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -68,6 +70,7 @@ def config(events: int, items: int, run_dir: Path, name: str) -> dict:
         },
         "item2vec": {"dim": 64, "epochs": 1},
         "two_tower": {"epochs": 1},
+        "sequence": {"epochs": 1},
         "export": {"covisit": {"enabled": True}},
         "candidates": {"k": 100, "sources": ["item2vec", "two_tower"], "num_workers": 1, "holdout": "ml"},
         "eval": {"protocols": ["ml"], "k": [20], "baselines": ["popularity"], "models": ["item2vec", "two_tower"]},
@@ -142,8 +145,8 @@ def run_stage(cfg_path: Path, stage: str, extra: list[str], log: Path) -> dict:
 
 def _metrics(run: Path, stage: str) -> dict:
     """What a training stage wrote to its ``metrics.json`` ({} for the others, or when absent)."""
-    if stage == "item2vec":
-        path = run / "item2vec"
+    if stage in ("item2vec", "sequence"):
+        path = run / stage
     elif stage.startswith("two_tower"):
         path = run.parent / f"{run.name}-plain" / "two_tower" if stage == "two_tower plain" else run / "two_tower"
     else:
@@ -161,6 +164,8 @@ def throughput(metrics: dict) -> str:
         return f"{epochs[-1]['events_per_s']:,.0f} events/s"
     if "samples_per_s" in epochs[-1]:
         return f"{epochs[-1]['samples_per_s']:,.0f} samples/s"
+    if "targets_per_s" in epochs[-1]:
+        return f"{epochs[-1]['targets_per_s']:,.0f} targets/s"
     return ""
 
 
@@ -175,12 +180,13 @@ def bench_size(events: int, items: int, root: Path, log: Path, stages: list[str]
         if stage == "two_tower plain":  # the same data, its own run directory
             extra = ["--set", f"run.name={name}-plain", "--set", f"data.prepared={run / 'data'}"]
             extra += ["--set", "two_tower.backend=torch"]
-        if workers and stage.split()[0] in ("item2vec", "two_tower"):  # Ray Train workers (0: in-process)
+        if workers and stage.split()[0] in ("item2vec", "two_tower", "sequence"):  # Ray Train workers (0: here)
             extra += ["--set", f"ray.workers={workers}"]
         r = run_stage(cfg_path, stage.split()[0], extra, log)
         metrics = _metrics(run, stage)
-        # The training process alone (rank 0): the two-tower prepares its examples in a child process.
-        trainer = metrics.get("peak_rss_mb")
+        # The training process alone (rank 0): the two-tower and the sequence model prepare their
+        # inputs in a child process.
+        trainer = metrics.get("peak_rss_mb") or (metrics.get("epochs") or [{}])[-1].get("peak_rss_mb")
         rows.append(
             {
                 "events": events,
@@ -236,7 +242,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, nargs="+", default=[10_000])
     ap.add_argument("--quick", action="store_true", help="250k and 1M events x 10k items")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="a subset, in order (data first)")
-    ap.add_argument("--ray-workers", type=int, default=0, help="Ray Train workers for item2vec and two-tower")
+    ap.add_argument("--ray-workers", type=int, default=0, help="Ray Train workers for item2vec, the two-tower and the sequence model")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scale", help="tables, plot and the stages' log")
     ap.add_argument("--keep", action="store_true", help="keep the runs (under --out) instead of a temp dir")
     args = ap.parse_args()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import resource
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -202,6 +203,7 @@ def fit_sequence(
     for epoch in ctx.epochs(start, config.epochs):
         stats = trainer.run_epoch(windows, epoch, ctx.rank)
         row = {"epoch": epoch + 1, **stats, "targets_per_s": stats["targets"] / max(stats["seconds"], 1e-9)}
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process (Linux: KiB)
         history.append(row)
         ctx.note(progress, f"sequence epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}, {row['seconds']:.1f}s")
 
