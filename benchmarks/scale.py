@@ -242,7 +242,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, nargs="+", default=[10_000])
     ap.add_argument("--quick", action="store_true", help="250k and 1M events x 10k items")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="a subset, in order (data first)")
-    ap.add_argument("--ray-workers", type=int, default=0, help="Ray Train workers for item2vec, the two-tower and the sequence model")
+    ap.add_argument(
+        "--ray-workers",
+        type=int,
+        default=0,
+        help="Ray Train workers for item2vec, the two-tower and the sequence model",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scale", help="tables, plot and the stages' log")
     ap.add_argument("--keep", action="store_true", help="keep the runs (under --out) instead of a temp dir")
     args = ap.parse_args()
