@@ -215,15 +215,20 @@ def test_window_store_round_trip_gives_the_same_batches_and_digest(tmp_path):
     config = SequenceConfig(**{**FAST, "item_categories": True})
     ds = load_synth(tmp_path / "synth")
     built = training_data(config, ds.events, items=ds.items)
-    loaded = load_window_store(write_window_store(tmp_path / "store", built, {}))
-    assert loaded.windows.seqs.items.dtype == np.int32 and loaded.windows.seqs.gaps.dtype == np.uint8
+    loaded = load_window_store(write_window_store(tmp_path / "store", built, {}))  # items read per batch
+    whole = load_window_store(tmp_path / "store", in_memory=True)
+    assert whole.windows.in_memory().items.dtype == np.int32 and whole.windows.in_memory().gaps.dtype == np.uint8
+    with pytest.raises(TypeError, match="in_memory=True"):
+        loaded.windows.in_memory()
     assert loaded.digest == built.digest and loaded.repeat_rate == built.repeat_rate
     assert loaded.vocab.ids.tolist() == built.vocab.ids.tolist()
     assert loaded.categories.trained == built.categories.trained
     np.testing.assert_array_equal(loaded.categories.values, built.categories.values)
     rows = np.random.default_rng(0).permutation(len(built.windows))[:50]
-    for a, b in zip(loaded.windows.batch(rows), built.windows.batch(rows), strict=True):
-        assert a.dtype == np.int64 and (a == b).all()
+    cases = [(loaded.windows, rows), (whole.windows, rows), (loaded.windows.take(rows), np.arange(len(rows)))]
+    for windows, picked in cases:  # read from the files, loaded whole, a worker's share of the files
+        for a, b in zip(windows.batch(picked), built.windows.batch(rows), strict=True):
+            assert a.dtype == np.int64 and (a == b).all()
 
     np.save(tmp_path / "store" / "lengths.npy", built.windows.lengths[:-1])  # damaged: one window short
     with pytest.raises(DataValidationError, match="re-run"):

@@ -52,7 +52,7 @@ MODEL_KEYS = tuple(
 def data_digest(windows: Windows, vocab: Vocab, categories: ItemCategories | None = None) -> str:
     """sha256 over the training windows, item ids and categories: a checkpoint resumes only on the same data."""
     h = hashlib.sha256(f"windows of {windows.width}".encode())
-    arrays = [windows.seqs.items, windows.seqs.gaps, windows.starts, windows.lengths]
+    arrays = [windows.in_memory().items, windows.in_memory().gaps, windows.starts, windows.lengths]
     if categories is not None:
         arrays += [categories.offsets, categories.values]
     for a in arrays:

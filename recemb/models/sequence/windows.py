@@ -21,6 +21,7 @@ it, the same position a query of ``p + 1`` items has at its last item.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -71,6 +72,17 @@ class Sequences:
         """Training targets: every item but each sequence's first."""
         return int(np.maximum(np.diff(self.offsets) - 1, 0).sum())
 
+    def spans(self, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(items, gaps, starts)`` holding ``items[starts[i] : starts[i] + lengths[i]]`` for every i:
+        in memory, the arrays themselves (a file-backed source reads just those spans)."""
+        return self.items, self.gaps, starts
+
+
+class SpanSource(Protocol):
+    """Where windows read their items: :class:`Sequences` in memory, or a window store's files."""
+
+    def spans(self, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
 
 def build_sequences(events: pl.DataFrame, vocab: Vocab, buckets: int) -> Sequences:
     """Group canonical ``events`` into sequences of ``vocab`` rows (items outside it dropped).
@@ -117,16 +129,22 @@ class Windows:
     arrays cost 40 x ``L`` bytes a window (2 kB at ``L`` = 50, whatever its length).
 
     Attributes:
-        seqs: the sequences the windows cut.
+        seqs: the sequences the windows cut, in memory or on disk (:class:`SpanSource`).
         starts: ``[W]`` int64 position in ``seqs.items`` of each window's first input.
         lengths: ``[W]`` int64 inputs in each window (>= 1); its targets are the items after them.
         width: ``L``, the longest window.
     """
 
-    seqs: Sequences
+    seqs: SpanSource
     starts: np.ndarray
     lengths: np.ndarray
     width: int
+
+    def in_memory(self) -> Sequences:
+        """The sequences, when they are in memory (digests and stores are made from those)."""
+        if not isinstance(self.seqs, Sequences):
+            raise TypeError("these windows read their items from a window store; load it with in_memory=True")
+        return self.seqs
 
     def take(self, rows: np.ndarray) -> Windows:
         """The windows at ``rows``."""
@@ -144,12 +162,13 @@ class Windows:
         row (-1 where no target), ``target_gaps`` the gap bucket from each
         input to its target (the query gap).
         """
-        starts, lengths = self.starts[rows], self.lengths[rows]
+        lengths = self.lengths[rows].astype(np.int64)
+        # Each window's inputs and the target after its last one.
+        items, gaps, starts = self.seqs.spans(self.starts[rows], lengths + 1)
         width = int(lengths.max(initial=1)) if width is None else width
         idx = starts[:, None] + np.arange(width)[None, :]
         valid = np.arange(width)[None, :] < lengths[:, None]
         idx = np.where(valid, idx, 0)
-        items, gaps = self.seqs.items, self.seqs.gaps
         inputs = np.where(valid, items[idx] + 1, PAD)
         input_gaps = np.where(valid, gaps[idx], UNKNOWN_GAP)
         input_gaps[:, 0] = UNKNOWN_GAP  # as in a query: a window's first item has no earlier item in view

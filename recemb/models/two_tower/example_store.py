@@ -39,6 +39,7 @@ from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError
 from recemb.io import atomic_dir, write_json
 from recemb.models.two_tower.features import Examples, gather_windows
+from recemb.npyfile import NpyFile
 
 STORE_FORMAT = "recemb.two_tower.examples/1"
 BLOCK = 65_536  # examples per block (~2 MB of example rows)
@@ -48,39 +49,6 @@ VALIDATION_FIELDS = ("seq", "starts", "lengths", "user_rows", "targets")
 
 
 # --------------------------------------------------------------------------- reading
-
-
-class NpyFile:
-    """Slices of one ``.npy`` array read with ``np.fromfile`` (the file is never mapped).
-
-    Attributes:
-        path, dtype, shape: of the array.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
-            self._offset = f.tell()
-        if fortran or len(shape) != 1:
-            raise DataValidationError(f"{path}: expected a 1-D C-order array; re-run the two-tower job")
-        self.shape, self.dtype = shape, np.dtype(dtype)
-
-    def __len__(self) -> int:
-        return int(self.shape[0])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """``array[start:stop]`` as a fresh in-memory array."""
-        start, stop = max(0, start), min(len(self), stop)
-        count = max(0, stop - start)
-        return np.fromfile(self.path, dtype=self.dtype, count=count, offset=self._offset + start * self.dtype.itemsize)
-
-    def all(self) -> np.ndarray:
-        return self.read(0, len(self))
 
 
 Seq = np.ndarray | NpyFile  # a CSR value array, in memory or on disk
