@@ -332,7 +332,7 @@ def test_the_job_trains_from_its_example_store_as_the_in_memory_fit_does(small_s
     assert (store / "store.json").stat().st_mtime_ns == written  # more epochs: the same examples
     changed = section.model_copy(update={"history_length": 5})
     train_two_tower(changed, RayTrainConfig(resume=False), tmp_path / "data", tmp_path / "run")
-    assert json.loads((store / "store.json").read_text())["two_tower"]["history_length"] == 5
+    assert json.loads((store / "store.json").read_text())["settings"]["history_length"] == 5
 
 
 # --------------------------------------------------------------------------- Ray

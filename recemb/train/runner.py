@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recemb.errors import RecembError
+from recemb.data.dataset import events_digest
+from recemb.errors import DataValidationError, RecembError
 from recemb.progress import Progress
 from recemb.testing import faults
 from recemb.train.checkpoints import LocalCheckpoints, RayCheckpoints, Writer, latest_checkpoint
@@ -273,3 +274,27 @@ def in_child_process(fn: Callable[[dict[str, Any]], dict[str, Any]], config: dic
     """
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, config).result()
+
+
+def ensure_prepared(
+    store: Path,
+    data_dir: Path,
+    settings: dict[str, Any],
+    read_meta: Callable[[Path], dict[str, Any]],
+    prepare: Callable[[dict[str, Any]], dict[str, Any]],
+    job: dict[str, Any],
+) -> tuple[dict[str, Any], bool]:
+    """A job's prepared inputs: ``(store.json, reused)``.
+
+    ``store`` is reused when its ``store.json`` (``read_meta``; a DataValidationError
+    means none) names these events (their sha256) and ``settings``; otherwise
+    ``prepare(job + {store, events_sha256})`` writes it in a child process.
+    """
+    digest = events_digest(data_dir)
+    try:
+        meta = read_meta(store)
+        if meta.get("events_sha256") == digest and meta.get("settings") == settings:
+            return meta, True
+    except DataValidationError:
+        pass
+    return in_child_process(prepare, {**job, "store": str(store), "events_sha256": digest}), False

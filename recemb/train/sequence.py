@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from recemb.data.dataset import events_digest
 from recemb.data.vocab import Vocab
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import write_json
@@ -33,7 +32,7 @@ from recemb.models.sequence.model import SequenceModel
 from recemb.models.sequence.window_store import load_window_store, read_store_meta, window_settings, write_window_store
 from recemb.train.checkpoints import latest_checkpoint
 from recemb.train.ray_config import RayTrainConfig
-from recemb.train.runner import discard_checkpoints, experiment_dir, in_child_process, run_training, worker_context
+from recemb.train.runner import discard_checkpoints, ensure_prepared, experiment_dir, run_training, worker_context
 
 log = logging.getLogger("recemb.sequence")
 
@@ -58,20 +57,15 @@ def prepare_windows(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensure_window_store(config: SequenceConfig, data_dir: Path, store: Path) -> dict[str, Any]:
-    """Prepare ``store`` in a child process unless it holds these events' windows for these settings;
-    return its ``store.json``."""
-    digest = events_digest(data_dir)
-    try:
-        meta = read_store_meta(store)
-        if meta.get("events_sha256") == digest and meta.get("settings") == window_settings(config):
-            log.info("sequence: reusing the window store %s", store)
-            return meta
-    except DataValidationError:
-        pass
+    """``store.json`` of ``store``, prepared in a child process unless it holds these events' windows
+    for these settings."""
     t0 = time.perf_counter()
-    job = {"sequence": config.model_dump(mode="json"), "data_dir": str(data_dir), "store": str(store)}
-    meta = in_child_process(prepare_windows, job | {"events_sha256": digest})
-    log.info("sequence: %d windows prepared in %.1fs (%s)", meta["windows"], time.perf_counter() - t0, store)
+    job = {"sequence": config.model_dump(mode="json"), "data_dir": str(data_dir)}
+    meta, reused = ensure_prepared(store, data_dir, window_settings(config), read_store_meta, prepare_windows, job)
+    if reused:
+        log.info("sequence: reusing the window store %s", store)
+    else:
+        log.info("sequence: %d windows prepared in %.1fs (%s)", meta["windows"], time.perf_counter() - t0, store)
     return meta
 
 

@@ -41,7 +41,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from recemb.data.dataset import events_digest
 from recemb.data.vocab import Vocab
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import DataValidationError, RecembError
@@ -81,7 +80,7 @@ from recemb.models.two_tower.task import RetrievalTask
 from recemb.models.two_tower.towers import TwoTowerNet, build_net
 from recemb.progress import Progress, fmt_number
 from recemb.train.ray_config import RayTrainConfig
-from recemb.train.runner import WorkerContext, experiment_dir, in_child_process, run_training, worker_context
+from recemb.train.runner import WorkerContext, ensure_prepared, experiment_dir, run_training, worker_context
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "two_tower.pt"
@@ -372,7 +371,7 @@ def prepare_examples(config: dict[str, Any]) -> dict[str, Any]:
     keep = np.minimum(np.diff(offsets), section.history_length)
     serving = (gather_windows(seq, offsets[1:] - keep, keep), np.concatenate([[0], np.cumsum(keep)]), users.to_numpy())
     validation = {field: getattr(val, field) for field in VALIDATION_FIELDS}  # built in memory here
-    meta = {"events_sha256": config["events_sha256"], "two_tower": _resumable(section)}
+    meta = {"events_sha256": config["events_sha256"], "settings": _resumable(section)}
     write_store(Path(config["store"]), examples, validation, serving, space.items, meta)
     return Store.open(config["store"]).meta
 
@@ -446,22 +445,21 @@ def serving_embedding_set(net: TwoTowerNet, space: FeatureSpace, store: Store) -
     return histories_embedding_set(net, space, users, vectors)
 
 
+def _store_meta(root: Path) -> dict[str, Any]:
+    return Store.open(root).meta
+
+
 def ensure_example_store(loop_config: dict[str, Any], store: Path) -> Path:
     """Prepare ``store`` in a child process unless it already holds these events' examples for these settings."""
-    digest = events_digest(Path(loop_config["data_dir"]))
-    section = TwoTowerConfig.model_validate(loop_config["two_tower"])
-    try:
-        meta = Store.open(store).meta
-        if meta.get("events_sha256") == digest and meta.get("two_tower") == _resumable(section):
-            log.info("two_tower: reusing the example store %s", store)
-            return store
-    except DataValidationError:
-        pass
+    settings = _resumable(TwoTowerConfig.model_validate(loop_config["two_tower"]))
     t0 = time.perf_counter()
-    meta = in_child_process(prepare_examples, {**loop_config, "store": str(store), "events_sha256": digest})
-    log.info(
-        "two_tower: %s examples prepared in %.1fs (%s)", fmt_number(meta["examples"]), time.perf_counter() - t0, store
-    )
+    data_dir = Path(loop_config["data_dir"])
+    meta, reused = ensure_prepared(store, data_dir, settings, _store_meta, prepare_examples, loop_config)
+    if reused:
+        log.info("two_tower: reusing the example store %s", store)
+    else:
+        seconds = time.perf_counter() - t0
+        log.info("two_tower: %s examples prepared in %.1fs (%s)", fmt_number(meta["examples"]), seconds, store)
     return store
 
 
