@@ -26,15 +26,7 @@ from recemb.eval.config import EvalConfig
 from recemb.eval.model_scorer import ModelScorer
 from recemb.eval.protocols import run_protocol
 from recemb.eval.scorers import Prefitted, Scorer
-from recemb.eval.validation import SELECTION_METRICS, fit_events, validation_split
-
-
-def metric_cutoffs(metric: str, configured: list[int]) -> list[int]:
-    """The runner's cut-offs: the configured ones plus the metric's own (``ndcg@10`` needs 10)."""
-    ks = set(configured)
-    if "@" in metric:
-        ks.add(int(metric.split("@")[1]))
-    return sorted(ks)
+from recemb.eval.validation import SELECTION_METRICS, fit_events, metric_cutoffs, validation_split
 
 
 def choose_queries(

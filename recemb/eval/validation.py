@@ -35,6 +35,14 @@ PROTOCOLS = ("ml", "sess", "imp")
 SELECTION_METRICS = {"ml": "ndcg@10", "sess": "mrr@20", "imp": "auc"}
 
 
+def metric_cutoffs(metric: str, configured: list[int]) -> list[int]:
+    """The runner's cut-offs: the configured ones plus the metric's own (``ndcg@10`` needs 10)."""
+    ks = set(configured)
+    if "@" in metric:
+        ks.add(int(metric.split("@")[1]))
+    return sorted(ks)
+
+
 def validation_split(protocol: str, split: Any, catalogue: Vocab, fraction: float = 0.1) -> tuple[Any, Vocab]:
     """``(split, catalogue)`` of the validation split inside ``split``'s train part (module docstring)."""
     if protocol == "sess":

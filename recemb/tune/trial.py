@@ -20,7 +20,7 @@ from recemb.data.vocab import Vocab
 from recemb.errors import ConfigError
 from recemb.eval.protocols import run_protocol
 from recemb.eval.scorers import Prefitted
-from recemb.eval.validation import fit_events, scored_events
+from recemb.eval.validation import fit_events, metric_cutoffs, scored_events
 from recemb.stages.registry import Variant, model_spec
 from recemb.tune.space import apply_params
 
@@ -36,14 +36,6 @@ def check_metric(protocol: str, metric: str) -> None:
     """A clear error for a selection metric the protocol runner does not produce."""
     if not re.fullmatch(_METRICS[protocol], metric):
         raise ConfigError(f"tune.metric: {metric!r} is not a {protocol} metric; expected one like {_METRICS[protocol]}")
-
-
-def cutoffs(protocol: str, metric: str, configured: list[int]) -> list[int]:
-    """The runner's cut-offs: the configured ones plus the metric's own (``ndcg@10`` needs 10)."""
-    ks = set(configured)
-    if "@" in metric:
-        ks.add(int(metric.split("@")[1]))
-    return sorted(ks)
 
 
 PROGRESS = "progress"  # ASHA's time attribute: percent of the trial's own epochs done (0..100)
@@ -127,7 +119,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> 
     e = cfg.eval
     epochs = int(getattr(spec.section_config(cfg), "epochs", 1))
     report_at = report_epochs(setup.report_percents, epochs)
-    ks = cutoffs(setup.protocol, setup.metric, list(e.imp_k if setup.protocol == "imp" else e.k))
+    ks = metric_cutoffs(setup.metric, list(e.imp_k if setup.protocol == "imp" else e.k))
     train = fit_events(setup.protocol, setup.split)
     rows = {"fit_rows": train.height, "scored_rows": scored_events(setup.protocol, setup.split).height}
     scorer = ModelScorer(
