@@ -22,6 +22,7 @@ dtype, checksums, duplicate ids, NaN/inf rows) and says how to fix each.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -140,19 +141,17 @@ class EmbeddingSet:
 
     # -------------------------------------------------------------- save/load
     def manifest(self, sha256: dict[str, str]) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": self.kind,
-            "dim": self.dim,
-            "count": len(self),
-            "dtype": "float32",
-            "metric": self.metric,
-            "normalized": self.normalized,
-            "config": self.config,
-            "metrics": self.metrics,
-            "code_version": self.code_version,
-            "sha256": sha256,
-        }
+        return _manifest(
+            self.kind,
+            self.dim,
+            len(self),
+            self.metric,
+            self.normalized,
+            self.config,
+            self.metrics,
+            self.code_version,
+            sha256,
+        )
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write the three files to ``out_dir`` atomically (an old set there is replaced whole)."""
@@ -246,6 +245,52 @@ class EmbeddingSet:
         )
 
 
+def write_embedding_set_blocks(
+    out_dir: str | os.PathLike,
+    ids: pl.Series,
+    dim: int,
+    blocks: Iterable[np.ndarray],
+    *,
+    kind: str,
+    metric: str = "cosine",
+    normalized: bool = False,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write an EmbeddingSet whose ``[N, D]`` vectors arrive as row blocks, never all in memory.
+
+    The files are the ones :meth:`EmbeddingSet.save` writes for the same ids
+    and vectors (``ids`` a string Series of N unique ids, ``blocks`` float32
+    ``[n_i, dim]`` summing to N rows in id order); ``out_dir`` is replaced
+    atomically, and on any error (a wrong row count, a NaN row) nothing is.
+    For outputs that grow with the data, e.g. millions of users' vectors.
+    """
+    out_dir = Path(out_dir)
+    where = f"EmbeddingSet {out_dir}"
+    _check_ids(ids, where)
+    if metric not in METRICS:
+        raise EmbeddingSetError(f"{where}: metric must be one of {METRICS}, got {metric!r}")
+    with atomic_dir(out_dir) as tmp:
+        pq.write_table(pa.table({"id": ids.to_arrow().cast(pa.string())}), tmp / IDS_FILE)
+        rows = 0
+        with open(tmp / VECTORS_FILE, "wb") as f:
+            header = {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": (len(ids), dim)}
+            np.lib.format.write_array_header_1_0(f, header)
+            for block in blocks:
+                block = np.ascontiguousarray(block, dtype=np.float32)
+                if block.ndim != 2 or block.shape[1] != dim or rows + len(block) > len(ids):
+                    raise EmbeddingSetError(f"{where}: a block of shape {block.shape} does not fit [{len(ids)}, {dim}]")
+                _check_finite(block, where, first_row=rows)
+                f.write(block.tobytes())
+                rows += len(block)
+        if rows != len(ids):
+            raise EmbeddingSetError(f"{where}: {rows} vector rows for {len(ids)} ids; every id needs exactly one row")
+        sha = {name: sha256_file(tmp / name) for name in (IDS_FILE, VECTORS_FILE)}
+        manifest = _manifest(kind, dim, len(ids), metric, normalized, config, metrics, __version__, sha)
+        write_json(tmp / MANIFEST_FILE, manifest)
+    return out_dir
+
+
 def find_embedding_sets(run_dir: str | os.PathLike) -> dict[str, Path]:
     """The item EmbeddingSets a run holds: ``{model: <run>/<model>/embeddings}``, sorted by name."""
     run_dir = Path(run_dir)
@@ -253,8 +298,36 @@ def find_embedding_sets(run_dir: str | os.PathLike) -> dict[str, Path]:
     return {p.parent.parent.name: p.parent for p in found}
 
 
-def _check_ids(ids: np.ndarray, where: str) -> None:
-    s = pl.Series("id", ids.tolist(), dtype=pl.String, strict=False)
+def _manifest(
+    kind: str,
+    dim: int,
+    count: int,
+    metric: str,
+    normalized: bool,
+    config: dict[str, Any] | None,
+    metrics: dict[str, Any] | None,
+    code_version: str,
+    sha256: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "dim": dim,
+        "count": count,
+        "dtype": "float32",
+        "metric": metric,
+        "normalized": bool(normalized),
+        "config": dict(config or {}),
+        "metrics": dict(metrics or {}),
+        "code_version": code_version,
+        "sha256": sha256,
+    }
+
+
+def _check_ids(ids: np.ndarray | pl.Series, where: str) -> None:
+    s = ids if isinstance(ids, pl.Series) else pl.Series("id", ids.tolist(), dtype=pl.String, strict=False)
+    if s.dtype != pl.String:
+        raise EmbeddingSetError(f"{where}: ids must be strings, got {s.dtype}")
     if s.null_count():
         row = int(s.is_null().arg_true()[0])
         raise EmbeddingSetError(f"{where}: id at row {row} is null or not a string; every id must be a string")
@@ -266,12 +339,13 @@ def _check_ids(ids: np.ndarray, where: str) -> None:
         )
 
 
-def _check_finite(vectors: np.ndarray, where: str) -> None:
+def _check_finite(vectors: np.ndarray, where: str, first_row: int = 0) -> None:
+    """Raise naming the first row (counted from ``first_row``) that holds NaN or inf."""
     for start in range(0, vectors.shape[0], _CHECK_ROWS):
         block = np.asarray(vectors[start : start + _CHECK_ROWS])
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
-            row = start + int(np.flatnonzero(bad)[0])
+            row = first_row + start + int(np.flatnonzero(bad)[0])
             raise EmbeddingSetError(
                 f"{where}: row {row} holds NaN or inf; the training run diverged (lower the learning rate) "
                 "or the file is corrupt; retrain and re-export"

@@ -146,6 +146,36 @@ def test_nan_vectors_name_the_first_bad_row(saved):
     assert len(EmbeddingSet.load(path, verify=False)) == 6
 
 
+def test_block_writer_writes_the_files_save_writes_and_nothing_on_error(tmp_path):
+    from recemb.embeddings import write_embedding_set_blocks
+
+    rng = np.random.default_rng(0)
+    ids = pl.Series("id", [f"u{i}" for i in range(10)])
+    vectors = rng.normal(size=(10, 4)).astype(np.float32)
+    meta = {"kind": "users", "metric": "cosine", "normalized": False, "config": {"a": 1}}
+    EmbeddingSet(ids, vectors, **meta).save(tmp_path / "saved")
+    blocks = (vectors[i : i + 3] for i in range(0, 10, 3))  # 3 + 3 + 3 + 1 rows
+    write_embedding_set_blocks(tmp_path / "blocks", ids, 4, blocks, **meta)
+    for name in ("ids.parquet", "vectors.npy", "manifest.json"):
+        assert (tmp_path / "blocks" / name).read_bytes() == (tmp_path / "saved" / name).read_bytes(), name
+    np.testing.assert_array_equal(EmbeddingSet.load(tmp_path / "blocks").vectors, vectors)
+
+    bad = vectors.copy()
+    bad[7, 2] = np.nan
+    cases = {
+        "rows for 10 ids": [vectors[:9]],  # a row short
+        "does not fit": [vectors, vectors[:1]],  # a row too many
+        "row 7": [bad[:5], bad[5:]],  # NaN, named by its row
+    }
+    for message, parts in cases.items():
+        with pytest.raises(EmbeddingSetError, match=message):
+            write_embedding_set_blocks(tmp_path / "blocks", ids, 4, iter(parts), **meta)
+        assert EmbeddingSet.load(tmp_path / "blocks").vectors.shape == (10, 4)  # the old set is intact
+    with pytest.raises(EmbeddingSetError, match="more than once"):
+        write_embedding_set_blocks(tmp_path / "dup", pl.Series("id", ["a", "a"]), 4, iter([vectors[:2]]), **meta)
+    assert not (tmp_path / "dup").exists()
+
+
 def test_constructor_rejects_bad_input():
     with pytest.raises(EmbeddingSetError, match="3 ids but 2 vector rows"):
         EmbeddingSet(["a", "b", "c"], np.zeros((2, 4)), kind="x")

@@ -86,7 +86,7 @@ def test_blocks_read_from_disk_are_the_examples_in_memory(tmp_path, monkeypatch)
     window = files.blocks([(0, 101)])
     assert len(window.seq) <= int(ex.hist_start[100] + ex.hist_len[100] - ex.hist_start[0])
     seq, offsets, users = opened.serving_histories()
-    assert seq.all().tolist() == list(range(6)) and offsets.tolist() == [0, 2, 6] and users.tolist() == ["u1", "u2"]
+    assert seq.all().tolist() == list(range(6)) and offsets.tolist() == [0, 2, 6] and users.to_list() == ["u1", "u2"]
     trained = np.zeros(50, dtype=bool)
     trained[ex.target] = True
     assert np.array_equal(files.trained_items(50), trained)

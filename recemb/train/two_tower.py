@@ -32,6 +32,7 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,7 +43,7 @@ import polars as pl
 import torch
 
 from recemb.data.vocab import Vocab
-from recemb.embeddings import EmbeddingSet
+from recemb.embeddings import write_embedding_set_blocks
 from recemb.errors import DataValidationError, RecembError
 from recemb.io import write_json
 from recemb.models.device import resolve_device, resolve_sparse_backend
@@ -52,9 +53,9 @@ from recemb.models.two_tower.encode import (
     build_plain_net,
     encode_items,
     encode_users,
-    histories_embedding_set,
     item_embedding_set,
     save_user_tower,
+    user_set_meta,
 )
 from recemb.models.two_tower.example_store import (
     VALIDATION_FIELDS,
@@ -414,7 +415,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     out = Path(config["out_dir"])
     item_embedding_set(net, space, history).save(out / "embeddings")
-    serving_embedding_set(net, space, store).save(out / "user_embeddings")
+    write_serving_vectors(net, space, store, out / "user_embeddings")
     save_user_tower(net.user_tower, space, out / "user_tower")
     metrics = {
         "train_seconds": time.perf_counter() - t0,
@@ -431,18 +432,21 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     return metrics
 
 
-def serving_embedding_set(net: TwoTowerNet, space: FeatureSpace, store: Store) -> EmbeddingSet:
-    """Every user's ``[U, D]`` serving vector from the store's latest histories, a block of users at a time."""
+def write_serving_vectors(net: TwoTowerNet, space: FeatureSpace, store: Store, out_dir: Path) -> Path:
+    """Every user's ``[U, D]`` serving vector from the store's latest histories, encoded and written a
+    block of users at a time (``out_dir``: an EmbeddingSet of kind ``two_tower_users``): never all in memory."""
     seq, offsets, users = store.serving_histories()
-    rows = space.user_rows(users, len(users))
-    vectors = np.zeros((len(users), net.user_tower.out_dim), dtype=np.float32)
+    rows = space.user_rows(users.to_numpy(), len(users))
     collate = Collator(space)
-    for lo in range(0, len(users), USER_BLOCK):
-        block = slice(lo, min(lo + USER_BLOCK, len(users)))
-        lengths = np.diff(offsets[block.start : block.stop + 1])
-        values, starts = read_windows(seq, offsets[block], lengths)
-        vectors[block] = encode_users(net.user_tower, collate, values, starts, lengths, rows[block])
-    return histories_embedding_set(net, space, users, vectors)
+
+    def blocks() -> Iterator[np.ndarray]:
+        for lo in range(0, len(users), USER_BLOCK):
+            block = slice(lo, min(lo + USER_BLOCK, len(users)))
+            lengths = np.diff(offsets[block.start : block.stop + 1])
+            values, starts = read_windows(seq, offsets[block], lengths)
+            yield encode_users(net.user_tower, collate, values, starts, lengths, rows[block])
+
+    return write_embedding_set_blocks(out_dir, users, net.user_tower.out_dim, blocks(), **user_set_meta(space))
 
 
 def _store_meta(root: Path) -> dict[str, Any]:

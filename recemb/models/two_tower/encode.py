@@ -107,14 +107,17 @@ def histories_embedding_set(
     net: TwoTowerNet, space: FeatureSpace, user_ids: np.ndarray, vectors: np.ndarray
 ) -> EmbeddingSet:
     """The users' EmbeddingSet (kind "two_tower_users") of their ``[U, D]`` user-tower vectors."""
-    return EmbeddingSet(
-        np.asarray(user_ids).astype(object),
-        vectors,
-        kind="two_tower_users",
-        metric="cosine",
-        normalized=True,
-        config=space.config.model_dump(mode="json"),
-    )
+    return EmbeddingSet(np.asarray(user_ids).astype(object), vectors, **user_set_meta(space))
+
+
+def user_set_meta(space: FeatureSpace) -> dict[str, Any]:
+    """What describes a users' EmbeddingSet: kind, metric (the tower's outputs are unit vectors), config."""
+    return {
+        "kind": "two_tower_users",
+        "metric": "cosine",
+        "normalized": True,
+        "config": space.config.model_dump(mode="json"),
+    }
 
 
 def save_user_tower(tower: UserTower, space: FeatureSpace, out_dir: str | os.PathLike) -> Path:

@@ -234,9 +234,9 @@ class Store:
         }
         return {**out, "seq": NpyFile(self.root / "validation_seq.npy")}
 
-    def serving_histories(self) -> tuple[NpyFile, np.ndarray, np.ndarray]:
+    def serving_histories(self) -> tuple[NpyFile, np.ndarray, pl.Series]:
         """``(seq on disk, offsets [U + 1], user_ids [U])``: each user's latest items over all events."""
-        users = pl.read_parquet(self.root / "serve_users.parquet")["user_id"].to_numpy()
+        users = pl.read_parquet(self.root / "serve_users.parquet")["user_id"]
         return NpyFile(self.root / "serve_seq.npy"), NpyFile(self.root / "serve_offsets.npy").all(), users
 
 
