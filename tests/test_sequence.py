@@ -230,6 +230,11 @@ def test_window_store_round_trip_gives_the_same_batches_and_digest(tmp_path):
         for a, b in zip(windows.batch(picked), built.windows.batch(rows), strict=True):
             assert a.dtype == np.int64 and (a == b).all()
 
+    items = np.load(tmp_path / "store" / "items.npy")
+    np.save(tmp_path / "store" / "items.npy", np.where(np.arange(len(items)) == 5, len(built.vocab), items))
+    with pytest.raises(DataValidationError, match="outside the .*vocabulary"):  # caught on load, not in training
+        load_window_store(tmp_path / "store")
+    np.save(tmp_path / "store" / "items.npy", items)
     np.save(tmp_path / "store" / "lengths.npy", built.windows.lengths[:-1])  # damaged: one window short
     with pytest.raises(DataValidationError, match="re-run"):
         load_window_store(tmp_path / "store")

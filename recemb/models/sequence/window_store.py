@@ -34,6 +34,7 @@ from recemb.models.sequence.windows import Sequences, SpanSource, Windows
 from recemb.npyfile import NpyFile
 
 STORE_FORMAT = "recemb.sequence.windows/1"
+CHECK_BLOCK = 1 << 22  # item rows read at a time when a store is checked on load
 WINDOW_KEYS = ("max_length", "gap_buckets", "item_categories")  # the settings that change the windows
 
 
@@ -158,6 +159,11 @@ def load_window_store(root: str | Path, in_memory: bool = False) -> TrainingData
         problems.append("a window reaches outside the items")
     if len(vocab) != meta["items"]:
         problems.append("items.parquet differs from store.json's item count")
+    for lo in range(0, len(files), CHECK_BLOCK):  # one pass in blocks: a bad row would fail deep in training
+        rows = files.items.read(lo, lo + CHECK_BLOCK)
+        if int(rows.min()) < 0 or int(rows.max()) >= len(vocab):
+            problems.append(f"items.npy holds item rows outside the {len(vocab)}-item vocabulary")
+            break
     if problems:
         raise DataValidationError(f"{root}: a damaged sequence window store ({'; '.join(problems)}); re-run the job")
     seqs: SpanSource = files
