@@ -53,7 +53,7 @@ def validation_split(protocol: str, split: Any, catalogue: Vocab, fraction: floa
         return splits.impression_split(split.history, split.train_impressions, fraction), catalogue
     if protocol == "ml":
         return splits.leave_last_out(pl.concat([split.train, split.validation], how="diagonal_relaxed")), catalogue
-    raise ConfigError(f"tune: no validation split for protocol {protocol!r}; choose one of {PROTOCOLS}")
+    raise ConfigError(f"no validation split for protocol {protocol!r}; choose one of {PROTOCOLS}")
 
 
 def fit_events(protocol: str, split: Any) -> pl.DataFrame:
