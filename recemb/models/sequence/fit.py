@@ -1,6 +1,8 @@
 """``fit_sequence``: the sequence model's training, in-process (``SequenceModel.fit``) and on each Ray worker.
 
-It builds the vocabulary and the training windows from canonical events,
+:func:`training_data` builds the vocabulary and the training windows from
+canonical events (``SequenceModel.fit``; the Ray job reads them from its
+window store instead, recemb.models.sequence.window_store). :func:`fit_sequence`
 takes this worker's share of the windows, wraps the network in
 DistributedDataParallel when there are several workers (gloo on CPU, NCCL on
 GPU), resumes from the newest checkpoint and runs the epoch loop
