@@ -204,7 +204,13 @@ def test_ray_worker_fault_resumes_from_last_checkpoint(data, tmp_path, ray_local
     with faults.inject("train.epoch", tmp_path / "fault.marker", epoch=4, rank=1) as marker:
         faulty = run_i2v(cfg, RayTrainConfig(workers=2, cpus_per_worker=1, max_failures=1, name="faulty"))
     history = json.loads((faulty / "metrics.json").read_text())["epochs"]
-    assert [h["started_at_epoch"] for h in history] == [0, 0, 0, 3, 3, 3]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    # The retry resumes from the newest checkpoint Ray's controller had registered when rank 1 died:
+    # epoch 3's, or epoch 2's when its report was still in flight (Ray Train registers reports
+    # asynchronously; seen once in a fast run). Never from scratch.
+    starts = [h["started_at_epoch"] for h in history]
+    resumed = starts[-1]
+    assert resumed in (2, 3) and starts == [0] * resumed + [resumed] * (6 - resumed), starts
     assert marker.exists()
     r_clean = topic_rate(*_ids_vectors(clean), data)
     r_faulty = topic_rate(*_ids_vectors(faulty), data)
