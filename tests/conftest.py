@@ -40,6 +40,16 @@ def make_events(rows: list[tuple], session: bool = False) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="session")
+def tiny_synth_dir(tmp_path_factory) -> Path:
+    """A tiny prepared synthetic dataset with impressions (150 users, 120 items, 4k events), read-only."""
+    from recemb.data import synth
+    from recemb.data.config import SynthConfig
+
+    config = SynthConfig(users=150, items=120, events=4000, topics=6, impressions=300, images=False, seed=1)
+    return synth.generate(config, tmp_path_factory.mktemp("tiny_synth") / "data")
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole test session (DESIGN.md §9), shut down at the end."""
     import ray

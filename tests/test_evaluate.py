@@ -9,8 +9,6 @@ import polars as pl
 import pytest
 
 from recemb.config import build_config
-from recemb.data import synth
-from recemb.data.config import SynthConfig
 from recemb.embeddings import EmbeddingSet
 from recemb.errors import ConfigError
 from recemb.eval.evaluate import baseline_scorers
@@ -19,13 +17,9 @@ from recemb.stages.evaluate import evaluate_run as evaluate
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_synth_dir):
     """A tiny synthetic dataset and a topic one-hot EmbeddingSet (the 'trivial model')."""
-    root = tmp_path_factory.mktemp("eval")
-    data = synth.generate(
-        SynthConfig(users=150, items=120, events=4000, topics=6, impressions=300, images=False, seed=1),
-        root / "data",
-    )
+    root, data = tmp_path_factory.mktemp("eval"), tiny_synth_dir
     items = pl.read_parquet(data / "items.parquet")
     onehot = np.eye(6, dtype=np.float32)[items["topic"].to_numpy()]
     EmbeddingSet(items["item_id"], onehot, kind="topic_onehot", normalized=True).save(root / "topics")

@@ -9,8 +9,6 @@ import polars as pl
 import pytest
 
 from recemb.config import build_config
-from recemb.data import synth
-from recemb.data.config import SynthConfig
 from recemb.data.dataset import load_dataset
 from recemb.errors import ConfigError
 from recemb.eval.embedding_scorer import EmbeddingScorer
@@ -25,12 +23,8 @@ from recemb.stages.evaluate import evaluate_run, model_scorers
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qc")
-    data = synth.generate(
-        SynthConfig(users=150, items=120, events=4000, topics=6, impressions=300, images=False, seed=1),
-        root / "data",
-    )
+def setup(tmp_path_factory, tiny_synth_dir):
+    root, data = tmp_path_factory.mktemp("qc"), tiny_synth_dir
     cfg = build_config(
         {
             "run": {"name": "q", "dir": str(root / "runs")},
