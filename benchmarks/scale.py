@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/scale.py --events 1000000 5000000 --items 10000 100000
     .venv/bin/python benchmarks/scale.py --events 2000000 --items 1000000 \
         --stages data two_tower "two_tower plain" export        # fused vs plain at 1M items
+    .venv/bin/python benchmarks/scale.py --events 5000000 50000000 --stages data sequence \
+        --set sequence.steps_per_epoch=3000                     # the same steps at every size
 
 For every (events, items) size, a synthetic dataset (streamed to Parquet in
 1M-event chunks) goes through the real stages, each one a fresh ``recemb
@@ -169,16 +171,18 @@ def throughput(metrics: dict) -> str:
     return ""
 
 
-def bench_size(events: int, items: int, root: Path, log: Path, stages: list[str], workers: int = 0) -> list[dict]:
+def bench_size(
+    events: int, items: int, root: Path, log: Path, stages: list[str], workers: int = 0, sets: list[str] = ()
+) -> list[dict]:
     name = f"scale-{events}-{items}"
     cfg_path = root / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(config(events, items, root, name)))
     run = root / name
     rows = []
     for stage in stages:
-        extra: list[str] = []
+        extra = [arg for kv in sets for arg in ("--set", kv)]
         if stage == "two_tower plain":  # the same data, its own run directory
-            extra = ["--set", f"run.name={name}-plain", "--set", f"data.prepared={run / 'data'}"]
+            extra += ["--set", f"run.name={name}-plain", "--set", f"data.prepared={run / 'data'}"]
             extra += ["--set", "two_tower.backend=torch"]
         if workers and stage.split()[0] in ("item2vec", "two_tower", "sequence"):  # Ray Train workers (0: here)
             extra += ["--set", f"ray.workers={workers}"]
@@ -248,6 +252,14 @@ def main() -> None:
         default=0,
         help="Ray Train workers for item2vec, the two-tower and the sequence model",
     )
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every stage, e.g. sequence.steps_per_epoch=2000 (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scale", help="tables, plot and the stages' log")
     ap.add_argument("--keep", action="store_true", help="keep the runs (under --out) instead of a temp dir")
     args = ap.parse_args()
@@ -264,7 +276,7 @@ def main() -> None:
         for items in args.items:
             for events in args.events:
                 try:
-                    rows += bench_size(events, items, root, log, args.stages, args.ray_workers)
+                    rows += bench_size(events, items, root, log, args.stages, args.ray_workers, args.sets)
                 except RuntimeError as e:
                     print(f"  {events:,} events x {items:,} items: {e}", flush=True)
                     break  # bigger sizes of this item count will not fit either

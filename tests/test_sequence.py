@@ -182,6 +182,17 @@ def test_no_session_with_two_events_is_a_clear_error():
         SequenceModel(SequenceConfig(**FAST)).fit(ev)
 
 
+def test_steps_per_epoch_caps_each_epoch_at_that_many_batches():
+    ev = community_events()
+    full = SequenceModel(SequenceConfig(**{**FAST, "epochs": 2, "batch_size": 4})).fit(ev)
+    capped = SequenceModel(SequenceConfig(**{**FAST, "epochs": 2, "batch_size": 4, "steps_per_epoch": 2})).fit(ev)
+    # A batch holds 4 windows; each window has at least one target, a full pass more than 2 batches' worth.
+    assert all(h["targets"] < f["targets"] for h, f in zip(capped.history, full.history, strict=True))
+    assert all(2 * 4 <= h["targets"] <= 2 * 4 * FAST["max_length"] for h in capped.history)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        SequenceConfig(**{**FAST, "steps_per_epoch": 0})
+
+
 def test_resume_continues_exactly(tmp_path):
     ev = community_events()
     straight = SequenceModel(SequenceConfig(**FAST)).fit(ev)

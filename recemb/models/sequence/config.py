@@ -52,6 +52,9 @@ class SequenceConfig(Section):
     negatives: int = Field(2048, ge=1)
     epochs: int = Field(30, ge=1)  # Yoochoose validation Recall@20 0.6725 at 30 vs 0.6625 at 20; 60 adds nothing
     batch_size: int = Field(128, ge=1)  # training windows per step (per worker under Ray)
+    # At most this many steps an epoch (each from a fresh shuffle of all windows); none = a full pass.
+    # On large data it sets how often a checkpoint is written and the learning rate schedule's epochs.
+    steps_per_epoch: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0)  # Adam
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 at the last epoch
     weight_decay: float = Field(0.0, ge=0)

@@ -57,11 +57,14 @@ class SequenceTrainer:
         self.full = uses_full_softmax(config, module.n_items)
 
     def run_epoch(self, windows: Windows, epoch: int, rank: int = 0) -> dict[str, Any]:
-        """Train one pass over ``windows`` (this worker's share); return ``{loss, targets, seconds}``."""
+        """Train one pass over ``windows`` (this worker's share; at most ``steps_per_epoch`` batches of it);
+        return ``{loss, targets, seconds}``."""
         torch.manual_seed(self.config.seed * 1_000_003 + epoch * 1009 + rank)
         self.net.train()
         t0, total, count = time.perf_counter(), 0.0, 0
         batches = epoch_batches(windows.lengths, self.config.batch_size, self.config.seed * 7919 + rank, epoch)
+        # Every rank holds as many windows, hence as many batches: the cap keeps their step counts equal.
+        batches = batches[: self.config.steps_per_epoch]
         for step, idx in enumerate(batches):
             self._set_lr((epoch + step / len(batches)) / self.config.epochs)
             inputs, gaps, targets, target_gaps = (torch.from_numpy(a).to(self.device) for a in windows.batch(idx))
