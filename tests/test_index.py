@@ -429,3 +429,22 @@ def test_auto_backend_never_ships_an_index_slower_than_exact_search(tmp_path):
     else:
         assert out["kind"] == "annoy" and slower_than_exact(out, EXACT_MARGIN) is None
     # and on vectors a forest does partition, auto keeps Annoy (tests above: the clustered set)
+
+
+def test_auto_backend_exports_exact_search_where_the_index_misses_the_recall_target(tmp_path):
+    """An index that cannot reach ``recall_target`` is an error with an explicit backend and nothing
+    is written; ``auto`` exports exact search instead and says what it replaced."""
+    from recemb.index.base import RecallBelowTarget
+    from recemb.index.config import ExportConfig
+    from recemb.index.stage import export_run
+
+    x = np.random.default_rng(0).normal(size=(4000, 32)).astype(np.float32)  # no structure to partition
+    EmbeddingSet([f"i{r}" for r in range(4000)], x, kind="t").save(tmp_path / "m" / "embeddings")
+    narrow = {"n_trees": 2, "search_k": 20}  # a fixed, narrow search: recall far below 0.95
+    with pytest.raises(RecallBelowTarget, match="below export.recall_target"):
+        export_run(tmp_path, ExportConfig(backend="annoy", **narrow))
+    assert not (tmp_path / "index" / "m").exists()
+    out = export_run(tmp_path, ExportConfig(**narrow))["m"]
+    assert out["kind"] == "exact" and out["codec"] == "float32"  # exact: nothing to certify
+    assert out["replaced"]["kind"] == "annoy" and out["replaced"]["certified"]["recall"] < 0.95
+    assert (tmp_path / "index" / "m" / "manifest.json").is_file()

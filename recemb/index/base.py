@@ -34,6 +34,17 @@ class RecembIndexError(RecembError):
     """An index cannot be built, searched or loaded; the message says how to fix it."""
 
 
+class RecallBelowTarget(RecembIndexError):
+    """An approximate index misses ``export.recall_target`` at its widest search (nothing was written).
+
+    ``export.backend: auto`` answers it by exporting exact search instead.
+    """
+
+    def __init__(self, message: str, certified: dict):
+        super().__init__(message)
+        self.certified = certified
+
+
 class Index(abc.ABC):
     """Top-k search over a fixed set of ``[N, D]`` float32 vectors.
 

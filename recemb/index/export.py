@@ -32,7 +32,7 @@ from recemb import __version__
 from recemb.embeddings import MANIFEST_FILE as EMB_MANIFEST
 from recemb.embeddings import EmbeddingSet
 from recemb.index.annoy_index import ANNOY_METRIC, AnnoyIndex, node_bytes
-from recemb.index.base import RecembIndexError
+from recemb.index.base import RecallBelowTarget, RecembIndexError
 from recemb.index.exact import ExactIndex
 from recemb.io import atomic_dir, read_checked_manifest, read_json_object, sha256_file, write_json
 from recemb.vectors import METRICS
@@ -106,11 +106,12 @@ def export_index(
         if recall_target is not None:
             certified = certify_recall(index, emb.vectors, recall_target, seed=seed, fixed=search_k != -1)
             if not certified["met"] and not accept_lower_recall:
-                raise RecembIndexError(
+                raise RecallBelowTarget(
                     f"{out_dir}: Annoy with {n_trees} trees reaches recall@10 {certified['recall']:.3f} on held-out "
                     f"queries at best (search_k {certified['search_k']}), below export.recall_target "
                     f"{recall_target}; raise export.n_trees, or set export.accept_lower_recall: true; "
-                    "the previous index (if any) is unchanged"
+                    "the previous index (if any) is unchanged",
+                    certified,
                 )
             index.search_k_factor = certified["search_k_factor"]
         recall = measure_recall(index, emb.vectors, sample=sample, k=10, seed=seed) if sample else None

@@ -26,7 +26,7 @@ import numpy as np
 
 from recemb import __version__
 from recemb.embeddings import EmbeddingSet
-from recemb.index.base import RecembIndexError
+from recemb.index.base import RecallBelowTarget, RecembIndexError
 from recemb.index.export import (
     FILE_INDEX_REQUIRED,
     certify_recall,
@@ -74,11 +74,12 @@ def export_hnsw(
         if recall_target is not None:
             certified = certify_recall(index, emb.vectors, recall_target, seed=seed, knob="ef_factor")
             if not certified["met"] and not accept_lower_recall:
-                raise RecembIndexError(
+                raise RecallBelowTarget(
                     f"{out_dir}: HNSW with m={m}, ef_construction={ef_construction} reaches recall@10 "
                     f"{certified['recall']:.3f} on held-out queries at best (ef {certified['ef']}), below "
                     f"export.recall_target {recall_target}; raise export.hnsw.m or export.hnsw.ef_construction, "
-                    "or set export.accept_lower_recall: true; the previous index (if any) is unchanged"
+                    "or set export.accept_lower_recall: true; the previous index (if any) is unchanged",
+                    certified,
                 )
             index.ef_factor = certified["ef_factor"]
         index.save(tmp / INDEX_FILE)

@@ -9,6 +9,7 @@ from typing import Any
 from recemb.embeddings import MANIFEST_FILE as EMB_MANIFEST
 from recemb.embeddings import find_embedding_sets
 from recemb.errors import ConfigError
+from recemb.index.base import RecallBelowTarget
 from recemb.index.config import HNSW_FROM, CoVisitConfig, ExportConfig
 from recemb.index.exact_export import export_exact
 from recemb.index.export import export_index, slower_than_exact
@@ -60,10 +61,22 @@ def resolve_backend(backend: str, embset_dir: Path) -> str:
 
 def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, Any]:
     """Export one EmbeddingSet with the configured backend. ``auto`` picks by size and never ships
-    an approximate index that answers :data:`EXACT_MARGIN` times slower than exact search at its
-    certified recall (vectors an index cannot partition, e.g. an under-trained model's, make it
-    search nearly everything)."""
-    manifest = _export_with(resolve_backend(e.backend, embset_dir), embset_dir, out_dir, e)
+    an approximate index that misses ``recall_target`` or answers :data:`EXACT_MARGIN` times slower
+    than exact search at its certified recall (vectors an index cannot partition, e.g. an
+    under-trained model's, make it search nearly everything): it exports exact search then."""
+    backend = resolve_backend(e.backend, embset_dir)
+    try:
+        manifest = _export_with(backend, embset_dir, out_dir, e)
+    except RecallBelowTarget as err:
+        if e.backend != "auto":
+            raise
+        # e.g. an under-trained model's vectors, which no forest or graph partitions: exact search
+        # meets any recall target, and auto must ship an index that does.
+        log.warning(
+            "%s: %s cannot reach the recall target (%s); exporting exact search instead", out_dir.name, backend, err
+        )
+        replaced = {"kind": backend, "certified": err.certified, "reason": "recall below export.recall_target"}
+        return {**_export_with("exact", embset_dir, out_dir, e), "replaced": replaced}
     faster = slower_than_exact(manifest, EXACT_MARGIN)
     if faster is not None and e.backend == "auto":
         log.warning(
