@@ -75,7 +75,11 @@ def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, A
         log.warning(
             "%s: %s cannot reach the recall target (%s); exporting exact search instead", out_dir.name, backend, err
         )
-        replaced = {"kind": backend, "certified": err.certified, "reason": "recall below export.recall_target"}
+        replaced: dict[str, Any] = {
+            "kind": backend,
+            "certified": err.certified,
+            "reason": "recall below export.recall_target",
+        }
         return {**_export_with("exact", embset_dir, out_dir, e), "replaced": replaced}
     faster = slower_than_exact(manifest, EXACT_MARGIN)
     if faster is not None and e.backend == "auto":
