@@ -1,6 +1,6 @@
 """How each stage's cost grows with events and items: wall time, peak memory, throughput (issue 17).
 
-    .venv/bin/python benchmarks/scale.py --quick               # 2 sizes, ~5 min on 2 cores
+    .venv/bin/python benchmarks/scale.py --quick               # 2 sizes, ~7 min on 2 cores
     .venv/bin/python benchmarks/scale.py --events 1000000 5000000 --items 10000 100000
     .venv/bin/python benchmarks/scale.py --events 2000000 --items 1000000 \
         --stages data two_tower "two_tower plain" export        # fused vs plain at 1M items
@@ -244,7 +244,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000, 50_000_000])
     ap.add_argument("--items", type=int, nargs="+", default=[10_000])
-    ap.add_argument("--quick", action="store_true", help="250k and 1M events x 10k items")
+    ap.add_argument(
+        "--quick", action="store_true", help="250k and 1M events x 10k items, the sequence model at 300 steps an epoch"
+    )
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="a subset, in order (data first)")
     ap.add_argument(
         "--ray-workers",
@@ -265,6 +267,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.events, args.items = [250_000, 1_000_000], [10_000]
+        # a full sequence epoch at 1M events is ~2.3 min, a third of the whole quick run
+        args.sets = ["sequence.steps_per_epoch=300", *args.sets]
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "stages.log"
     log.write_text("")
