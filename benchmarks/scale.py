@@ -172,7 +172,7 @@ def throughput(metrics: dict) -> str:
 
 
 def bench_size(
-    events: int, items: int, root: Path, log: Path, stages: list[str], workers: int = 0, sets: list[str] = ()
+    events: int, items: int, root: Path, log: Path, stages: list[str], workers: int = 0, sets: list[str] | None = None
 ) -> list[dict]:
     name = f"scale-{events}-{items}"
     cfg_path = root / f"{name}.yaml"
@@ -180,7 +180,7 @@ def bench_size(
     run = root / name
     rows = []
     for stage in stages:
-        extra = [arg for kv in sets for arg in ("--set", kv)]
+        extra = [arg for kv in sets or [] for arg in ("--set", kv)]
         if stage == "two_tower plain":  # the same data, its own run directory
             extra += ["--set", f"run.name={name}-plain", "--set", f"data.prepared={run / 'data'}"]
             extra += ["--set", "two_tower.backend=torch"]
