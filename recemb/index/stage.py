@@ -70,36 +70,25 @@ def _export_one(embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, A
     except RecallBelowTarget as err:
         if e.backend != "auto":
             raise
-        # e.g. an under-trained model's vectors, which no forest or graph partitions: exact search
-        # meets any recall target, and auto must ship an index that does.
-        log.warning(
-            "%s: %s cannot reach the recall target (%s); exporting exact search instead", out_dir.name, backend, err
-        )
-        replaced: dict[str, Any] = {
-            "kind": backend,
-            "certified": err.certified,
-            "reason": "recall below export.recall_target",
-        }
-        return {**_export_with("exact", embset_dir, out_dir, e), "replaced": replaced}
-    faster = slower_than_exact(manifest, EXACT_MARGIN)
-    if faster is not None and e.backend == "auto":
-        log.warning(
-            "%s: exact search answers %.1fx faster than %s at its certified recall; exporting exact instead",
-            out_dir.name,
-            faster,
-            manifest["kind"],
-        )
-        replaced = {"kind": manifest["kind"], "certified": manifest.get("certified"), "exact_faster": faster}
-        manifest = {**_export_with("exact", embset_dir, out_dir, e), "replaced": replaced}
-    elif faster is not None:
-        log.warning(
-            "%s: exact search would answer %.1fx faster than this %s index at its certified recall; "
-            "consider export.backend: exact (or auto)",
-            out_dir.name,
-            faster,
-            manifest["kind"],
-        )
-    return manifest
+        why = f"cannot reach the recall target ({err})"
+        replaced: dict[str, Any] = {"certified": err.certified, "reason": "recall below export.recall_target"}
+    else:
+        faster = slower_than_exact(manifest, EXACT_MARGIN)
+        if faster is None:
+            return manifest
+        if e.backend != "auto":
+            log.warning(
+                "%s: exact search would answer %.1fx faster than this %s index at its certified recall; "
+                "consider export.backend: exact (or auto)",
+                out_dir.name,
+                faster,
+                backend,
+            )
+            return manifest
+        why = f"answers {faster:.1f}x slower than exact search at its certified recall"
+        replaced = {"certified": manifest.get("certified"), "exact_faster": faster}
+    log.warning("%s: %s %s; exporting exact search instead", out_dir.name, backend, why)
+    return {**_export_with("exact", embset_dir, out_dir, e), "replaced": {"kind": backend, **replaced}}
 
 
 def _export_with(backend: str, embset_dir: Path, out_dir: Path, e: ExportConfig) -> dict[str, Any]:
