@@ -76,7 +76,7 @@ def bench(name: str, request: TuneRequest, overrides: list[str], library_default
     after = test_rows(tuned_cfg, protocol, [], models)
     columns = COLUMNS[protocol]
     metric = summary["metric"]
-    print(f"\n{name} · P-{protocol.upper()} test split · search {search_s:.0f}s ({request.searcher or 'random'})")
+    print(f"\n{name} · P-{protocol.upper()} test split · search {search_s:.0f}s ({summary.get('searcher')})")
     print(f"| model | {' | '.join(f'{c} default -> tuned' for c in columns)} | val {metric} default -> best | trials |")
     print(f"|---|{'---|' * len(columns)}---|---|")
     for b in baselines:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--time-budget", default="15m")
-    ap.add_argument("--searcher", choices=["random", "tpe"], default=None)
+    ap.add_argument("--searcher", choices=["local", "random", "tpe"], default=None)
     ap.add_argument(
         "--library-defaults",
         action="store_true",

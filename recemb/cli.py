@@ -265,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", help="wall-clock limit of the whole search, e.g. 20m (default tune.time_budget)")
     p.add_argument("--workers", type=int, help="trials at once (default: as many as Ray's CPUs allow)")
     p.add_argument(
-        "--searcher", choices=["random", "tpe"], help="random search or Optuna's TPE (default tune.searcher)"
+        "--searcher",
+        choices=["local", "random", "tpe"],
+        help="steps from the configured setting, random draws, or Optuna's TPE (default tune.searcher: local)",
     )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted search")
     p.add_argument(

@@ -168,6 +168,7 @@ def _tune_config(tmp_path, **tune) -> object:
             "item2vec": {"dim": 16, "epochs": 1, "alpha": 0.0005, "threads": 1},
             "tune": {
                 "trials": 4,
+                "searcher": "random",  # random draws inside the narrowed space (the local walk: test_tune_local.py)
                 "time_budget": None,
                 "spaces": {"item2vec": {"epochs": {"randint": [5, 10]}, "alpha": {"loguniform": [0.01, 0.05]}}},
                 **tune,

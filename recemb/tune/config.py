@@ -34,11 +34,14 @@ class TuneConfig(Section):
     # Models to tune; empty: every base model in eval.models that declares a search space.
     models: list[str] = Field(default_factory=list)
     trials: int = Field(20, ge=1)  # trials per model (the first one is the configured setting)
-    # The whole search, split evenly across models (a default search ends within 15 minutes); None: no limit.
+    # The whole search (a default search ends within 15 minutes); None: no limit. Each model gets an even share
+    # of what is left when its search starts, so time a model does not use goes to the next ones.
     time_budget: str | float | None = "12m"
     protocol: Literal["auto", "ml", "sess", "imp"] = "auto"  # auto: the first of eval.protocols among these
     metric: str | None = None  # selection metric; default recemb.eval.validation.SELECTION_METRICS[protocol]
-    searcher: Literal["random", "tpe"] = "random"  # tpe: Optuna's TPE through Ray Tune (pip install optuna)
+    # local: steps from the configured setting, one setting at a time (recemb.tune.local); it ends a model's
+    # search at a local optimum. random: draws from the whole space. tpe: Optuna's TPE (pip install optuna).
+    searcher: Literal["local", "random", "tpe"] = "local"
     # asha: stop weak trials early. Trials are compared at equal shares of their own epochs (their
     # learning-rate schedules are at the same point then), at rungs grace, grace*rf, ... of 1.
     scheduler: Literal["asha", "fifo"] = "asha"

@@ -124,6 +124,10 @@ def _fingerprint(cfg: PipelineConfig, spec: ModelSpec, space: Space, protocol: s
 
 
 def _searcher(t: TuneConfig, space: Space, first: dict[str, Any]):
+    if t.searcher == "local":
+        from recemb.tune.local import LocalSearch
+
+        return LocalSearch(space, first, metric=SCORE, mode="max")
     if t.searcher == "tpe":
         try:
             from ray.tune.search.optuna import OptunaSearch
@@ -340,7 +344,6 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
     split, catalogue = validation_inputs(ds, protocol, cfg.eval, t.validation_fraction, cfg.data.sessionize.gap_minutes)
     out = cfg.run_dir / "tune"
     out.mkdir(parents=True, exist_ok=True)
-    budget = t.budget_seconds / len(specs) if t.budget_seconds and specs else None
     threads = max(1, int(t.cpus_per_trial))
     started = time.time()
     all_trials: list[dict[str, Any]] = []
@@ -349,7 +352,13 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
     # What a trial's process needs that it would otherwise resolve against its own directory.
     trial_env = {**faults.env(), "RECEMB_DATA_DIR": str(data_dir().resolve())}
     with ray_session() if specs else contextlib.nullcontext():  # a blend-only fit needs no Ray
-        for spec in specs:
+        for i, spec in enumerate(specs):
+            # What is left of the budget, shared by the models still to search: a model whose search
+            # ends early (the local searcher at a local optimum, or all its trials run) leaves its time to the rest.
+            budget = (t.budget_seconds - (time.time() - started)) / (len(specs) - i) if t.budget_seconds else None
+            if budget is not None and budget <= 0:
+                log.warning("tune %s: the time budget is spent; not searched", spec.name)
+                continue
             # Absolute paths: Ray Tune runs each trial in its own working directory.
             cache_dir = _cache_dir(cfg, spec.section_config(cfg)).resolve()
             root = Path(ds.root).resolve() if ds.root else None
