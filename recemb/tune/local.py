@@ -115,7 +115,8 @@ class LocalSearch(Searcher):
         self._points: dict[str, dict[str, Any]] = {}  # key -> {"params", "move"} of every finished trial
         self._pending: dict[str, dict[str, Any]] = {}  # trial id -> {"params", "move"}
         # The start and its neighbours from the outset: the second worker need not wait for the start's score.
-        self._queue: list[tuple[dict[str, Any], Move | None]] = [(self._start, None), *neighbours(space, start)]
+        self._queue: list[tuple[dict[str, Any], Move | None]] = [(self._start, None)]
+        self._queue += neighbours(space, start)
         self._centre = _key(self._start)  # the setting whose neighbours are queued
 
     # ----------------------------------------------------------------- Ray Tune's side
@@ -129,14 +130,16 @@ class LocalSearch(Searcher):
             self._pending[trial_id] = {"params": params, "move": move}
             return dict(params)
         # Nothing left to try around the best: wait for the trials in flight (one may move the centre).
-        return None if self._pending else Searcher.FINISHED
+        # (Ray Tune's FINISHED is a string its own annotation of ``suggest`` leaves out.)
+        return None if self._pending else Searcher.FINISHED  # type: ignore[return-value]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         entry = self._pending.pop(trial_id, None)
         if entry is None:
             return
-        completed = not error and result is not None and result.get("epoch") == result.get("epochs")
-        score = float(result[self.metric]) * self._sign if completed and self.metric in result else -math.inf
+        score = -math.inf
+        if not error and result is not None and result.get("epoch") == result.get("epochs") and self.metric in result:
+            score = float(result[self.metric]) * self._sign  # only a trial that ran all its epochs counts
         key = _key(entry["params"])
         self._scores[key] = score if math.isfinite(score) else -math.inf
         self._points[key] = entry
@@ -146,7 +149,8 @@ class LocalSearch(Searcher):
         if best != self._centre and self._scores[best] > self._scores.get(self._centre, -math.inf):
             self._centre = best
             move = self._points[best]["move"]
-            self._queue = neighbours(self._space, self._points[best]["params"], first=tuple(move) if move else None)
+            steps = neighbours(self._space, self._points[best]["params"], first=tuple(move) if move else None)
+            self._queue = [(params, step) for params, step in steps]
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the space is ours (``space``); Ray's copy of it is only its sampler form
