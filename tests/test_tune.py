@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import polars as pl
@@ -142,6 +143,19 @@ def test_trial_reports_at_its_rungs_and_reads_only_the_validation_split(synth_ds
     assert last["fit_rows"] == setup.split.train.height and last["scored_rows"] == setup.split.test.height
     test_rows = protocol_inputs(synth_ds, "ml", cfg.eval)[0].test.height
     assert last["fit_rows"] + last["scored_rows"] + test_rows <= synth_ds.events.height
+
+
+def test_a_trials_cost_is_estimated_from_its_first_epochs(synth_ds):
+    from recemb.tune.trial import estimate_trial_seconds
+
+    cfg = build_config({"sequence": {"dim": 16, "max_length": 10}, "eval": {"k": [20]}})
+    setup = _setup(synth_ds, cfg, "sequence")
+    short = estimate_trial_seconds({"epochs": 2}, setup)
+    started = time.perf_counter()
+    long = estimate_trial_seconds({"epochs": 400}, setup)
+    probed = time.perf_counter() - started
+    # 400 epochs are timed on their first 2: the estimate grows with the epochs, the probe does not.
+    assert 0 < short < long and probed < long / 2, (short, long, probed)
 
 
 def test_trial_of_each_tunable_model_runs_on_sessions_and_impressions(synth_ds):

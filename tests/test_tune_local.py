@@ -140,3 +140,16 @@ def test_local_search_on_ray_tune_walks_from_the_configured_setting_and_ends_by_
     best = yaml.safe_load((tmp_path / "t" / "tune" / "best.yaml").read_text())
     s = summary["models"]["item2vec"]
     assert best["item2vec"]["epochs"] > 1 and s["best_score"] > s["default_score"], s
+
+
+def test_no_step_is_started_that_would_outlast_the_time_budget():
+    # The configured trial takes 60 s and 20 s are left: only the start runs (it is the baseline)...
+    searcher = LocalSearch(SPACE, START, metric="score", trial_seconds=60, budget_seconds=20)
+    assert searcher.suggest("a") == START
+    assert searcher.suggest("b") is None  # ... the rest would not end in time: wait for the start, then stop
+    searcher.on_trial_complete("a", {"score": 0.5, "epoch": 10, "epochs": 10})
+    assert searcher.suggest("c") == Searcher.FINISHED
+    # With 100 s left, a step to 5 epochs (~30 s) fits, one to 20 epochs (~120 s) does not.
+    roomier = LocalSearch({"epochs": SPACE["epochs"]}, START, metric="score", trial_seconds=60, budget_seconds=100)
+    assert roomier.suggest("a") == START and roomier.suggest("b")["epochs"] == 5
+    assert roomier.suggest("c") is None

@@ -19,7 +19,9 @@ step shrinking):
    helped once often helps again);
 4. when every neighbour of the best was tried and none was better (a local
    optimum), the search ends: ``Searcher.FINISHED``, and the driver hands the
-   time left to the next model.
+   time left to the next model. So it does when no step left would end
+   within the model's share of the time budget (its cost estimated from
+   the configured trial's, scaled by epochs).
 
 A step is x2 / /2 on a log-scaled or positive integer dimension, a quarter of
 the range on a uniform one, and the adjacent value of a ``choice`` (in its
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -106,10 +109,24 @@ class LocalSearch(Searcher):
     where it stopped.
     """
 
-    def __init__(self, space: Space, start: dict[str, Any], metric: str, mode: str = "max"):
+    def __init__(
+        self,
+        space: Space,
+        start: dict[str, Any],
+        metric: str,
+        mode: str = "max",
+        trial_seconds: float | None = None,
+        budget_seconds: float | None = None,
+    ):
+        """``trial_seconds``: what the ``start`` trial costs; with ``budget_seconds`` (counted from the
+        first suggestion) no trial is started that would not end in time (a trial cut short by the
+        budget cannot be chosen, and its time is lost to the models searched after this one)."""
         super().__init__(metric=metric, mode=mode)
         self._space = space
         self._start = dict(start)
+        self._trial_seconds = trial_seconds
+        self._budget_seconds = budget_seconds
+        self._deadline: float | None = None
         self._sign = 1.0 if mode == "max" else -1.0
         self._scores: dict[str, float] = {}  # every finished trial: its score (-inf: stopped early or failed)
         self._points: dict[str, dict[str, Any]] = {}  # key -> {"params", "move"} of every finished trial
@@ -120,12 +137,24 @@ class LocalSearch(Searcher):
         self._centre = _key(self._start)  # the setting whose neighbours are queued
 
     # ----------------------------------------------------------------- Ray Tune's side
+    def _fits(self, params: dict[str, Any]) -> bool:
+        """Would a trial of ``params`` started now end before the budget does? (epochs scale its cost)"""
+        if self._deadline is None or self._trial_seconds is None or params == self._start:
+            return True
+        seconds = self._trial_seconds
+        epochs, start_epochs = params.get("epochs"), self._start.get("epochs")
+        if isinstance(epochs, (int, float)) and isinstance(start_epochs, (int, float)) and start_epochs > 0:
+            seconds *= epochs / start_epochs
+        return time.time() + seconds <= self._deadline
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self._deadline is None and self._budget_seconds is not None:
+            self._deadline = time.time() + self._budget_seconds
         busy = {_key(p["params"]) for p in self._pending.values()}
         while self._queue:
             params, move = self._queue.pop(0)
             key = _key(params)
-            if key in self._scores or key in busy:
+            if key in self._scores or key in busy or not self._fits(params):
                 continue
             self._pending[trial_id] = {"params": params, "move": move}
             return dict(params)

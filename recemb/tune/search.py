@@ -47,7 +47,7 @@ from recemb.testing import faults
 from recemb.tune.blend import fit_blend_weights, format_blend
 from recemb.tune.config import TuneConfig
 from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, query_grid, split_space, to_ray
-from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, run_trial, rungs
+from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, estimate_trial_seconds, run_trial, rungs
 
 log = logging.getLogger("recemb.tune")
 FINGERPRINT_FILE = "recemb_tune.json"
@@ -123,11 +123,11 @@ def _fingerprint(cfg: PipelineConfig, spec: ModelSpec, space: Space, protocol: s
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _searcher(t: TuneConfig, space: Space, first: dict[str, Any]):
+def _searcher(t: TuneConfig, space: Space, first: dict[str, Any], cost_s: float | None, budget_s: float | None):
     if t.searcher == "local":
         from recemb.tune.local import LocalSearch
 
-        return LocalSearch(space, first, metric=SCORE, mode="max")
+        return LocalSearch(space, first, metric=SCORE, mode="max", trial_seconds=cost_s, budget_seconds=budget_s)
     if t.searcher == "tpe":
         try:
             from ray.tune.search.optuna import OptunaSearch
@@ -143,6 +143,25 @@ def _searcher(t: TuneConfig, space: Space, first: dict[str, Any]):
     return BasicVariantGenerator(points_to_evaluate=[first], random_state=t.seed)
 
 
+def model_setup(cfg: PipelineConfig, spec: ModelSpec, base: TrialSetup) -> tuple[TrialSetup, Space, Space, dict]:
+    """``(trial setup, whole space, drawn space, configured setting)`` of one model's search."""
+    t = cfg.tune
+    full_space = model_space(spec, t.spaces.get(spec.name))
+    space, inside = split_space(full_space)
+    percents = rungs(t.grace, t.reduction_factor) if t.scheduler == "asha" else [100]
+    setup = replace(base, report_percents=tuple(percents), query_grid=query_grid(inside))
+    return setup, full_space, space, defaults(cfg, spec, space)
+
+
+def trial_costs(setups: dict[str, tuple[TrialSetup, dict[str, Any]]], t: TuneConfig) -> dict[str, float]:
+    """Seconds of each model's configured trial, timed on its first epochs, the models side by side on Ray."""
+    import ray
+
+    probe = ray.remote(estimate_trial_seconds).options(num_cpus=t.cpus_per_trial, num_gpus=t.gpus_per_trial)
+    refs = {name: probe.remote(first, setup) for name, (setup, first) in setups.items()}
+    return {name: max(1.0, float(ray.get(ref))) for name, ref in refs.items()}
+
+
 def _tune_model(
     cfg: PipelineConfig,
     spec: ModelSpec,
@@ -151,18 +170,16 @@ def _tune_model(
     out: Path,
     resume: bool,
     started: float,
+    cost_s: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run one model's experiment; return (trial rows, report rows)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = cfg.tune
-    full_space = model_space(spec, t.spaces.get(spec.name))
-    space, inside = split_space(full_space)
-    first = defaults(cfg, spec, space)
+    setup, full_space, space, first = model_setup(cfg, spec, base)
     protocol, metric = base.protocol, base.metric
-    percents = rungs(t.grace, t.reduction_factor) if t.scheduler == "asha" else [100]
-    setup = replace(base, report_percents=tuple(percents), query_grid=query_grid(inside))
+    percents = list(setup.report_percents)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
     )
@@ -176,7 +193,7 @@ def _tune_model(
         mode="max",
         num_samples=t.trials,
         scheduler=scheduler,
-        search_alg=_searcher(t, space, first),
+        search_alg=_searcher(t, space, first, cost_s, budget_s),
         max_concurrent_trials=t.concurrent or None,
         time_budget_s=budget_s,
     )
@@ -208,7 +225,9 @@ def _tune_model(
         last = result.metrics or {}
         params = {k: v for k, v in (result.config or {}).items() if k in space}
         default = params == first
-        params |= {k: last[k.removeprefix("eval.")] for k in inside if k.removeprefix("eval.") in last}
+        params |= {
+            k: last[k.removeprefix("eval.")] for k in full_space if k not in space and k.removeprefix("eval.") in last
+        }
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path or "?").name)
         history = result.metrics_dataframe
         if result.error:
@@ -352,13 +371,9 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
     # What a trial's process needs that it would otherwise resolve against its own directory.
     trial_env = {**faults.env(), "RECEMB_DATA_DIR": str(data_dir().resolve())}
     with ray_session() if specs else contextlib.nullcontext():  # a blend-only fit needs no Ray
-        for i, spec in enumerate(specs):
-            # What is left of the budget, shared by the models still to search: a model whose search
-            # ends early (the local searcher at a local optimum, or all its trials run) leaves its time to the rest.
-            budget = (t.budget_seconds - (time.time() - started)) / (len(specs) - i) if t.budget_seconds else None
-            if budget is not None and budget <= 0:
-                log.warning("tune %s: the time budget is spent; not searched", spec.name)
-                continue
+        bases: dict[str, TrialSetup] = {}
+        probes: dict[str, tuple[TrialSetup, dict[str, Any]]] = {}  # the configured trial of each model
+        for spec in specs:
             # Absolute paths: Ray Tune runs each trial in its own working directory.
             cache_dir = _cache_dir(cfg, spec.section_config(cfg)).resolve()
             root = Path(ds.root).resolve() if ds.root else None
@@ -366,9 +381,30 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
             # Frozen content features are computed once here, not by every trial.
             spec.build(cfg, Variant()).prepare_side(ds.items, root, cache_dir)
             base = TrialSetup(cfg, spec.name, protocol, metric, split, catalogue, side, threads=threads, env=trial_env)
+            setup, _, _, first = model_setup(cfg, spec, base)
+            bases[spec.name], probes[spec.name] = base, (setup, first)
+        costs: dict[str, float] = {}
+        if t.budget_seconds:
+            costs = trial_costs(probes, t)
+            print("== configured trials take ~" + ", ".join(f"{n} {c:.0f}s" for n, c in costs.items()), flush=True)
+            # Cheapest first: what a model leaves of its share goes to the costlier ones after it.
+            specs = sorted(specs, key=lambda spec: costs[spec.name])
+        for i, spec in enumerate(specs):
+            # What is left of the budget, shared by the models still to search in proportion to the square
+            # root of their trials' cost: between equal time (an expensive model gets few trials) and equal
+            # trials (ML-100K: a sequence trial costs ~3-5x the others, which would then get ~2 minutes).
+            budget = None
+            if t.budget_seconds:
+                left = t.budget_seconds - (time.time() - started)
+                budget = left * math.sqrt(costs[spec.name]) / sum(math.sqrt(costs[s.name]) for s in specs[i:])
+                if budget <= 0:
+                    log.warning("tune %s: the time budget is spent; not searched", spec.name)
+                    continue
             print(f"== tune {spec.name}: up to {t.trials} trials on validation {protocol} {metric}", flush=True)
             t0 = time.perf_counter()
-            trials, reports = _tune_model(cfg, spec, base, budget, out, request.resume, started)
+            trials, reports = _tune_model(
+                cfg, spec, bases[spec.name], budget, out, request.resume, started, costs.get(spec.name)
+            )
             seconds[spec.name] = time.perf_counter() - t0
             all_trials += trials
             all_reports += reports

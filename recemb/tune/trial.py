@@ -99,14 +99,55 @@ def trial_config(setup: TrialSetup, params: dict[str, Any]) -> PipelineConfig:
     return apply_params(setup.config, spec, {**params, **extra})
 
 
+def _scorer(setup: TrialSetup, cfg: PipelineConfig) -> Any:
+    """A fresh ModelScorer of the trial's model, as the evaluation builds it."""
+    from recemb.eval.model_scorer import ModelScorer
+
+    spec = model_spec(setup.model)
+    e = cfg.eval
+    return ModelScorer(
+        lambda: spec.build(cfg, Variant()),
+        spec.name,
+        "session" if setup.protocol == "sess" else "user",
+        query=e.query,
+        last_n=e.query_last_n,
+        scoring=e.scoring,
+        side=setup.side,
+    )
+
+
+def _evaluate(setup: TrialSetup, cfg: PipelineConfig, scorer: Any, query: dict[str, Any]) -> tuple[float, dict]:
+    """Score the model as trained so far on the validation queries with ``query``'s pooling over the configured.
+
+    Returns ``(selection metric, -inf where not finite; every metric)``.
+    """
+    e = cfg.eval
+    settings = {"eval.query": e.query, "eval.query_last_n": e.query_last_n, **query}
+    scorer.set_query(settings["eval.query"], settings["eval.query_last_n"])
+    masking = {"exclude_seen": e.exclude_seen} if setup.protocol == "ml" else {}
+    ks = metric_cutoffs(setup.metric, list(e.imp_k if setup.protocol == "imp" else e.k))
+    res = run_protocol(
+        setup.protocol,
+        setup.split,
+        Prefitted(scorer),
+        setup.catalogue,
+        ks,
+        batch_size=e.batch_size,
+        seed=e.seed,
+        **masking,
+    )
+    if setup.metric not in res:
+        raise ConfigError(f"tune.metric: {setup.metric!r} is not among {sorted(res)}")
+    value = float(res[setup.metric])
+    return (value if math.isfinite(value) else float("-inf")), res
+
+
 def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> dict[str, Any]:
     """Fit and score one setting; ``report(metrics)`` after the epochs of ``setup.report_percents``.
 
     ``report`` defaults to ``ray.tune.report`` (inside a Tune trial). Returns the last report.
     """
     import torch
-
-    from recemb.eval.model_scorer import ModelScorer
 
     if report is None:
         from ray import tune
@@ -116,52 +157,21 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> 
     torch.set_num_threads(setup.threads)
     spec = model_spec(setup.model)
     cfg = trial_config(setup, params)
-    e = cfg.eval
     epochs = int(getattr(spec.section_config(cfg), "epochs", 1))
     report_at = report_epochs(setup.report_percents, epochs)
-    ks = metric_cutoffs(setup.metric, list(e.imp_k if setup.protocol == "imp" else e.k))
     train = fit_events(setup.protocol, setup.split)
     rows = {"fit_rows": train.height, "scored_rows": scored_events(setup.protocol, setup.split).height}
-    scorer = ModelScorer(
-        lambda: spec.build(cfg, Variant()),
-        spec.name,
-        "session" if setup.protocol == "sess" else "user",
-        query=e.query,
-        last_n=e.query_last_n,
-        scoring=e.scoring,
-        side=setup.side,
-    )
+    scorer = _scorer(setup, cfg)
     started = time.perf_counter()
     last: dict[str, Any] = {}
 
-    configured = {"eval.query": e.query, "eval.query_last_n": e.query_last_n}
-
-    def evaluate(query: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        settings = {**configured, **query}
-        scorer.set_query(settings["eval.query"], settings["eval.query_last_n"])
-        masking = {"exclude_seen": e.exclude_seen} if setup.protocol == "ml" else {}
-        res = run_protocol(
-            setup.protocol,
-            setup.split,
-            Prefitted(scorer),
-            setup.catalogue,
-            ks,
-            batch_size=e.batch_size,
-            seed=e.seed,
-            **masking,
-        )
-        if setup.metric not in res:
-            raise ConfigError(f"tune.metric: {setup.metric!r} is not among {sorted(res)}")
-        value = float(res[setup.metric])
-        return (value if math.isfinite(value) else float("-inf")), res
-
     def score(epoch: int) -> None:
         nonlocal last
-        own, res = evaluate({})
+        own, res = _evaluate(setup, cfg, scorer, {})
         best, chosen = own, {}
         if scorer.pools_queries:  # the model pools its item vectors: try every pooling, keep the best
             for query in setup.query_grid:
-                value, other = evaluate(query)
+                value, other = _evaluate(setup, cfg, scorer, query)
                 if value > best:
                     best, chosen, res = value, query, other
         metrics = {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not k.endswith("_s")}
@@ -187,3 +197,44 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, report: Any = None) -> 
     if last.get("epoch") != epochs:  # a model that calls the hook less often than its epochs say
         score(epochs)
     return last
+
+
+class _Timed(Exception):
+    """Raised from the epoch hook once the epochs a cost estimate needs are timed."""
+
+
+def estimate_trial_seconds(params: dict[str, Any], setup: TrialSetup) -> float:
+    """Seconds a whole trial of ``params`` takes, timed on its first two epochs (the rest is not run).
+
+    ``setup-to-first-epoch + (epochs - 1) * second epoch + reports * one scoring``: a model's
+    trials differ from its configured one mostly in how many epochs they run, so the configured
+    trial's cost says how many trials a share of the time budget buys (recemb.tune.search).
+    """
+    import torch
+
+    os.environ.update(setup.env)
+    torch.set_num_threads(setup.threads)
+    cfg = trial_config(setup, params)
+    epochs = int(getattr(model_spec(setup.model).section_config(cfg), "epochs", 1))
+    scorer = _scorer(setup, cfg)
+    marks: list[float] = []
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int) -> None:
+        marks.append(time.perf_counter() - started)
+        if len(marks) >= min(2, epochs):
+            raise _Timed
+
+    try:
+        scorer.fit(fit_events(setup.protocol, setup.split), setup.catalogue, on_epoch=on_epoch)
+    except _Timed:
+        pass
+    if not marks:  # the model does not call the hook: it was a whole fit
+        marks.append(time.perf_counter() - started)
+    per_epoch = marks[1] - marks[0] if len(marks) > 1 else marks[0]
+    t0 = time.perf_counter()
+    for query in setup.query_grid if scorer.pools_queries else ({},):
+        _evaluate(setup, cfg, scorer, query)
+    scoring = time.perf_counter() - t0
+    reports = len(report_epochs(setup.report_percents, epochs))
+    return marks[0] + max(0, epochs - 1) * per_epoch + reports * scoring
