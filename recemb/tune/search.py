@@ -3,8 +3,12 @@
 For each model: its search space (:mod:`.space`), trials that fit on the
 validation split's train part and report the selection metric after ASHA's
 rung epochs and their last epoch (:mod:`.trial`), the configured setting as
-the first trial (so the table shows what the search gained), the rest drawn
-by the searcher (random, or Optuna's TPE). Trials run in parallel on Ray
+the first trial (so the table shows what the search gained), the rest chosen
+by the searcher (steps from the configured setting, :mod:`.local`; random;
+or Optuna's TPE). With a time budget, each model's configured trial is timed
+on its first epochs first, and the models are searched cheapest first, each
+with a share of what is left that grows with the square root of its trial's
+cost. Trials run in parallel on Ray
 (``tune.cpus_per_trial`` each), a crashed trial is retried
 (``tune.max_failures``), and a search that was interrupted resumes from Ray
 Tune's experiment state when it is run again with the same settings.
