@@ -34,19 +34,24 @@ class TuneConfig(Section):
     # Models to tune; empty: every base model in eval.models that declares a search space.
     models: list[str] = Field(default_factory=list)
     trials: int = Field(20, ge=1)  # trials per model (the first one is the configured setting)
-    # The whole search (a default search ends within 15 minutes); None: no limit. Each model gets an even share
-    # of what is left when its search starts, so time a model does not use goes to the next ones.
+    # The whole search (a default search ends within 15 minutes); None: no limit. Models are searched cheapest
+    # first, each given a share of what is left by the cost of its configured trial (recemb.tune.search), so
+    # time a model does not use goes to the next ones.
     time_budget: str | float | None = "12m"
     protocol: Literal["auto", "ml", "sess", "imp"] = "auto"  # auto: the first of eval.protocols among these
     metric: str | None = None  # selection metric; default recemb.eval.validation.SELECTION_METRICS[protocol]
     # local: steps from the configured setting, one setting at a time (recemb.tune.local); it ends a model's
     # search at a local optimum. random: draws from the whole space. tpe: Optuna's TPE (pip install optuna).
     searcher: Literal["local", "random", "tpe"] = "local"
-    # asha: stop weak trials early. Trials are compared at equal shares of their own epochs (their
-    # learning-rate schedules are at the same point then), at rungs grace, grace*rf, ... of 1.
-    scheduler: Literal["asha", "fifo"] = "asha"
-    grace: float = Field(0.1, gt=0, le=1)  # ASHA: no trial is stopped before this share of its epochs
-    reduction_factor: int = Field(3, ge=2)  # ASHA: keep the best 1/rf at each rung
+    # Early stopping. Trials are compared at equal shares of their own epochs (their learning-rate schedules
+    # are at the same point then), at rungs grace, grace*rf, ... of 1. asha: keep the best 1/rf at each rung.
+    # trailing: stop a trial that trails the best completed trial at the same rung by more than stop_margin
+    # standard errors (recemb.tune.stopping). auto: trailing for the local searcher, whose steps score close
+    # to each other, asha for random and TPE draws. fifo: no early stopping.
+    scheduler: Literal["auto", "asha", "trailing", "fifo"] = "auto"
+    grace: float = Field(0.1, gt=0, le=1)  # no trial is stopped before this share of its epochs
+    reduction_factor: int = Field(3, ge=2)  # ASHA: keep the best 1/rf at each rung; both: the rungs' spacing
+    stop_margin: float = Field(1.0, ge=0)  # trailing: standard errors a trial may trail the best by
     cpus_per_trial: float = Field(1.0, gt=0)  # Ray resource; also the trial's compute threads (floor, >= 1)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractional GPUs per trial, where the cluster has them
     concurrent: int = Field(0, ge=0)  # trials at once; 0: as many as the cluster's CPUs allow
@@ -61,6 +66,13 @@ class TuneConfig(Section):
     def _check_budget(cls, value: str | float | None) -> str | float | None:
         parse_duration(value)
         return value
+
+    @property
+    def stopping(self) -> Literal["asha", "trailing", "fifo"]:
+        """The scheduler ``auto`` stands for with this searcher."""
+        if self.scheduler == "auto":
+            return "trailing" if self.searcher == "local" else "asha"
+        return self.scheduler
 
     @property
     def budget_seconds(self) -> float | None:

@@ -1,8 +1,9 @@
 """The ``recemb tune`` driver: one Ray Tune experiment per model on the validation split.
 
 For each model: its search space (:mod:`.space`), trials that fit on the
-validation split's train part and report the selection metric after ASHA's
-rung epochs and their last epoch (:mod:`.trial`), the configured setting as
+validation split's train part and report the selection metric after the
+early-stopping rungs and their last epoch (:mod:`.trial`; ASHA, or for the
+local searcher :mod:`.stopping`'s rule), the configured setting as
 the first trial (so the table shows what the search gained), the rest chosen
 by the searcher (steps from the configured setting, :mod:`.local`; random;
 or Optuna's TPE). With a time budget, each model's configured trial is timed
@@ -21,7 +22,7 @@ Outputs under ``<run>/tune/``::
     summary.json      per model: default vs best validation score, trial counts, wall time
     ray/<model>/      Ray Tune's experiment state (restore)
 
-Only completed trials (all their epochs) can win: a trial ASHA stopped early
+Only completed trials (all their epochs) can win: a trial stopped early
 was scored after fewer epochs than its settings say.
 """
 
@@ -122,7 +123,7 @@ def _fingerprint(cfg: PipelineConfig, spec: ModelSpec, space: Space, protocol: s
         "space": space,
         "protocol": protocol,
         "metric": metric,
-        "search": [t.trials, t.searcher, t.scheduler, t.grace, t.reduction_factor, t.seed, t.validation_fraction],
+        "search": [t.trials, t.searcher, t.stopping, t.grace, t.reduction_factor, t.stop_margin, t.seed, t.validation_fraction],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -147,12 +148,25 @@ def _searcher(t: TuneConfig, space: Space, first: dict[str, Any], cost_s: float 
     return BasicVariantGenerator(points_to_evaluate=[first], random_state=t.seed)
 
 
+def _scheduler(t: TuneConfig, percents: list[int]) -> Any:
+    """The early-stopping rule of ``tune.scheduler`` over the rungs ``percents`` (of a trial's epochs)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if t.stopping == "asha":
+        return ASHAScheduler(time_attr=PROGRESS, max_t=100, grace_period=percents[0], reduction_factor=t.reduction_factor)
+    if t.stopping == "trailing":
+        from recemb.tune.stopping import TrailingBest
+
+        return TrailingBest(percents, t.stop_margin, metric=SCORE)
+    return FIFOScheduler()
+
+
 def model_setup(cfg: PipelineConfig, spec: ModelSpec, base: TrialSetup) -> tuple[TrialSetup, Space, Space, dict]:
     """``(trial setup, whole space, drawn space, configured setting)`` of one model's search."""
     t = cfg.tune
     full_space = model_space(spec, t.spaces.get(spec.name))
     space, inside = split_space(full_space)
-    percents = rungs(t.grace, t.reduction_factor) if t.scheduler == "asha" else [100]
+    percents = rungs(t.grace, t.reduction_factor) if t.stopping != "fifo" else [100]
     setup = replace(base, report_percents=tuple(percents), query_grid=query_grid(inside))
     return setup, full_space, space, defaults(cfg, spec, space)
 
@@ -178,8 +192,6 @@ def _tune_model(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run one model's experiment; return (trial rows, report rows)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     t = cfg.tune
     setup, full_space, space, first = model_setup(cfg, spec, base)
     protocol, metric = base.protocol, base.metric
@@ -187,16 +199,11 @@ def _tune_model(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
     )
-    scheduler = (
-        ASHAScheduler(time_attr=PROGRESS, max_t=100, grace_period=percents[0], reduction_factor=t.reduction_factor)
-        if t.scheduler == "asha"
-        else FIFOScheduler()
-    )
     tune_config = tune.TuneConfig(
         metric=SCORE,
         mode="max",
         num_samples=t.trials,
-        scheduler=scheduler,
+        scheduler=_scheduler(t, percents),
         search_alg=_searcher(t, space, first, cost_s, budget_s),
         max_concurrent_trials=t.concurrent or None,
         time_budget_s=budget_s,
@@ -431,7 +438,7 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
         "metric": metric,
         "validation_fraction": t.validation_fraction,
         "searcher": t.searcher,
-        "scheduler": t.scheduler,
+        "scheduler": t.stopping,
         "models": models,
         **({"blend": blend} if blend else {}),
     }

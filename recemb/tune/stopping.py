@@ -1,0 +1,106 @@
+"""Early stopping measured against the best completed trial: stop a trial that trails it beyond noise.
+
+Why not ASHA for the local searcher: ASHA keeps the best ``1 / rf`` of the
+trials at each rung, whatever their distance. That fits random draws, most of
+which are far worse than the best. The local searcher's trials are one step
+from a good setting, so they score close to it, and ranking them on early
+scores kills good steps at random: ML-100K (stop 26), 8 of 10 two-tower
+steps were stopped after their first of 4 epochs on scores within 0.01 of
+the configured setting's, whose own epoch-1 score was among the lowest of
+its curve.
+
+The rule here: at each rung (a share of the trial's own epochs, the same
+rungs as ASHA's), compare the trial's score with the score the best completed
+trial had at that rung, and stop it when it trails by more than ``margin``
+standard errors of that score. The metrics are means over validation queries
+of per-query values in [0, 1] (recall, NDCG, MRR, hit rate, per-impression
+AUC), whose variance is at most ``s * (1 - s)``; so ``sqrt(s * (1 - s) / n)``
+over ``n`` scored queries bounds the standard error without keeping
+per-query values. Until a trial completes nothing is stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from recemb.tune.trial import PROGRESS
+
+Curve = dict[int, float]  # rung (percent of epochs) -> score at the first report at or past it
+
+
+def standard_error(score: float, queries: int) -> float:
+    """Upper bound of the standard error of a mean of ``queries`` values in [0, 1] averaging ``score``."""
+    if queries <= 0 or not math.isfinite(score):
+        return math.inf
+    p = min(max(score, 0.0), 1.0)
+    return math.sqrt(p * (1.0 - p) / queries)
+
+
+def trails(score: float, reference: float, queries: int, margin: float) -> bool:
+    """Is ``score`` more than ``margin`` standard errors (of ``reference``) below ``reference``?"""
+    return score < reference - margin * standard_error(reference, queries)
+
+
+class TrailingBest(FIFOScheduler):
+    """Ray Tune scheduler: stop a trial at a rung where it trails the best completed trial beyond noise.
+
+    Args:
+        rungs: percents of a trial's epochs to compare at (below 100; later reports are not judged).
+        margin: how many standard errors a trial may trail by (recemb.tune.config ``stop_margin``).
+        metric: the reported score (maximised); ``queries_key``: the report's count of scored queries.
+    """
+
+    def __init__(self, rungs: list[int], margin: float, metric: str, queries_key: str = "scored_rows"):
+        super().__init__()
+        self._rungs = sorted(r for r in rungs if r < 100)
+        self._margin = margin
+        self._score_key = metric
+        self._queries_key = queries_key
+        self._curves: dict[str, Curve] = {}  # trial id -> its rung scores so far
+        self._best: tuple[float, Curve] | None = None  # (final score, rung scores) of the best completed trial
+
+    def _record(self, trial_id: str, result: dict[str, Any]) -> int | None:
+        """Store the result's score at the highest rung it reached first; return that rung (None: none)."""
+        progress, score = result.get(PROGRESS), result.get(self._score_key)
+        if progress is None or score is None:
+            return None
+        curve = self._curves.setdefault(trial_id, {})
+        reached = [r for r in self._rungs if r <= progress and r not in curve]
+        for rung in reached:
+            curve[rung] = float(score)
+        return reached[-1] if reached else None
+
+    def judge(self, trial_id: str, result: dict[str, Any]) -> str:
+        """CONTINUE or STOP for one report (the Ray-free part of ``on_trial_result``)."""
+        rung = self._record(trial_id, result)
+        if result.get(PROGRESS, 0) >= 100:  # its last report: stopping saves nothing
+            return TrialScheduler.CONTINUE
+        if rung is None or self._best is None or rung not in self._best[1]:
+            return TrialScheduler.CONTINUE
+        queries = int(result.get(self._queries_key) or 0)
+        if trails(float(result[self._score_key]), self._best[1][rung], queries, self._margin):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def complete(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        """A trial ended: if it ran all its epochs and beats the best, its curve becomes the reference."""
+        curve = self._curves.pop(trial_id, {})
+        if not result or result.get("epoch") != result.get("epochs") or self._score_key not in result:
+            return
+        score = float(result[self._score_key])
+        if math.isfinite(score) and (self._best is None or score > self._best[0]):
+            self._best = (score, curve)
+
+    # ----------------------------------------------------------------- Ray Tune's side
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self.judge(trial.trial_id, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self.complete(trial.trial_id, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        # A trial this scheduler stopped (or one that failed) ends here, not in on_trial_complete.
+        self._curves.pop(trial.trial_id, None)
