@@ -14,7 +14,13 @@ RUNGS = [10, 30, 100]
 
 
 def _report(score: float, epoch: int, epochs: int, queries: int = 943) -> dict:
-    return {"score": score, "epoch": epoch, "epochs": epochs, "progress": round(100 * epoch / epochs), "scored_rows": queries}
+    return {
+        "score": score,
+        "epoch": epoch,
+        "epochs": epochs,
+        "progress": round(100 * epoch / epochs),
+        "scored_rows": queries,
+    }
 
 
 def test_the_margin_is_the_binomial_bound_of_the_references_standard_error():
@@ -85,7 +91,9 @@ def test_ray_tune_stops_a_trial_that_trails_the_completed_one(ray_local, tmp_pat
             mode="max",
             num_samples=3,
             scheduler=TrailingBest(RUNGS, margin=1.0, metric="score"),
-            search_alg=BasicVariantGenerator(points_to_evaluate=[{"quality": 0.5}, {"quality": 0.49}, {"quality": 0.1}]),
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=[{"quality": 0.5}, {"quality": 0.49}, {"quality": 0.1}]
+            ),
         ),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="stop", verbose=0),
     )

@@ -123,7 +123,16 @@ def _fingerprint(cfg: PipelineConfig, spec: ModelSpec, space: Space, protocol: s
         "space": space,
         "protocol": protocol,
         "metric": metric,
-        "search": [t.trials, t.searcher, t.stopping, t.grace, t.reduction_factor, t.stop_margin, t.seed, t.validation_fraction],
+        "search": [
+            t.trials,
+            t.searcher,
+            t.stopping,
+            t.grace,
+            t.reduction_factor,
+            t.stop_margin,
+            t.seed,
+            t.validation_fraction,
+        ],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -153,7 +162,9 @@ def _scheduler(t: TuneConfig, percents: list[int]) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if t.stopping == "asha":
-        return ASHAScheduler(time_attr=PROGRESS, max_t=100, grace_period=percents[0], reduction_factor=t.reduction_factor)
+        return ASHAScheduler(
+            time_attr=PROGRESS, max_t=100, grace_period=percents[0], reduction_factor=t.reduction_factor
+        )
     if t.stopping == "trailing":
         from recemb.tune.stopping import TrailingBest
 
@@ -192,6 +203,7 @@ def _tune_model(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run one model's experiment; return (trial rows, report rows)."""
     from ray import tune
+
     t = cfg.tune
     setup, full_space, space, first = model_setup(cfg, spec, base)
     protocol, metric = base.protocol, base.metric
