@@ -5,8 +5,10 @@ trials a model, and the configured setting is usually a sensible one. Random
 draws from a space wide enough to matter mostly land far below it (ML-100K,
 stop 25: 14 of 16 item2vec draws scored under half the configured setting's
 validation NDCG@10), and TPE needs ~10 random draws before it models anything.
-A step from a good setting is rarely far worse, so it survives ASHA's rungs
-more often and every completed trial says something about the neighbourhood.
+A step from a good setting is rarely far worse, and every completed trial
+says something about the neighbourhood. (Steps score close to each other, so
+they are stopped early only when they trail the best completed trial beyond
+noise, recemb.tune.stopping, not ranked by ASHA.)
 
 The walk (a first-improvement coordinate search, a pattern search without
 step shrinking):
@@ -26,7 +28,7 @@ step shrinking):
 A step is x2 / /2 on a log-scaled or positive integer dimension, a quarter of
 the range on a uniform one, and the adjacent value of a ``choice`` (in its
 declared order, so ``window: [1, 2, 3, 5, 10, 20, 0]`` steps 20 -> 0, the whole
-session). Only completed trials can become the centre: a trial ASHA stopped
+session). Only completed trials can become the centre: a trial stopped
 early was scored on a partial schedule.
 """
 
