@@ -4,7 +4,8 @@ For each dataset: ``recemb tune`` searches on the validation split (the test
 part is never read), then every tuned model is fitted twice on the test
 split's train part by the evaluation harness (``run_rows``, what ``recemb
 evaluate`` runs): once with the config's settings, once with ``best.yaml``
-merged over them. The baselines run on the same split. Printed per dataset:
+merged over them; with ``--seeds``, twice per training seed, reported as the
+mean over seeds. The baselines run on the same split. Printed per dataset:
 test metrics (default -> tuned), the validation scores the search saw, the
 trial counts and the wall time of the search.
 
@@ -13,6 +14,7 @@ Run::
     .venv/bin/python benchmarks/tune.py                                   # ml-100k, yoochoose, synthetic
     .venv/bin/python benchmarks/tune.py --only ml-100k --trials 30 --time-budget 15m
     .venv/bin/python benchmarks/tune.py --only synthetic --models item2vec --searcher tpe
+    .venv/bin/python benchmarks/tune.py --only ml-100k --reuse --seeds 0 1 2   # last search, 3 training seeds
 """
 
 from __future__ import annotations
@@ -55,7 +57,33 @@ def test_rows(cfg: PipelineConfig, protocol: str, baselines: list[str], models: 
     }
 
 
-def bench(name: str, request: TuneRequest, overrides: list[str], library_defaults: bool) -> dict:
+def seeded(cfg: PipelineConfig, models: list[str], seed: int) -> PipelineConfig:
+    """``cfg`` with every one of ``models`` trained from ``seed``."""
+    tree = config_to_dict(cfg)
+    for m in models:
+        tree.setdefault(MODELS[m].section, {})["seed"] = seed
+    return build_config(tree)
+
+
+def seed_rows(cfg: PipelineConfig, protocol: str, models: list[str], seeds: list[int]) -> dict[str, list[dict]]:
+    """Test rows of ``models`` trained from each of ``seeds``: name -> one row per seed."""
+    out: dict[str, list[dict]] = {m: [] for m in models}
+    for seed in seeds:
+        for m, row in test_rows(seeded(cfg, models, seed), protocol, [], models).items():
+            out[m].append(row)
+    return out
+
+
+def cell(rows: list[dict], column: str) -> str:
+    """The mean of ``column`` over seeds, with the range where there are several."""
+    values = [r[column] for r in rows]
+    mean = sum(values) / len(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} [{min(values):.4f}-{max(values):.4f}]"
+
+
+def bench(
+    name: str, request: TuneRequest, overrides: list[str], library_defaults: bool, seeds: list[int], reuse: bool
+) -> dict:
     config, baselines = DATASETS[name]
     tree = yaml.safe_load((ROOT / "configs" / config).read_text())
     if library_defaults:  # no hand-set model settings: the search starts from the library's defaults
@@ -67,28 +95,42 @@ def bench(name: str, request: TuneRequest, overrides: list[str], library_default
     if not (cfg.prepared_dir / "events.parquet").is_file():
         STAGES["data"].run(cfg, False)
     t0 = time.perf_counter()
-    summary = tune_run(cfg, request)
+    if reuse:  # the search of an earlier run of this benchmark: its summary and best.yaml
+        summary = json.loads((cfg.run_dir / "tune" / "summary.json").read_text())
+    else:
+        summary = tune_run(cfg, request)
     search_s = time.perf_counter() - t0
     models = [m for m, s in summary["models"].items() if s["best_settings"]]
     overlay = yaml.safe_load((cfg.run_dir / "tune" / "best.yaml").read_text()) or {}
     tuned_cfg = build_config(merge_tree(config_to_dict(cfg), overlay))
-    before = test_rows(cfg, protocol, baselines, models)
-    after = test_rows(tuned_cfg, protocol, [], models)
+    base = test_rows(cfg, protocol, baselines, [])
+    before = seed_rows(cfg, protocol, models, seeds)
+    after = seed_rows(tuned_cfg, protocol, models, seeds)
     columns = COLUMNS[protocol]
     metric = summary["metric"]
-    print(f"\n{name} · P-{protocol.upper()} test split · search {search_s:.0f}s ({summary.get('searcher')})")
+    searched = "reused" if reuse else f"{search_s:.0f}s"
+    print(f"\n{name} · P-{protocol.upper()} test split · search {searched} ({summary.get('searcher')})")
+    if len(seeds) > 1:
+        print(f"models: mean [min-max] over training seeds {seeds}")
     print(f"| model | {' | '.join(f'{c} default -> tuned' for c in columns)} | val {metric} default -> best | trials |")
     print(f"|---|{'---|' * len(columns)}---|---|")
     for b in baselines:
-        print(f"| {b} | {' | '.join(f'{before[b][c]:.4f}' for c in columns)} | | |")
+        print(f"| {b} | {' | '.join(f'{base[b][c]:.4f}' for c in columns)} | | |")
     for m in models:
         s = summary["models"][m]
-        cells = " | ".join(f"{before[m][c]:.4f} -> {after[m][c]:.4f}" for c in columns)
+        cells = " | ".join(f"{cell(before[m], c)} -> {cell(after[m], c)}" for c in columns)
         val = f"{s['default_score'] or float('nan'):.4f} -> {s['best_score']:.4f}"
         counts = f"{s['trials']} ({s['completed']} done, {s['stopped']} stopped)"
         print(f"| {m} | {cells} | {val} | {counts} |")
     print(f"best settings: {json.dumps(overlay, sort_keys=True)}")
-    return {"dataset": name, "search_s": search_s, "summary": summary, "before": before, "after": after}
+    return {
+        "dataset": name,
+        "search_s": search_s,
+        "summary": summary,
+        "baselines": base,
+        "before": before,
+        "after": after,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="drop the configs' hand-set model settings (content parts kept): tune from the library defaults",
     )
+    ap.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="train the models from each seed on the test split, default and tuned alike, and report the mean "
+        "[min-max]: one seed's figure moves with the training noise (ML-100K two-tower: 0.215-0.234 Recall@20)",
+    )
+    ap.add_argument("--reuse", action="store_true", help="skip the search: test the best.yaml of an earlier run")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", default=None, help="write every result here")
     args = ap.parse_args(argv)
@@ -110,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     request = TuneRequest(
         models=args.models, trials=args.trials, time_budget=args.time_budget, searcher=args.searcher, resume=False
     )
-    results = [bench(name, request, args.overrides, args.library_defaults) for name in args.only]
+    results = [
+        bench(name, request, args.overrides, args.library_defaults, args.seeds, args.reuse) for name in args.only
+    ]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -209,7 +209,20 @@ def _tune_outputs(folder: Path) -> None:
                     "best_score": 0.05,
                     "best_settings": {"item2vec": settings[1]},
                     "seconds": 12.0,
-                }
+                },
+                "two_tower": {  # no trial beat the configured setting beyond noise: it was kept
+                    "trials": 1,
+                    "completed": 1,
+                    "stopped": 0,
+                    "error": 0,
+                    "not run": 0,
+                    "default_score": 0.04,
+                    "best_score": 0.04,
+                    "best_settings": {"two_tower": {"epochs": 4}},
+                    "kept_configured": True,
+                    "top_score": 0.0412,
+                    "seconds": 3.0,
+                },
             },
         },
     )
@@ -230,6 +243,7 @@ def test_report_is_self_contained_and_fills_every_section(tiny_run):
     assert "<script" not in page.lower() and "<link" not in page.lower()
     srcs = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
     assert len(srcs) >= 4 + 6 and all(s.startswith("data:image/") for s in srcs)
+    assert "kept; best trial 0.0412, within noise" in page  # the tuning table says a setting was kept
     # Thumbnails of the synthetic PNGs next to the neighbour titles.
     assert page.count('class="thumb" src="data:image/png;base64,') >= 6 * 6
 

@@ -85,6 +85,37 @@ def test_rungs_are_shares_of_each_trials_own_epochs():
     assert report_epochs((10, 30, 100), 150) == {15, 45, 150}
 
 
+def test_the_configured_setting_is_kept_unless_the_best_beats_it_beyond_noise(tmp_path):
+    import polars as pl
+
+    from recemb.tune.noise import standard_error
+    from recemb.tune.search import best_trials, write_best
+
+    se = standard_error(0.26, 943)  # ~0.0143
+
+    def trials(best: float, status: str = "completed") -> pl.DataFrame:
+        rows = [
+            (True, 0.26, "completed", '{"w": 1}'),
+            (False, best, status, '{"w": 2}'),
+            (False, 0.20, "completed", "{}"),
+        ]
+        return pl.DataFrame(
+            [
+                {"model": "m", "default": d, "score": sc, "status": st, "scored_rows": 943, "params": p}
+                for d, sc, st, p in rows
+            ]
+        )
+
+    near = best_trials(trials(0.26 + 0.8 * se), min_gain=1.0)["m"]
+    assert near["default"] and near["kept"] and near["top_score"] == pytest.approx(0.26 + 0.8 * se)
+    far = best_trials(trials(0.26 + 1.2 * se), min_gain=1.0)["m"]
+    assert not far["default"] and not far.get("kept")
+    assert not best_trials(trials(0.26 + 0.8 * se), min_gain=0.0)["m"]["default"]  # 0: the best always wins
+    assert best_trials(trials(0.99, status="stopped"), min_gain=1.0)["m"]["default"]  # only completed trials count
+    write_best(tmp_path / "best.yaml", {"m": near}, "ml", "recall@20")
+    assert "configured, kept" in (tmp_path / "best.yaml").read_text()
+
+
 # --------------------------------------------------------------------------- overlays
 def test_overlay_round_trips_through_config_validation(tmp_path):
     from recemb.tune.search import write_best

@@ -8,7 +8,8 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from recemb.tune.config import TuneConfig
-from recemb.tune.stopping import TrailingBest, standard_error, trails
+from recemb.tune.noise import standard_error, trails
+from recemb.tune.stopping import TrailingBest
 
 RUNGS = [10, 30, 100]
 

@@ -524,6 +524,15 @@ def _flat_settings(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any
     return out
 
 
+def _best_cell(metric: str, s: dict) -> str:
+    """The chosen validation score; where the configured setting was kept, the best trial's beside it."""
+    if s["best_score"] is None:
+        return "-"
+    if s.get("kept_configured"):
+        return f"{_fmt(metric, s['best_score'])} (kept; best trial {_fmt(metric, s['top_score'])}, within noise)"
+    return _fmt(metric, s["best_score"])
+
+
 def tuning_section(run: _Run) -> str:
     """``recemb tune``'s search: default vs best validation score per model, score vs settings, progress."""
     folder = run.dir / "tune"
@@ -553,7 +562,7 @@ def tuning_section(run: _Run) -> str:
                 str(s["stopped"]),
                 str(s["error"]),
                 _fmt(metric, s["default_score"]) if s["default_score"] is not None else "-",
-                _fmt(metric, s["best_score"]) if s["best_score"] is not None else "-",
+                _best_cell(metric, s),
                 f"{s['seconds']:.0f} s",
             ]
         )

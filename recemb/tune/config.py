@@ -52,6 +52,9 @@ class TuneConfig(Section):
     grace: float = Field(0.1, gt=0, le=1)  # no trial is stopped before this share of its epochs
     reduction_factor: int = Field(3, ge=2)  # ASHA: keep the best 1/rf at each rung; both: the rungs' spacing
     stop_margin: float = Field(1.0, ge=0)  # trailing: standard errors a trial may trail the best by
+    # best.yaml keeps the configured setting unless the best trial beats it by more than this many standard
+    # errors of its validation score (recemb.tune.noise); 0: the best always wins
+    min_gain: float = Field(1.0, ge=0)
     cpus_per_trial: float = Field(1.0, gt=0)  # Ray resource; also the trial's compute threads (floor, >= 1)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractional GPUs per trial, where the cluster has them
     concurrent: int = Field(0, ge=0)  # trials at once; 0: as many as the cluster's CPUs allow

@@ -51,6 +51,7 @@ from recemb.stages.registry import MODELS, ModelSpec, Variant, eval_entry, model
 from recemb.testing import faults
 from recemb.tune.blend import fit_blend_weights, format_blend
 from recemb.tune.config import TuneConfig
+from recemb.tune.noise import standard_error
 from recemb.tune.space import Space, contains, defaults, model_space, overlay_tree, query_grid, split_space, to_ray
 from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, estimate_trial_seconds, run_trial, rungs
 
@@ -291,14 +292,31 @@ def _tune_model(
     return trials, reports
 
 
-def best_trials(trials: pl.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per model: the completed trial with the highest score (None where no trial completed)."""
+def best_trials(trials: pl.DataFrame, min_gain: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Per model: the completed trial with the highest score (absent where no trial completed).
+
+    The configured setting's trial is kept unless the best beats it by more than ``min_gain``
+    standard errors of its score (recemb.tune.noise): a search picks its best among many
+    noisy scores, and a winner by less than noise is as likely a worse setting (ML-100K
+    two-tower: one setting's validation Recall@20 spans 0.249-0.272 over 3 training seeds).
+    The row chosen that way carries ``kept: True`` and the best's ``top_score``.
+    """
     out: dict[str, dict[str, Any]] = {}
     for model in trials["model"].unique(maintain_order=True).to_list():
         done = trials.filter((pl.col("model") == model) & (pl.col("status") == "completed"))
         done = done.filter(pl.col("score").is_finite())
-        if done.height:
-            out[model] = done.sort(["score", "default"], descending=True).row(0, named=True)
+        if not done.height:
+            continue
+        best = done.sort(["score", "default"], descending=True).row(0, named=True)
+        configured = done.filter(pl.col("default"))
+        if not best["default"] and configured.height:
+            row = configured.row(0, named=True)
+            scores = (best["score"], row["score"])
+            noise = min_gain * standard_error(row["score"], row["scored_rows"])
+            if best["score"] - row["score"] <= noise:
+                log.info("tune %s: the best %.4f is within noise of the configured %.4f: kept", model, *scores)
+                best = {**row, "kept": True, "top_score": best["score"]}
+        out[model] = best
     return out
 
 
@@ -312,7 +330,11 @@ def write_best(path: Path, best: dict[str, dict[str, Any]], protocol: str, metri
         f"# ({protocol} {metric}; the test part was never read). Apply with",
         "#   recemb pipeline CONFIG --overlay " + str(path),
     ]
-    header += [f"#   {model}: validation {metric} {row['score']:.4f}" for model, row in best.items()]
+    header += [
+        f"#   {model}: validation {metric} {row['score']:.4f}"
+        + (f" (configured, kept: the best trial's {row['top_score']:.4f} is within noise)" if row.get("kept") else "")
+        for model, row in best.items()
+    ]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(header) + "\n" + (yaml.safe_dump(tree, sort_keys=True) if tree else "{}\n"))
     return tree
@@ -333,6 +355,9 @@ def summarise(trials: pl.DataFrame, best: dict[str, dict[str, Any]], seconds: di
             "default_score": float(default["configured_score"][0]) if default.height else None,
             "best_score": float(row["score"]) if row else None,
             "best_settings": json.loads(row["params"]) if row else None,
+            # the configured setting was kept: no trial beat it beyond noise (tune.min_gain); top_score: the best's
+            "kept_configured": bool(row and row.get("kept")),
+            **({"top_score": float(row["top_score"])} if row and row.get("kept") else {}),
             "seconds": round(seconds.get(model, 0.0), 1),
         }
     return out
@@ -354,6 +379,10 @@ def format_summary(summary: dict[str, Any], protocol: str, metric: str) -> str:
             f"{cell(s['default_score'])} {cell(s['best_score'])} {s['seconds']:>6.0f}s"
         )
     for model, s in summary.items():
+        if s.get("kept_configured"):
+            lines.append(
+                f"{model}: the configured setting kept (the best trial's {s['top_score']:.4f} is within noise)"
+            )
         if s["best_settings"]:
             lines.append(f"{model}: {json.dumps(s['best_settings'], sort_keys=True)}")
     return "\n".join(lines)
@@ -441,7 +470,7 @@ def tune_run(cfg: PipelineConfig, request: TuneRequest = TuneRequest()) -> dict[
         all_reports,
         schema={"model": pl.String, "trial": pl.String, "epoch": pl.Int64, "score": pl.Float64, "at_s": pl.Float64},
     ).write_parquet(out / "history.parquet")
-    best = best_trials(trials_df)
+    best = best_trials(trials_df, t.min_gain)
     tree = write_best(out / "best.yaml", best, protocol, metric)
     models = summarise(trials_df, best, seconds)
     blend = _fit_blend(cfg, tree, ds, protocol, split, catalogue, out) if request.blend else None

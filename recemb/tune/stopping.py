@@ -5,18 +5,14 @@ trials at each rung, whatever their distance. That fits random draws, most of
 which are far worse than the best. The local searcher's trials are one step
 from a good setting, so they score close to it, and ranking them on early
 scores kills good steps at random: ML-100K (stop 26), 8 of 10 two-tower
-steps were stopped after their first of 4 epochs on scores within 0.01 of
-the configured setting's, whose own epoch-1 score was among the lowest of
-its curve.
+steps were stopped after the first of their 4 epochs, at scores within 0.01
+of the configured setting's score at that point.
 
 The rule here: at each rung (a share of the trial's own epochs, the same
 rungs as ASHA's), compare the trial's score with the score the best completed
 trial had at that rung, and stop it when it trails by more than ``margin``
-standard errors of that score. The metrics are means over validation queries
-of per-query values in [0, 1] (recall, NDCG, MRR, hit rate, per-impression
-AUC), whose variance is at most ``s * (1 - s)``; so ``sqrt(s * (1 - s) / n)``
-over ``n`` scored queries bounds the standard error without keeping
-per-query values. Until a trial completes nothing is stopped.
+standard errors of that score (bounded as in recemb.tune.noise). Until a
+trial completes nothing is stopped.
 """
 
 from __future__ import annotations
@@ -26,22 +22,10 @@ from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from recemb.tune.noise import trails
 from recemb.tune.trial import PROGRESS
 
 Curve = dict[int, float]  # rung (percent of epochs) -> score at the first report at or past it
-
-
-def standard_error(score: float, queries: int) -> float:
-    """Upper bound of the standard error of a mean of ``queries`` values in [0, 1] averaging ``score``."""
-    if queries <= 0 or not math.isfinite(score):
-        return math.inf
-    p = min(max(score, 0.0), 1.0)
-    return math.sqrt(p * (1.0 - p) / queries)
-
-
-def trails(score: float, reference: float, queries: int, margin: float) -> bool:
-    """Is ``score`` more than ``margin`` standard errors (of ``reference``) below ``reference``?"""
-    return score < reference - margin * standard_error(reference, queries)
 
 
 class TrailingBest(FIFOScheduler):
