@@ -18,7 +18,8 @@ Outputs under ``<run>/tune/``::
 
     trials.parquet    one row per trial: model, status, score, epochs, metrics, settings (JSON)
     history.parquet   one row per report: model, trial, epoch, score, seconds since the search began
-    best.yaml         the best completed trial's settings per model, as a config overlay
+    best.yaml         the best completed trial's settings per model, as a config overlay (the
+                      configured setting where no trial beat it beyond noise: ``tune.min_gain``)
     summary.json      per model: default vs best validation score, trial counts, wall time
     ray/<model>/      Ray Tune's experiment state (restore)
 
