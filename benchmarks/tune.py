@@ -105,7 +105,14 @@ def bench(
     tuned_cfg = build_config(merge_tree(config_to_dict(cfg), overlay))
     base = test_rows(cfg, protocol, baselines, [])
     before = seed_rows(cfg, protocol, models, seeds)
-    after = seed_rows(tuned_cfg, protocol, models, seeds)
+    # A model whose settings the search kept (recemb.tune.search.best_trials) is not fitted again.
+    old_tree, new_tree = config_to_dict(cfg), config_to_dict(tuned_cfg)
+    changed = [
+        m
+        for m in models
+        if old_tree["eval"] != new_tree["eval"] or old_tree[MODELS[m].section] != new_tree[MODELS[m].section]
+    ]
+    after = {**before, **seed_rows(tuned_cfg, protocol, changed, seeds)}
     columns = COLUMNS[protocol]
     metric = summary["metric"]
     searched = "reused" if reuse else f"{search_s:.0f}s"

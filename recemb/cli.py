@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--searcher",
         choices=["local", "random", "tpe"],
-        help="steps from the configured setting, random draws, or Optuna's TPE (default tune.searcher: local)",
+        help="steps from the configured setting, random draws, or Optuna's TPE (default tune.searcher: random)",
     )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted search")
     p.add_argument(
