@@ -96,7 +96,10 @@ def bench(
         STAGES["data"].run(cfg, False)
     t0 = time.perf_counter()
     if reuse:  # the search of an earlier run of this benchmark: its summary and best.yaml
-        summary = json.loads((cfg.run_dir / "tune" / "summary.json").read_text())
+        earlier = cfg.run_dir / "tune" / "summary.json"
+        if not earlier.is_file():
+            raise SystemExit(f"--reuse: no earlier search in {earlier.parent}; run once without --reuse")
+        summary = json.loads(earlier.read_text())
     else:
         summary = tune_run(cfg, request)
     search_s = time.perf_counter() - t0
