@@ -86,5 +86,5 @@ class TrailingBest(FIFOScheduler):
         self.complete(trial.trial_id, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        # A trial this scheduler stopped (or one that failed) ends here, not in on_trial_complete.
+        # A trial removed while pending or paused (Ray Tune calls on_trial_complete for running ones).
         self._curves.pop(trial.trial_id, None)
