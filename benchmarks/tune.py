@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--time-budget", default="15m")
-    ap.add_argument("--searcher", choices=["local", "random", "tpe"], default=None)
+    ap.add_argument("--searcher", choices=["hybrid", "local", "random", "tpe"], default=None)
     ap.add_argument(
         "--library-defaults",
         action="store_true",

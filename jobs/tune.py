@@ -1,7 +1,7 @@
 """Hyper-parameter search as a Ray job (recemb.tune).
 
     python -m jobs.tune --config configs/ml-100k.yaml [--models item2vec two_tower] [--trials 30]
-        [--time-budget 15m] [--workers 2] [--searcher local|random|tpe] [--fresh] [--blend | --blend-only]
+        [--time-budget 15m] [--workers 2] [--searcher hybrid|local|random|tpe] [--fresh] [--blend | --blend-only]
     ray job submit --working-dir . -- python -m jobs.tune --config configs/yoochoose.yaml
 
 Trials run as Ray Tune trials on the cluster the job joins (fractional CPUs,
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int)
     ap.add_argument("--time-budget")
     ap.add_argument("--workers", type=int)
-    ap.add_argument("--searcher", choices=["local", "random", "tpe"])
+    ap.add_argument("--searcher", choices=["hybrid", "local", "random", "tpe"])
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--blend", action="store_true")
     ap.add_argument("--blend-only", action="store_true")

@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="trials at once (default: as many as Ray's CPUs allow)")
     p.add_argument(
         "--searcher",
-        choices=["local", "random", "tpe"],
-        help="steps from the configured setting, random draws, or Optuna's TPE (default tune.searcher: random)",
+        choices=["hybrid", "local", "random", "tpe"],
+        help="random draws then steps from the best (hybrid), steps from the configured setting (local), random draws, "
+        "or Optuna's TPE (default tune.searcher: random)",
     )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted search")
     p.add_argument(

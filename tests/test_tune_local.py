@@ -10,6 +10,7 @@ import yaml
 from ray.tune.search import Searcher
 
 from recemb.tune.local import LocalSearch, neighbours
+from recemb.tune.space import contains
 
 SPACE = {
     "epochs": {"lograndint": [5, 200]},
@@ -96,14 +97,15 @@ def test_trials_stopped_early_or_failed_never_become_the_centre():
     assert searcher.suggest("d") == Searcher.FINISHED  # the start stays best: its neighbours are all tried
 
 
-def test_an_interrupted_walk_resumes_from_its_saved_state(tmp_path):
-    first = LocalSearch(SPACE, START, metric="score")
+@pytest.mark.parametrize("draws", [0, 3], ids=["local", "hybrid"])
+def test_an_interrupted_walk_resumes_from_its_saved_state(tmp_path, draws):
+    first = LocalSearch(SPACE, START, metric="score", random_draws=draws)
     for n in range(5):
         params = first.suggest(f"t{n}")
         first.on_trial_complete(f"t{n}", {"score": _objective(params), "epoch": 1, "epochs": 1})
     pending = first.suggest("t5")
     first.save(str(tmp_path / "searcher.json"))
-    again = LocalSearch(SPACE, START, metric="score")
+    again = LocalSearch(SPACE, START, metric="score", random_draws=draws)
     again.restore(str(tmp_path / "searcher.json"))
     assert again.suggest("t6") == first.suggest("t6")
     for s in (first, again):  # the trial in flight at the crash finishes after the restore
@@ -153,3 +155,29 @@ def test_no_step_is_started_that_would_outlast_the_time_budget():
     roomier = LocalSearch({"epochs": SPACE["epochs"]}, START, metric="score", trial_seconds=60, budget_seconds=100)
     assert roomier.suggest("a") == START and roomier.suggest("b")["epochs"] == 5
     assert roomier.suggest("c") is None
+
+
+def test_the_hybrid_draws_from_the_whole_space_then_walks_from_the_best_it_has():
+    far = {"epochs": 5, "alpha": 0.005, "ns_exponent": -1.0, "negatives": 2, "window": 1}  # far from the optimum
+    searcher = LocalSearch(SPACE, far, metric="score", random_draws=8, seed=3)
+    tried = _walk(searcher, workers=1)
+    assert tried[0] == far
+    draws, walk = tried[1:9], tried[9:]
+    assert all(contains(SPACE, d) for d in draws)
+    assert all(sum(d[k] != far[k] for k in far) > 1 for d in draws), "a draw looks like a step from the start"
+    best_so_far = max(tried[:9], key=_objective)
+    assert best_so_far != far  # (with this seed a draw beats the poor start)
+    steps = {tuple(sorted(p.items())) for p, _ in neighbours(SPACE, best_so_far)}
+    assert tuple(sorted(walk[0].items())) in steps  # the walk starts from the best draw, not the start
+    assert max(map(_objective, walk)) > _objective(best_so_far)  # and climbs from there
+    again = LocalSearch(SPACE, far, metric="score", random_draws=8, seed=3)
+    assert _walk(again, workers=1) == tried  # the searcher's seed fixes its draws
+
+
+def test_the_hybrid_walks_once_its_share_of_the_time_budget_is_spent():
+    searcher = LocalSearch(
+        SPACE, START, metric="score", trial_seconds=1, budget_seconds=1000, random_draws=10, explore_share=0.0
+    )
+    assert searcher.suggest("a") == START
+    step = searcher.suggest("b")
+    assert sum(step[k] != START[k] for k in START) == 1  # a step, not a draw

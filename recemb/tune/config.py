@@ -45,7 +45,10 @@ class TuneConfig(Section):
     # tpe: Optuna's TPE (pip install optuna). Random is the default: from the library's defaults on ML-100K
     # (a new dataset's case) it took item2vec's validation Recall@20 from 0.124 to 0.257 in 4 minutes,
     # the local walk to 0.168 (noisy steps led it astray; docs/tuning.md).
-    searcher: Literal["local", "random", "tpe"] = "random"
+    # hybrid: random draws in the first `explore` share of the trials and time, then the local walk from the
+    # best of them and the configured setting.
+    searcher: Literal["hybrid", "local", "random", "tpe"] = "random"
+    explore: float = Field(0.5, ge=0, le=1)  # hybrid: the share of trials and time given to random draws
     # Early stopping. Trials are compared at equal shares of their own epochs (their learning-rate schedules
     # are at the same point then), at rungs grace, grace*rf, ... of 1. asha: keep the best 1/rf at each rung.
     # trailing: stop a trial that trails the best completed trial at the same rung by more than stop_margin
@@ -77,7 +80,7 @@ class TuneConfig(Section):
     def stopping(self) -> Literal["asha", "trailing", "fifo"]:
         """The scheduler ``auto`` stands for with this searcher."""
         if self.scheduler == "auto":
-            return "trailing" if self.searcher == "local" else "asha"
+            return "trailing" if self.searcher in ("local", "hybrid") else "asha"
         return self.scheduler
 
     @property

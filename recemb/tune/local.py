@@ -30,18 +30,27 @@ the range on a uniform one, and the adjacent value of a ``choice`` (in its
 declared order, so ``window: [1, 2, 3, 5, 10, 20, 0]`` steps 20 -> 0, the whole
 session). Only completed trials can become the centre: a trial stopped
 early was scored on a partial schedule.
+
+**Hybrid** (``tune.searcher: hybrid``, ``random_draws`` > 0): after the
+configured setting and before walking, up to ``random_draws`` settings are
+drawn from the whole space, within the first ``explore_share`` of the time
+budget. The walk then starts from the best completed trial, configured or
+drawn. Random draws reach a good region from a poor start (a new dataset on
+the library's defaults); the walk refines a start that is already good (a
+config tuned by hand), where draws seldom come close (docs/tuning.md).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from typing import Any
 
 from ray.tune.search import Searcher
 
-from recemb.tune.space import Space, contains
+from recemb.tune.space import Space, contains, sample
 
 Move = tuple[str, int]  # (setting, direction: +1 up / -1 down)
 
@@ -119,10 +128,14 @@ class LocalSearch(Searcher):
         mode: str = "max",
         trial_seconds: float | None = None,
         budget_seconds: float | None = None,
+        random_draws: int = 0,
+        explore_share: float = 0.5,
+        seed: int = 0,
     ):
         """``trial_seconds``: what the ``start`` trial costs; with ``budget_seconds`` (counted from the
         first suggestion) no trial is started that would not end in time (a trial cut short by the
-        budget cannot be chosen, and its time is lost to the models searched after this one)."""
+        budget cannot be chosen, and its time is lost to the models searched after this one).
+        ``random_draws``, ``explore_share``, ``seed``: the hybrid's draws before the walk (module doc)."""
         super().__init__(metric=metric, mode=mode)
         self._space = space
         self._start = dict(start)
@@ -130,12 +143,20 @@ class LocalSearch(Searcher):
         self._budget_seconds = budget_seconds
         self._deadline: float | None = None
         self._sign = 1.0 if mode == "max" else -1.0
+        self._random_draws = random_draws
+        self._explore_share = explore_share
+        self._seed = seed
+        self._explore_until: float | None = None
+        self._drawn = 0  # draws started
+        self._attempts = 0  # draws made (some are skipped): the n-th draw is the same after a resume
+        self._walking = random_draws == 0
         self._scores: dict[str, float] = {}  # every finished trial: its score (-inf: stopped early or failed)
         self._points: dict[str, dict[str, Any]] = {}  # key -> {"params", "move"} of every finished trial
         self._pending: dict[str, dict[str, Any]] = {}  # trial id -> {"params", "move"}
         # The start and its neighbours from the outset: the second worker need not wait for the start's score.
         self._queue: list[tuple[dict[str, Any], Move | None]] = [(self._start, None)]
-        self._queue += neighbours(space, start)
+        if self._walking:
+            self._queue += neighbours(space, start)
         self._centre = _key(self._start)  # the setting whose neighbours are queued
 
     # ----------------------------------------------------------------- Ray Tune's side
@@ -149,10 +170,35 @@ class LocalSearch(Searcher):
             seconds *= epochs / start_epochs
         return time.time() + seconds <= self._deadline
 
+    def _draw(self, busy: set[str]) -> dict[str, Any] | None:
+        """A random setting not tried yet that ends in time (None: 20 draws in a row did not)."""
+        for _ in range(20):
+            params = sample(self._space, random.Random(f"{self._seed}:{self._attempts}"))
+            self._attempts += 1
+            key = _key(params)
+            if key not in self._scores and key not in busy and self._fits(params):
+                return params
+        return None
+
+    def _start_walking(self) -> None:
+        """End the draws: queue the steps from the best completed setting so far."""
+        self._walking = True
+        centre = self._points.get(self._centre, {"params": self._start, "move": None})
+        self._queue = neighbours(self._space, centre["params"])
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self._deadline is None and self._budget_seconds is not None:
             self._deadline = time.time() + self._budget_seconds
+            self._explore_until = time.time() + self._explore_share * self._budget_seconds
         busy = {_key(p["params"]) for p in self._pending.values()}
+        if not self._walking and not self._queue:  # the start is out: draw, while draws and time are left
+            late = self._explore_until is not None and time.time() >= self._explore_until
+            params = None if late or self._drawn >= self._random_draws else self._draw(busy)
+            if params is not None:
+                self._drawn += 1
+                self._pending[trial_id] = {"params": params, "move": None}
+                return dict(params)
+            self._start_walking()
         while self._queue:
             params, move = self._queue.pop(0)
             key = _key(params)
@@ -179,6 +225,8 @@ class LocalSearch(Searcher):
         best = max(self._scores, key=lambda k: self._scores[k])
         if best != self._centre and self._scores[best] > self._scores.get(self._centre, -math.inf):
             self._centre = best
+            if not self._walking:
+                return  # the walk starts from the centre when the draws end
             move = self._points[best]["move"]
             steps = neighbours(self._space, self._points[best]["params"], first=tuple(move) if move else None)
             self._queue = [(params, step) for params, step in steps]
@@ -194,6 +242,9 @@ class LocalSearch(Searcher):
             "pending": self._pending,
             "queue": [[p, m] for p, m in self._queue],
             "centre": self._centre,
+            "drawn": self._drawn,
+            "attempts": self._attempts,
+            "walking": self._walking,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -202,6 +253,9 @@ class LocalSearch(Searcher):
         self._pending = state["pending"]
         self._queue = [(p, tuple(m) if m else None) for p, m in state["queue"]]
         self._centre = state["centre"]
+        self._drawn = state.get("drawn", 0)
+        self._attempts = state.get("attempts", 0)
+        self._walking = state.get("walking", True)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:

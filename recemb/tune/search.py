@@ -128,6 +128,7 @@ def _fingerprint(cfg: PipelineConfig, spec: ModelSpec, space: Space, protocol: s
         "search": [
             t.trials,
             t.searcher,
+            t.explore,
             t.stopping,
             t.grace,
             t.reduction_factor,
@@ -140,10 +141,21 @@ def _fingerprint(cfg: PipelineConfig, spec: ModelSpec, space: Space, protocol: s
 
 
 def _searcher(t: TuneConfig, space: Space, first: dict[str, Any], cost_s: float | None, budget_s: float | None):
-    if t.searcher == "local":
+    if t.searcher in ("local", "hybrid"):
         from recemb.tune.local import LocalSearch
 
-        return LocalSearch(space, first, metric=SCORE, mode="max", trial_seconds=cost_s, budget_seconds=budget_s)
+        draws = int(t.explore * (t.trials - 1)) if t.searcher == "hybrid" else 0
+        return LocalSearch(
+            space,
+            first,
+            metric=SCORE,
+            mode="max",
+            trial_seconds=cost_s,
+            budget_seconds=budget_s,
+            random_draws=draws,
+            explore_share=t.explore,
+            seed=t.seed,
+        )
     if t.searcher == "tpe":
         try:
             from ray.tune.search.optuna import OptunaSearch

@@ -27,6 +27,7 @@ the ``best.yaml`` overlay (:func:`overlay_tree`).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,6 +91,26 @@ def to_ray(space: Space) -> dict[str, Any]:
             out[key] = tune.randint(int(values[0]), int(values[1]) + 1)
         else:
             out[key] = tune.lograndint(int(values[0]), int(values[1]) + 1)
+    return out
+
+
+def sample(space: Space, rng: random.Random) -> dict[str, Any]:
+    """One setting drawn from ``space`` as :func:`to_ray`'s samplers draw it (floats to 6 significant digits)."""
+    out: dict[str, Any] = {}
+    for key, dim in space.items():
+        kind, values = next(iter(dim.items()))
+        if kind == "choice":
+            out[key] = rng.choice(values)
+            continue
+        lo, hi = values
+        if kind == "randint":
+            out[key] = rng.randint(int(lo), int(hi))
+        elif kind == "lograndint":  # log-uniform over [lo, hi + 1), floored: every whole number has its share
+            out[key] = min(int(hi), int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))))
+        elif kind == "loguniform":
+            out[key] = _plain(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        else:
+            out[key] = _plain(rng.uniform(lo, hi))
     return out
 
 
