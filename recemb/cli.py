@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--searcher",
         choices=["hybrid", "local", "random", "tpe"],
         help="random draws then steps from the best (hybrid), steps from the configured setting (local), random draws, "
-        "or Optuna's TPE (default tune.searcher: random)",
+        "or Optuna's TPE (default tune.searcher: hybrid)",
     )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted search")
     p.add_argument(

@@ -213,7 +213,7 @@ def _tune_config(tmp_path, **tune) -> object:
             "item2vec": {"dim": 16, "epochs": 1, "alpha": 0.0005, "threads": 1},
             "tune": {
                 "trials": 4,
-                "searcher": "random",  # random draws inside the narrowed space (the local walk: test_tune_local.py)
+                "searcher": "random",  # draws inside the narrowed space (the walks: test_tune_local.py)
                 "time_budget": None,
                 "spaces": {"item2vec": {"epochs": {"randint": [5, 10]}, "alpha": {"loguniform": [0.01, 0.05]}}},
                 **tune,
@@ -223,10 +223,11 @@ def _tune_config(tmp_path, **tune) -> object:
 
 
 @pytest.mark.slow
-def test_tiny_search_beats_the_configured_setting_and_resumes(ray_local, tmp_path, capsys):
+@pytest.mark.parametrize("searcher", ["random", "hybrid"])
+def test_tiny_search_beats_the_configured_setting_and_resumes(ray_local, tmp_path, capsys, searcher):
     from recemb.tune.search import tune_run
 
-    cfg = _tune_config(tmp_path)
+    cfg = _tune_config(tmp_path, searcher=searcher)
     summary = tune_run(cfg)
     out = tmp_path / "t" / "tune"
     trials = pl.read_parquet(out / "trials.parquet")

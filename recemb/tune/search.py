@@ -3,10 +3,10 @@
 For each model: its search space (:mod:`.space`), trials that fit on the
 validation split's train part and report the selection metric after the
 early-stopping rungs and their last epoch (:mod:`.trial`; ASHA, or for the
-local searcher :mod:`.stopping`'s rule), the configured setting as
+local and hybrid searchers :mod:`.stopping`'s rule), the configured setting as
 the first trial (so the table shows what the search gained), the rest chosen
-by the searcher (steps from the configured setting, :mod:`.local`; random;
-or Optuna's TPE). With a time budget, each model's configured trial is timed
+by the searcher (random draws, then steps from the best, :mod:`.local`;
+random; or Optuna's TPE). With a time budget, each model's configured trial is timed
 on its first epochs first, and the models are searched cheapest first, each
 with a share of what is left that grows with the square root of its trial's
 cost. Trials run in parallel on Ray
@@ -161,7 +161,7 @@ def _searcher(t: TuneConfig, space: Space, first: dict[str, Any], cost_s: float 
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise ConfigError(
-                "tune.searcher: tpe needs optuna; `pip install optuna`, or use searcher: random"
+                "tune.searcher: tpe needs optuna; `pip install optuna`, or use searcher: hybrid"
             ) from None
         # TPE's categorical dimensions cannot hold a configured value outside their choices.
         points = [first] if contains(space, first) else None
