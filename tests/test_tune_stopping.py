@@ -67,7 +67,8 @@ def test_only_a_completed_trial_that_beats_the_best_becomes_the_reference():
 
 
 def test_auto_stops_local_steps_against_the_best_and_random_draws_with_asha():
-    assert TuneConfig().stopping == "asha"  # random search is the default
+    assert TuneConfig().stopping == "trailing"  # the hybrid is the default
+    assert TuneConfig(searcher="random").stopping == "asha"
     assert TuneConfig(searcher="local").stopping == "trailing"
     assert TuneConfig(searcher="local", scheduler="asha").stopping == "asha"
     assert TuneConfig(scheduler="fifo").stopping == "fifo"
