@@ -184,7 +184,7 @@ class LocalSearch(Searcher):
         """End the draws: queue the steps from the best completed setting so far."""
         self._walking = True
         centre = self._points.get(self._centre, {"params": self._start, "move": None})
-        self._queue = [(params, step) for params, step in neighbours(self._space, centre["params"])]
+        self._queue = list(neighbours(self._space, centre["params"]))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self._deadline is None and self._budget_seconds is not None:
