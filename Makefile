@@ -22,7 +22,8 @@ setup: $(STAMP)
 # torchrec goes in last with --no-deps: its metadata names the CUDA fbgemm-gpu,
 # which would replace fbgemm-gpu-cpu and break `import torchrec`.
 $(STAMP): requirements/runtime.txt requirements/pretrained.txt requirements/dev.txt requirements/torchrec.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# A venv whose creation was cut short has a python but no pip: make it afresh.
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/runtime.txt -r requirements/pretrained.txt -r requirements/dev.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements/torchrec.txt
