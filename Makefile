@@ -20,9 +20,9 @@ help:
 setup: $(STAMP)
 
 # torchrec goes in last with --no-deps: its metadata names the CUDA fbgemm-gpu,
-# which would replace fbgemm-gpu-cpu and break `import torchrec`.
+# which would replace fbgemm-gpu-cpu and break `import torchrec`. A venv whose
+# creation was cut short (a python, no pip) is made afresh.
 $(STAMP): requirements/runtime.txt requirements/pretrained.txt requirements/dev.txt requirements/torchrec.txt pyproject.toml
-	# A venv whose creation was cut short has a python but no pip: make it afresh.
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/runtime.txt -r requirements/pretrained.txt -r requirements/dev.txt

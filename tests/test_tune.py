@@ -19,6 +19,7 @@ from recemb.eval.config import EvalConfig
 from recemb.eval.evaluate import protocol_inputs, validation_inputs
 from recemb.eval.validation import fit_events, scored_events
 from recemb.stages.registry import MODELS, model_spec
+from recemb.tune.search import TRAILING_STATE_FILE
 from recemb.tune.space import apply_params, defaults, model_space, overlay_tree
 from recemb.tune.trial import TrialSetup, report_epochs, run_trial, rungs
 
@@ -241,6 +242,10 @@ def test_tiny_search_beats_the_configured_setting_and_resumes(ray_local, tmp_pat
     history = pl.read_parquet(out / "history.parquet")
     assert history.height >= trials.height and history["at_s"].min() >= 0
     assert "validation ml ndcg@10" in capsys.readouterr().out
+    if cfg.tune.stopping == "trailing":  # its reference is kept beside the experiment for a restore
+        state = json.loads((out / "ray" / "item2vec" / TRAILING_STATE_FILE).read_text())
+        completed = trials.filter(pl.col("status") == "completed")["score"]
+        assert state["score"] == pytest.approx(completed.max())
     # Run again with the same settings: Ray Tune's experiment is restored, no trial is run twice.
     again = tune_run(cfg)
     assert pl.read_parquet(out / "trials.parquet")["trial"].sort().equals(trials["trial"].sort())

@@ -66,6 +66,25 @@ def test_only_a_completed_trial_that_beats_the_best_becomes_the_reference():
     assert s.judge("d", _report(0.10, 1, 10)) == TrialScheduler.STOP  # now judged against 0.40
 
 
+def test_a_restored_search_stops_against_the_best_it_had_before(tmp_path):
+    """Ray Tune restores the scheduler as it was built, empty: the reference comes back from its state file."""
+    state = tmp_path / "trailing.json"
+    before = TrailingBest(RUNGS, margin=1.0, metric="score", state_file=state)
+    before.judge("a", _report(0.20, 1, 10))
+    before.complete("a", _report(0.30, 10, 10))
+    restored = TrailingBest(RUNGS, margin=1.0, metric="score", state_file=state)
+    assert restored.judge("far", _report(0.10, 1, 10)) == TrialScheduler.STOP
+    assert restored.judge("close", _report(0.195, 1, 10)) == TrialScheduler.CONTINUE
+    restored.complete("close", _report(0.29, 10, 10))  # completed but below the restored best: not a reference
+    restored.complete("better", _report(0.35, 10, 10))  # no rung scores seen (reported past them): the new best
+    assert (
+        TrailingBest(RUNGS, margin=1.0, metric="score", state_file=state).judge("far2", _report(0.10, 1, 10))
+        == TrialScheduler.CONTINUE
+    )  # the new reference has no 10% score to compare with
+    in_memory = TrailingBest(RUNGS, margin=1.0, metric="score")
+    assert in_memory.judge("far", _report(0.10, 1, 10)) == TrialScheduler.CONTINUE
+
+
 def test_auto_stops_local_steps_against_the_best_and_random_draws_with_asha():
     assert TuneConfig().stopping == "trailing"  # the hybrid is the default
     assert TuneConfig(searcher="random").stopping == "asha"

@@ -58,6 +58,7 @@ from recemb.tune.trial import PROGRESS, SCORE, TrialSetup, check_metric, estimat
 
 log = logging.getLogger("recemb.tune")
 FINGERPRINT_FILE = "recemb_tune.json"
+TRAILING_STATE_FILE = "recemb_trailing_best.json"  # recemb.tune.stopping's reference, kept across a restore
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,9 @@ def _searcher(t: TuneConfig, space: Space, first: dict[str, Any], cost_s: float 
     return BasicVariantGenerator(points_to_evaluate=[first], random_state=t.seed)
 
 
-def _scheduler(t: TuneConfig, percents: list[int]) -> Any:
-    """The early-stopping rule of ``tune.scheduler`` over the rungs ``percents`` (of a trial's epochs)."""
+def _scheduler(t: TuneConfig, percents: list[int], experiment: Path) -> Any:
+    """The early-stopping rule of ``tune.scheduler`` over the rungs ``percents`` (of a trial's epochs);
+    ``experiment``: the Ray Tune experiment's folder, where a rule keeps what a restore must bring back."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if t.stopping == "asha":
@@ -182,7 +184,7 @@ def _scheduler(t: TuneConfig, percents: list[int]) -> Any:
     if t.stopping == "trailing":
         from recemb.tune.stopping import TrailingBest
 
-        return TrailingBest(percents, t.stop_margin, metric=SCORE)
+        return TrailingBest(percents, t.stop_margin, metric=SCORE, state_file=experiment / TRAILING_STATE_FILE)
     return FIFOScheduler()
 
 
@@ -225,17 +227,17 @@ def _tune_model(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
     )
+    storage = out / "ray"
+    path = storage / spec.name
     tune_config = tune.TuneConfig(
         metric=SCORE,
         mode="max",
         num_samples=t.trials,
-        scheduler=_scheduler(t, percents),
+        scheduler=_scheduler(t, percents, path.resolve()),
         search_alg=_searcher(t, space, first, cost_s, budget_s),
         max_concurrent_trials=t.concurrent or None,
         time_budget_s=budget_s,
     )
-    storage = out / "ray"
-    path = storage / spec.name
     fp = _fingerprint(cfg, spec, full_space, protocol, metric)
     marker = path / FINGERPRINT_FILE
     same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp

@@ -13,15 +13,23 @@ rungs as ASHA's), compare the trial's score with the score the best completed
 trial had at that rung, and stop it when it trails by more than ``margin``
 standard errors of that score (bounded as in recemb.tune.noise). Until a
 trial completes nothing is stopped.
+
+Ray Tune's experiment restore brings back the searcher's state but not the
+scheduler's (it unpickles the scheduler as it was built), so the reference is
+also written to ``state_file`` whenever it changes and read back from there:
+a resumed search keeps stopping against the best it had before the crash.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from recemb.io import write_json
 from recemb.tune.noise import trails
 from recemb.tune.trial import PROGRESS
 
@@ -35,16 +43,35 @@ class TrailingBest(FIFOScheduler):
         rungs: percents of a trial's epochs to compare at (below 100; later reports are not judged).
         margin: how many standard errors a trial may trail by (recemb.tune.config ``stop_margin``).
         metric: the reported score (maximised); ``queries_key``: the report's count of scored queries.
+        state_file: where the reference is kept across a restore (module doc); None: in memory only.
     """
 
-    def __init__(self, rungs: list[int], margin: float, metric: str, queries_key: str = "scored_rows"):
+    def __init__(
+        self,
+        rungs: list[int],
+        margin: float,
+        metric: str,
+        queries_key: str = "scored_rows",
+        state_file: str | Path | None = None,
+    ):
         super().__init__()
         self._rungs = sorted(r for r in rungs if r < 100)
         self._margin = margin
         self._score_key = metric
         self._queries_key = queries_key
+        self._state_file = Path(state_file) if state_file is not None else None
         self._curves: dict[str, Curve] = {}  # trial id -> its rung scores so far
         self._best: tuple[float, Curve] | None = None  # (final score, rung scores) of the best completed trial
+        self._loaded = False  # the state file is read on first use, in the restored driver
+
+    def _reference(self) -> tuple[float, Curve] | None:
+        """The best completed trial's (score, curve), read from ``state_file`` once if it is not in memory."""
+        if not self._loaded:
+            self._loaded = True
+            if self._best is None and self._state_file is not None and self._state_file.is_file():
+                state = json.loads(self._state_file.read_text())
+                self._best = (float(state["score"]), {int(r): float(v) for r, v in state["curve"].items()})
+        return self._best
 
     def _record(self, trial_id: str, result: dict[str, Any]) -> int | None:
         """Store the result's score at the highest rung it reached first; return that rung (None: none)."""
@@ -62,10 +89,11 @@ class TrailingBest(FIFOScheduler):
         rung = self._record(trial_id, result)
         if result.get(PROGRESS, 0) >= 100:  # its last report: stopping saves nothing
             return TrialScheduler.CONTINUE
-        if rung is None or self._best is None or rung not in self._best[1]:
+        best = self._reference()
+        if rung is None or best is None or rung not in best[1]:
             return TrialScheduler.CONTINUE
         queries = int(result.get(self._queries_key) or 0)
-        if trails(float(result[self._score_key]), self._best[1][rung], queries, self._margin):
+        if trails(float(result[self._score_key]), best[1][rung], queries, self._margin):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
@@ -75,8 +103,11 @@ class TrailingBest(FIFOScheduler):
         if not result or result.get("epoch") != result.get("epochs") or self._score_key not in result:
             return
         score = float(result[self._score_key])
-        if math.isfinite(score) and (self._best is None or score > self._best[0]):
+        best = self._reference()
+        if math.isfinite(score) and (best is None or score > best[0]):
             self._best = (score, curve)
+            if self._state_file is not None:
+                write_json(self._state_file, {"score": score, "curve": curve})
 
     # ----------------------------------------------------------------- Ray Tune's side
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
