@@ -22,14 +22,14 @@ a resumed search keeps stopping against the best it had before the crash.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from recemb.io import write_json
+from recemb.errors import ConfigError
+from recemb.io import read_json_object, write_json
 from recemb.tune.noise import trails
 from recemb.tune.trial import PROGRESS
 
@@ -69,7 +69,7 @@ class TrailingBest(FIFOScheduler):
         if not self._loaded:
             self._loaded = True
             if self._best is None and self._state_file is not None and self._state_file.is_file():
-                state = json.loads(self._state_file.read_text())
+                state = read_json_object(self._state_file, ConfigError, "start the search afresh (recemb tune --fresh)")
                 self._best = (float(state["score"]), {int(r): float(v) for r, v in state["curve"].items()})
         return self._best
 
